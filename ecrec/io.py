@@ -1,0 +1,113 @@
+"""Atomic writes and the ``metrics.json`` every notebook leaves behind.
+
+Nothing is lost: every file is written to a temporary sibling, flushed, and
+moved into place with :func:`os.replace`, so a crash leaves either the old file
+or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+KEY_LIBRARIES = (
+    "numpy", "pandas", "scikit-learn", "torch", "transformers", "peft",
+    "faiss-cpu", "implicit",
+)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` then move ``tmp_path`` onto ``path`` atomically.
+
+    ``write`` receives a temporary path in the same folder (so the final rename
+    never crosses file systems). On any error the temporary file is removed and
+    ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        with open(tmp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy scalars and arrays become plain numbers and lists; NaN is refused."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"metrics must be finite numbers, got {value}")
+    return value
+
+
+def library_versions(names: tuple[str, ...] = KEY_LIBRARIES) -> dict[str, str]:
+    """Installed versions of ``names`` ("not installed" where absent)."""
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def write_metrics(
+    output_dir: str | Path,
+    metrics: Mapping[str, Any],
+    *,
+    profile: str,
+    seed: int,
+    started: float,
+    device: str | None = None,
+) -> Path:
+    """Write a notebook's headline numbers to ``output_dir/metrics.json`` atomically.
+
+    Adds the run's context: profile, seed, wall time in seconds since
+    ``started`` (a :func:`time.time` value), device and library versions.
+
+    Raises:
+        ValueError: a metric is NaN or infinite.
+    """
+    if device is None:
+        from ecrec.profiles import device_name
+
+        device = device_name()
+    record = {
+        "metrics": _jsonable(dict(metrics)),
+        "profile": profile,
+        "seed": seed,
+        "wall_time_s": round(time.time() - started, 2),
+        "device": device,
+        "versions": library_versions(),
+    }
+    return atomic_write_text(Path(output_dir) / "metrics.json", json.dumps(record, indent=2, sort_keys=True))
+
+
+def read_metrics(output_dir: str | Path) -> dict[str, Any]:
+    """Read back what :func:`write_metrics` wrote."""
+    return json.loads((Path(output_dir) / "metrics.json").read_text(encoding="utf-8"))
