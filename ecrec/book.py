@@ -246,13 +246,42 @@ def build(profile: str = "auto", output: Path = ROOT / "_output") -> Path:
     toc += [f"- file: {c}" for c in chapters]
     toc += ["- file: credits"]
     (book_dir / "_toc.yml").write_text("\n".join(toc) + "\n", encoding="utf-8")
-    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(book_dir), "--builder", "html"]
+    _vendor_mathjax(book_dir)
+    cmd = [_jupyter_book_executable(), "build", str(book_dir), "--builder", "html"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise NotebookError(f"jupyter-book build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     html = book_dir / "_build" / "html"
     print(f"[ecrec] book built: {html / 'index.html'}", flush=True)
     return html
+
+
+MATHJAX_FILE = "tex-svg-full.js"
+
+
+def _vendor_mathjax(book_dir: Path) -> None:
+    """Copy MathJax 3 into the book so that its math renders with no network.
+
+    The file comes from the ``django-static-mathjax`` wheel (MathJax 3.2,
+    Apache-2.0; it is only a packaged copy of MathJax). SVG output embeds the
+    glyphs, so no web fonts are needed. ``_config.yml`` points
+    ``mathjax_path`` at it.
+    """
+    from importlib import resources
+
+    source = resources.files("mathjax") / "static" / "mathjax" / "es5" / MATHJAX_FILE
+    static = book_dir / "_static"
+    static.mkdir(exist_ok=True)
+    shutil.copyfile(str(source), static / MATHJAX_FILE)
+
+
+def _jupyter_book_executable() -> str:
+    """The ``jupyter-book`` script of this interpreter's environment (falls back to PATH)."""
+    sibling = Path(sys.executable).with_name("jupyter-book")
+    found = str(sibling) if sibling.is_file() else shutil.which("jupyter-book")
+    if not found:
+        raise NotebookError("jupyter-book is not installed: run `pip install -r requirements.txt`.")
+    return found
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:
