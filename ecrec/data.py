@@ -59,6 +59,15 @@ REVIEWS_SCHEMA: dict[str, str] = {
     "Class Name": "text",
 }
 
+# Size in bytes of the bundled files: a truncated copy is named as such.
+SIZE = {
+    ONLINE_RETAIL_FILE: 3_179_642,
+    REVIEWS_FILE: 3_006_517,
+}
+
+# The dtype pandas gives a column of strings: ``str`` under pandas 3, ``object`` under pandas 2.
+TEXT_DTYPE = pd.Series(["a"]).dtype
+
 RESTORE_HINT = (
     "Restore the original with `git checkout -- data/{name}` (or re-download it "
     "as data/README.md describes)."
@@ -85,7 +94,7 @@ def sha256_of(path: str | Path, chunk_size: int = 1 << 20) -> str:
 def _matches(series: pd.Series, kind: str) -> bool:
     dtype = series.dtype
     if kind == "text":
-        return pd.api.types.is_string_dtype(dtype) or dtype == object
+        return pd.api.types.is_string_dtype(dtype) or dtype.kind == "O"
     if kind == "datetime":
         return pd.api.types.is_datetime64_dtype(dtype)
     if kind == "Int64":
@@ -122,21 +131,31 @@ def check_schema(df: pd.DataFrame, schema: dict[str, str], source: str) -> None:
 
 
 def _read_verified_parquet(name: str, path: str | Path | None, verify_checksum: bool) -> pd.DataFrame:
+    bundled = path is None
     path = Path(path) if path is not None else DATA_DIR / name
     hint = RESTORE_HINT.format(name=name)
+    if not bundled and not verify_checksum:
+        hint = f"Check the path, or pass None to use the bundled data/{name}."
     if not path.is_file():
-        raise DataFileError(f"{path}: file not found. {hint}")
+        raise DataFileError(
+            f"{path}: file not found (expected the {SIZE[name]:,}-byte parquet file {name}, "
+            f"found nothing at that path). {hint}"
+        )
     if verify_checksum:
         found = sha256_of(path)
         if found != SHA256[name]:
+            size = path.stat().st_size
+            what = "truncated" if size < SIZE[name] else "corrupted or edited"
             raise DataFileError(
-                f"{path}: sha256 mismatch, expected {SHA256[name]}, found {found}; "
-                f"the file is corrupted, truncated or edited. {hint}"
+                f"{path}: sha256 mismatch, expected {SHA256[name]} ({SIZE[name]:,} bytes), "
+                f"found {found} ({size:,} bytes); the file looks {what}. {hint}"
             )
     try:
         return pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise DataFileError(f"{path}: cannot be read as parquet ({exc}). {hint}") from exc
+        raise DataFileError(
+            f"{path}: cannot be read as parquet ({type(exc).__name__}: {exc}). {hint}"
+        ) from exc
 
 
 def load_online_retail(path: str | Path | None = None, *, verify_checksum: bool | None = None) -> pd.DataFrame:
@@ -177,28 +196,59 @@ def load_online_retail(path: str | Path | None = None, *, verify_checksum: bool 
 
 def _read_export(path: Path) -> pd.DataFrame:
     if not path.is_file():
-        raise DataFileError(f"{path}: file not found. Pass the path of your Online Retail export.")
+        raise DataFileError(
+            f"{path}: file not found. Pass the path of your Online Retail export "
+            "(.parquet, .csv, .xlsx or .xls), or None for the bundled copy."
+        )
     suffix = path.suffix.lower()
+    if suffix not in (".csv", ".xlsx", ".xls"):
+        raise DataFileError(
+            f"{path}: unsupported extension {suffix!r}; use .parquet, .csv, .xlsx or .xls."
+        )
     try:
         if suffix == ".csv":
-            # Read codes as text so that leading zeros and letters survive.
-            return pd.read_csv(path, dtype={"InvoiceNo": str, "StockCode": str}, encoding_errors="replace")
-        if suffix in (".xlsx", ".xls"):
-            return pd.read_excel(path, dtype={"InvoiceNo": str, "StockCode": str})
+            # Codes as text so that leading zeros and letters survive; only empty
+            # cells are missing (a code or description "NA" stays a string).
+            return pd.read_csv(
+                path,
+                dtype={"InvoiceNo": str, "StockCode": str, "Description": str, "Country": str},
+                keep_default_na=False,
+                na_values=[""],
+                encoding_errors="replace",
+            )
+        # Excel cells keep their own types (the UCI file mixes int and str
+        # invoice numbers and stock codes); coerce_online_retail converts each one.
+        return pd.read_excel(path)
     except Exception as exc:
-        raise DataFileError(f"{path}: cannot be read as {suffix[1:]} ({exc}).") from exc
-    raise DataFileError(f"{path}: unsupported extension {suffix!r}; use .parquet, .csv, .xlsx or .xls.")
+        raise DataFileError(f"{path}: cannot be read as {suffix[1:]} ({type(exc).__name__}: {exc}).") from exc
 
 
-def _as_text(series: pd.Series) -> pd.Series:
-    """Numbers read from a spreadsheet (536365, 536365.0) become '536365'."""
-    if pd.api.types.is_float_dtype(series.dtype):
-        out = series.map(lambda v: None if pd.isna(v) else (str(int(v)) if float(v).is_integer() else str(v)))
-    elif pd.api.types.is_integer_dtype(series.dtype):
-        out = series.map(lambda v: None if pd.isna(v) else str(v))
-    else:
-        out = series.map(lambda v: None if pd.isna(v) else str(v))
-    return out.astype(object).where(out.notna(), None)
+_INTEGRAL_TEXT = re.compile(r"^[0-9]+\.0+$")
+
+
+def _cell_text(value, code: bool) -> str | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return str(int(value)) if float(value).is_integer() else str(value)
+    text = str(value)
+    if code and _INTEGRAL_TEXT.match(text):  # "536365.0" written by a float column
+        text = text.split(".", 1)[0]
+    return text
+
+
+def _as_text(series: pd.Series, code: bool = False) -> pd.Series:
+    """Cells of any type as text: 536365 and 536365.0 become '536365', missing stays missing.
+
+    ``code=True`` also turns the strings "536365.0" (a float column written to
+    CSV) into "536365". Returns a Series of :data:`TEXT_DTYPE`.
+    """
+    values = [_cell_text(v, code) for v in series.tolist()]
+    return pd.Series(values, index=series.index, dtype=object).astype(TEXT_DTYPE)
 
 
 def coerce_online_retail(df: pd.DataFrame, source: str = "export") -> pd.DataFrame:
@@ -214,9 +264,13 @@ def coerce_online_retail(df: pd.DataFrame, source: str = "export") -> pd.DataFra
     out = pd.DataFrame(index=df.index)
     try:
         for col in ("InvoiceNo", "StockCode", "Description", "Country"):
-            out[col] = _as_text(df[col])
-        out["Quantity"] = pd.to_numeric(df["Quantity"]).astype("int64")
-        out["InvoiceDate"] = pd.to_datetime(df["InvoiceDate"])
+            out[col] = _as_text(df[col], code=col in ("InvoiceNo", "StockCode"))
+        quantity = pd.to_numeric(df["Quantity"])
+        if quantity.isna().any() or (quantity % 1 != 0).any():
+            raise ValueError("Quantity has missing or non-integer values")
+        out["Quantity"] = quantity.astype("int64")
+        # The bundled file's unit is microseconds; exports get the same.
+        out["InvoiceDate"] = pd.to_datetime(df["InvoiceDate"]).astype("datetime64[us]")
         out["UnitPrice"] = pd.to_numeric(df["UnitPrice"]).astype("float64")
         customer = pd.to_numeric(df["CustomerID"])
         frac = customer.dropna() % 1
