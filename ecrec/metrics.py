@@ -12,6 +12,16 @@ Classification metrics (CTR prediction)
 * :func:`gauc`: group (per-user) AUC, averaged with weights
   (Zhu et al., 2017, "Optimized Cost per Click in Taobao Display
   Advertising"; Zhou et al., 2018, "Deep Interest Network").
+
+Ranking metrics (candidate generation, chapter 05), vectorised over users
+-----------------------------------------------------------------------
+:func:`recall_at_k` (denominator: all relevant items), :func:`recall_capped_at_k`
+(denominator min(K, relevant)), :func:`precision_at_k`, :func:`hit_rate_at_k`,
+:func:`mrr_at_k`, :func:`ndcg_at_k` (binary or graded; ideal list from ALL
+relevant items), :func:`map_at_k` (denominator named), :func:`catalogue_coverage`,
+and :func:`ranking_metrics` for all of them at several K at once. The shared
+conventions (deduplication, -1 padding, users without relevant items, ties)
+are spelled out above :func:`dedupe_rows`.
 """
 
 from __future__ import annotations
@@ -21,7 +31,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-__all__ = ["log_loss", "roc_auc", "gauc"]
+__all__ = [
+    "log_loss", "roc_auc", "gauc", "dedupe_rows", "as_relevance_csr", "recall_at_k",
+    "recall_capped_at_k", "precision_at_k", "hit_rate_at_k", "mrr_at_k", "ndcg_at_k",
+    "map_at_k", "catalogue_coverage", "ranking_metrics",
+]
 
 
 # --- input checks ----------------------------------------------------------
@@ -196,3 +210,404 @@ def gauc(
     auc = (per["rpos"] - per["pos"] * (per["pos"] + 1) / 2) / (per["pos"] * neg)
     w = {"impressions": per["n"], "clicks": per["pos"], "uniform": pd.Series(1.0, index=per.index)}[weight]
     return float((auc * w).sum() / w.sum()), n_skipped
+
+
+# --- ranking (retrieval / recall) -------------------------------------------
+#
+# Conventions shared by every ranking metric below.
+#
+# * ``retrieved``: (n_users, L) integer array of item ids, best first; -1 is
+#   padding (what FAISS returns when an index has fewer than L results). Only
+#   the ORDER matters: ties in the generator's scores must be broken before
+#   (``ecrec.recall.top_k`` breaks them by lower item id first, so the
+#   lists are deterministic). Negative ids other than -1 are an error.
+# * Duplicates: each row is deduplicated FIRST, keeping the first occurrence,
+#   and the remaining items are moved up; only then is the list cut to K. So a
+#   list [5, 5, 7] at K=2 is scored as [5, 7].
+# * Fewer than K candidates (padding, or L < K): the missing slots are misses.
+#   Precision@K still divides by K.
+# * ``relevant``: the ground truth per user, one of
+#   - a scipy sparse matrix (n_users, n_items): column = item id, value =
+#     gain > 0 (e.g. number of purchases; binary metrics use only its
+#     non-zero pattern);
+#   - a list of n_users sequences of item ids (duplicates ignored);
+#   - a (n_users, R) integer array padded with -1.
+# * Users with NO relevant item are EXCLUDED from the means (their recall is
+#   0/0); ``per_user=True`` returns NaN for them. If no user has a relevant
+#   item, the functions raise ValueError.
+# * Every metric lies in [0, 1].
+
+RELEVANT_HELP = (
+    "relevant must be a scipy sparse matrix (n_users, n_items), a list of n_users "
+    "sequences of item ids, or a (n_users, R) int array padded with -1"
+)
+
+
+def dedupe_rows(retrieved, k: int | None = None) -> np.ndarray:
+    """Deduplicate each row keeping first occurrences, shift items left, pad with -1, cut to ``k``.
+
+    Args:
+        retrieved: (n_users, L) integer item ids, -1 = padding.
+        k: keep the first ``k`` columns after deduplication (``None``: all L).
+            If ``k > L`` the result is padded to ``k`` columns with -1.
+
+    Returns:
+        int64 array (n_users, k or L).
+
+    Raises:
+        TypeError: not an integer array.
+        ValueError: not 2-D, ids below -1, or ``k < 1``.
+    """
+    arr = np.asarray(retrieved)
+    if arr.ndim != 2:
+        raise ValueError(f"retrieved must be 2-D (n_users, K), got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"retrieved must hold integer item ids (-1 = padding), got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if arr.size and arr.min() < -1:
+        raise ValueError(f"retrieved ids must be >= 0, or -1 for padding; found {int(arr.min())}")
+    n, width = arr.shape
+    if k is None:
+        k = width
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if width == 0:
+        return np.full((n, k), -1, dtype=np.int64)
+    order = np.argsort(arr, axis=1, kind="stable")  # equal ids: first column first
+    srt = np.take_along_axis(arr, order, axis=1)
+    dup_sorted = np.zeros_like(srt, dtype=bool)
+    dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
+    dup = np.empty_like(dup_sorted)
+    np.put_along_axis(dup, order, dup_sorted, axis=1)
+    keep = (arr >= 0) & ~dup
+    move = np.argsort(~keep, axis=1, kind="stable")  # kept items first, in their order
+    out = np.take_along_axis(np.where(keep, arr, -1), move, axis=1)
+    if k <= width:
+        return out[:, :k]
+    return np.hstack([out, np.full((n, k - width), -1, dtype=np.int64)])
+
+
+def as_relevance_csr(relevant, n_users: int):
+    """Turn any accepted ``relevant`` form into a CSR matrix of gains, sorted, no zeros.
+
+    Returns:
+        ``scipy.sparse.csr_array`` (n_users, n_items) float64; lists and padded
+        arrays give gain 1 per distinct item.
+
+    Raises:
+        ValueError: wrong number of rows, negative/NaN gains, ids below -1.
+        TypeError: an unsupported type (see ``RELEVANT_HELP``).
+    """
+    import scipy.sparse as sp
+
+    if sp.issparse(relevant):
+        mat = sp.csr_array(relevant, dtype=np.float64)
+        if mat.shape[0] != n_users:
+            raise ValueError(f"relevant has {mat.shape[0]} rows but retrieved has {n_users} users")
+        mat.sum_duplicates()
+        if not np.isfinite(mat.data).all() or (mat.data < 0).any():
+            raise ValueError("relevant gains must be finite and >= 0")
+        mat.eliminate_zeros()
+        mat.sort_indices()
+        return mat
+    if isinstance(relevant, np.ndarray) and relevant.ndim == 2:
+        if not np.issubdtype(relevant.dtype, np.integer):
+            raise TypeError(f"a padded relevant array must be integer, got {relevant.dtype}")
+        if relevant.shape[0] != n_users:
+            raise ValueError(f"relevant has {relevant.shape[0]} rows but retrieved has {n_users} users")
+        rows = np.repeat(np.arange(n_users), relevant.shape[1])
+        cols = relevant.ravel().astype(np.int64)
+    elif isinstance(relevant, (list, tuple)) or (isinstance(relevant, np.ndarray) and relevant.dtype == object):
+        if len(relevant) != n_users:
+            raise ValueError(f"relevant has {len(relevant)} entries but retrieved has {n_users} users")
+        parts = [np.asarray(r, dtype=np.int64).ravel() for r in relevant]
+        lengths = np.array([len(p) for p in parts], dtype=np.int64)
+        rows = np.repeat(np.arange(n_users), lengths)
+        cols = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    else:
+        raise TypeError(f"{RELEVANT_HELP}; got {type(relevant).__name__}")
+    if cols.size and cols.min() < -1:
+        raise ValueError(f"relevant item ids must be >= 0 (or -1 padding); found {int(cols.min())}")
+    ok = cols >= 0
+    rows, cols = rows[ok], cols[ok]
+    n_items = int(cols.max()) + 1 if cols.size else 1
+    mat = sp.csr_array((np.ones(len(cols)), (rows, cols)), shape=(n_users, n_items))
+    mat.sum_duplicates()
+    mat.data[:] = 1.0  # a list says "relevant", not how much
+    mat.sort_indices()
+    return mat
+
+
+class _Ranked:
+    """Per-user gains of the top-K list and of the ideal list (shared by all metrics)."""
+
+    def __init__(self, retrieved, relevant, k: int):
+        top = dedupe_rows(retrieved, k)
+        n = top.shape[0]
+        rel = as_relevance_csr(relevant, n)
+        self.k = k
+        self.top = top
+        self.n_relevant = np.diff(rel.indptr).astype(np.float64)
+        self.valid = self.n_relevant > 0
+        if not self.valid.any():
+            raise ValueError("no user has a relevant item: ranking metrics are undefined")
+        # Look up (user, item) pairs: keys user * width + item are sorted in CSR order.
+        width = max(int(rel.shape[1]), int(top.max()) + 1, 1)
+        rel_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(rel.indptr))
+        rel_keys = rel_rows * width + rel.indices.astype(np.int64)
+        keys = np.arange(n, dtype=np.int64)[:, None] * width + np.maximum(top, 0)
+        pos = np.searchsorted(rel_keys, keys)
+        pos_c = np.minimum(pos, max(len(rel_keys) - 1, 0))
+        found = (top >= 0) & (len(rel_keys) > 0)
+        if len(rel_keys):
+            found &= rel_keys[pos_c] == keys
+        self.hits = found  # (n, k) bool
+        self.gains = np.where(found, rel.data[pos_c] if len(rel_keys) else 0.0, 0.0)
+        # Ideal ranking: ALL relevant items by decreasing gain, cut to k.
+        order = np.lexsort((-rel.data, rel_rows))
+        rank_in_row = np.arange(len(order)) - rel.indptr[rel_rows[order]]
+        keep = rank_in_row < k
+        self.ideal_gains = np.zeros((n, k))
+        self.ideal_gains[rel_rows[order][keep], rank_in_row[keep]] = rel.data[order][keep]
+
+    def finish(self, values: np.ndarray, per_user: bool):
+        values = np.where(self.valid, values, np.nan)
+        if per_user:
+            return values
+        return float(np.nanmean(values))
+
+
+def _check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def _discount(k: int) -> np.ndarray:
+    return 1.0 / np.log2(np.arange(2, k + 2))
+
+
+def recall_at_k(retrieved, relevant, k: int, *, per_user: bool = False):
+    """Recall@K = |relevant items in the top K| / |relevant items|.
+
+    The denominator is the number of ALL the user's relevant items, so a user
+    with 300 purchases cannot reach 1 at K=50 (see :func:`recall_capped_at_k`
+    for the min(K, |relevant|) variant). Conventions (deduplication, padding,
+    excluded users): see the module notes above.
+
+    Args:
+        retrieved: (n_users, L) int item ids, best first, -1 padding.
+        relevant: sparse (n_users, n_items), list of id sequences, or padded array.
+        k: cut-off, >= 1.
+        per_user: return the (n_users,) values (NaN for users without relevant items).
+
+    Returns:
+        Mean over users with >= 1 relevant item (float in [0, 1]), or per-user array.
+
+    Raises:
+        ValueError / TypeError: malformed inputs, see :func:`dedupe_rows`,
+            :func:`as_relevance_csr`; no user with a relevant item.
+    """
+    r = _Ranked(retrieved, relevant, _check_k(k))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return r.finish(r.hits.sum(1) / r.n_relevant, per_user)
+
+
+def recall_capped_at_k(retrieved, relevant, k: int, *, per_user: bool = False):
+    """Capped recall@K = hits@K / min(K, |relevant|) (the "R-precision-like" variant).
+
+    Reaches 1 whenever the top K is full of relevant items, even if the user
+    has more than K of them. Used e.g. by Liang et al. (2018, "Variational
+    Autoencoders for Collaborative Filtering"). Same inputs, conventions and
+    errors as :func:`recall_at_k`.
+    """
+    k = _check_k(k)
+    r = _Ranked(retrieved, relevant, k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return r.finish(r.hits.sum(1) / np.minimum(k, r.n_relevant), per_user)
+
+
+def precision_at_k(retrieved, relevant, k: int, *, per_user: bool = False):
+    """Precision@K = hits@K / K: the share of the K slots holding a relevant item.
+
+    The denominator is K even when fewer than K candidates were returned (an
+    empty slot is a miss). Same inputs, conventions and errors as :func:`recall_at_k`.
+    """
+    k = _check_k(k)
+    r = _Ranked(retrieved, relevant, k)
+    return r.finish(r.hits.sum(1) / k, per_user)
+
+
+def hit_rate_at_k(retrieved, relevant, k: int, *, per_user: bool = False):
+    """HitRate@K: 1 if at least one relevant item is in the top K, else 0, averaged over users.
+
+    Same inputs, conventions and errors as :func:`recall_at_k`.
+    """
+    r = _Ranked(retrieved, relevant, _check_k(k))
+    return r.finish(r.hits.any(1).astype(np.float64), per_user)
+
+
+def mrr_at_k(retrieved, relevant, k: int, *, per_user: bool = False):
+    """MRR@K: 1 / rank of the FIRST relevant item in the top K (1-based), 0 if none.
+
+    Same inputs, conventions and errors as :func:`recall_at_k`.
+    """
+    r = _Ranked(retrieved, relevant, _check_k(k))
+    first = np.argmax(r.hits, axis=1)
+    values = np.where(r.hits.any(1), 1.0 / (first + 1), 0.0)
+    return r.finish(values, per_user)
+
+
+def ndcg_at_k(
+    retrieved, relevant, k: int, *, graded: bool = False, per_user: bool = False
+):
+    """NDCG@K with linear gains and log2 discounts (Jarvelin and Kekalainen, 2002).
+
+    ``DCG@K = sum_{i=1..K} gain_i / log2(i + 1)``; ``IDCG@K`` is the DCG of the
+    ideal list built from ALL the user's relevant items sorted by decreasing
+    gain (not only those that were retrieved), cut to K. This is scikit-learn's
+    ``ndcg_score`` (linear gains, not 2^gain - 1) on untied scores.
+
+    Args:
+        graded: ``False``: every relevant item has gain 1. ``True``: gains are
+            the values of a sparse ``relevant`` (e.g. purchase counts); a list
+            or padded array has gain 1 anyway.
+        (others): as :func:`recall_at_k`.
+
+    Returns:
+        Mean NDCG@K in [0, 1] over users with >= 1 relevant item, or per-user.
+    """
+    r = _Ranked(retrieved, relevant, _check_k(k))
+    disc = _discount(r.k)
+    gains = r.gains if graded else r.hits.astype(np.float64)
+    ideal = r.ideal_gains if graded else (r.ideal_gains > 0).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return r.finish((gains @ disc) / (ideal @ disc), per_user)
+
+
+MAP_DENOMINATORS = ("min_k_relevant", "n_relevant")
+
+
+def map_at_k(
+    retrieved,
+    relevant,
+    k: int,
+    *,
+    denominator: Literal["min_k_relevant", "n_relevant"] = "min_k_relevant",
+    per_user: bool = False,
+):
+    """MAP@K: mean over users of AP@K = (1/D) * sum_{i<=K} Precision@i * rel_i.
+
+    Which denominator D (papers and libraries differ):
+
+    * ``"min_k_relevant"`` (default): D = min(K, |relevant|), so a perfect
+      top-K scores 1 (Kaggle's ``apk``, RecBole's MAP).
+    * ``"n_relevant"``: D = |relevant|, truncated TREC average precision;
+      cannot reach 1 when |relevant| > K.
+
+    Same inputs, conventions and errors as :func:`recall_at_k`.
+    """
+    if denominator not in MAP_DENOMINATORS:
+        raise ValueError(f"denominator must be one of {MAP_DENOMINATORS}, got {denominator!r}")
+    k = _check_k(k)
+    r = _Ranked(retrieved, relevant, k)
+    hits = r.hits.astype(np.float64)
+    prec_at_i = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
+    d = np.minimum(k, r.n_relevant) if denominator == "min_k_relevant" else r.n_relevant
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return r.finish((prec_at_i * hits).sum(1) / d, per_user)
+
+
+def catalogue_coverage(retrieved, n_items: int, k: int) -> float:
+    """Share of the catalogue that appears in at least one user's top K.
+
+    ``|union of top-K items over ALL rows| / n_items``; rows are deduplicated
+    first and -1 padding is ignored. All users count (relevance plays no role).
+
+    Raises:
+        ValueError: ``n_items < 1`` or an item id ``>= n_items``.
+    """
+    k = _check_k(k)
+    if n_items < 1:
+        raise ValueError(f"n_items must be >= 1, got {n_items}")
+    top = dedupe_rows(retrieved, k)
+    items = np.unique(top[top >= 0])
+    if items.size and items[-1] >= n_items:
+        raise ValueError(f"retrieved holds item id {int(items[-1])} >= n_items={n_items}")
+    return float(items.size / n_items)
+
+
+RANKING_METRICS = (
+    "recall", "recall_capped", "precision", "hit_rate", "mrr", "ndcg", "ndcg_graded", "map",
+)
+
+
+def ranking_metrics(
+    retrieved,
+    relevant,
+    ks,
+    *,
+    n_items: int | None = None,
+    per_user: bool = False,
+):
+    """All ranking metrics at several cut-offs from ONE lookup (for curves and tables).
+
+    Equal to calling :func:`recall_at_k`, :func:`recall_capped_at_k`,
+    :func:`precision_at_k`, :func:`hit_rate_at_k`, :func:`mrr_at_k`,
+    :func:`ndcg_at_k` (binary, and ``graded=True`` as ``ndcg_graded``) and
+    :func:`map_at_k` (default denominator) at each K, and
+    :func:`catalogue_coverage` when ``n_items`` is given.
+
+    Args:
+        ks: iterable of cut-offs >= 1.
+        per_user: if True, return ``{metric: (n_users, len(ks)) array}`` (NaN
+            for users without relevant items; coverage omitted).
+
+    Returns:
+        ``pandas.DataFrame`` indexed by K with one column per metric (means over
+        users with >= 1 relevant item, plus ``n_users`` evaluated), or the
+        per-user dict.
+    """
+    ks = sorted({_check_k(k) for k in ks})
+    if not ks:
+        raise ValueError("ks is empty")
+    kmax = ks[-1]
+    r = _Ranked(retrieved, relevant, kmax)
+    hits = r.hits.astype(np.float64)
+    disc = _discount(kmax)
+    positions = np.arange(1, kmax + 1)
+    cum_hits = np.cumsum(hits, axis=1)
+    dcg = np.cumsum(hits * disc, axis=1)
+    dcg_g = np.cumsum(r.gains * disc, axis=1)
+    idcg = np.cumsum((r.ideal_gains > 0) * disc, axis=1)
+    idcg_g = np.cumsum(r.ideal_gains * disc, axis=1)
+    ap_num = np.cumsum(cum_hits / positions * hits, axis=1)
+    first = np.where(r.hits.any(1), np.argmax(r.hits, axis=1) + 1, np.iinfo(np.int64).max)
+    out: dict[str, list] = {m: [] for m in RANKING_METRICS}
+    nrel = r.n_relevant
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for k in ks:
+            c = k - 1
+            out["recall"].append(cum_hits[:, c] / nrel)
+            out["recall_capped"].append(cum_hits[:, c] / np.minimum(k, nrel))
+            out["precision"].append(cum_hits[:, c] / k)
+            out["hit_rate"].append((cum_hits[:, c] > 0).astype(np.float64))
+            out["mrr"].append(np.where(first <= k, 1.0 / np.minimum(first, k + 1), 0.0))
+            out["ndcg"].append(dcg[:, c] / idcg[:, c])
+            out["ndcg_graded"].append(dcg_g[:, c] / idcg_g[:, c])
+            out["map"].append(ap_num[:, c] / np.minimum(k, nrel))
+    per = {m: np.where(r.valid[:, None], np.stack(v, axis=1), np.nan) for m, v in out.items()}
+    if per_user:
+        return per
+    table = pd.DataFrame({m: np.nanmean(v, axis=0) for m, v in per.items()}, index=pd.Index(ks, name="K"))
+    if n_items is not None:
+        # Coverage at every K from one pass: the best rank at which each item appears.
+        if r.top.max() >= n_items:
+            raise ValueError(f"retrieved holds item id {int(r.top.max())} >= n_items={n_items}")
+        best = np.full(n_items, kmax, dtype=np.int64)
+        cols = np.broadcast_to(np.arange(kmax), r.top.shape)
+        ok = r.top >= 0
+        np.minimum.at(best, r.top[ok], cols[ok])
+        table["coverage"] = [float((best < k).sum() / n_items) for k in ks]
+    table["n_users"] = int(r.valid.sum())
+    return table

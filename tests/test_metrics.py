@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas.testing as pdt
 import pytest
+import scipy.sparse as sp
 from sklearn import metrics as skm
 
 from ecrec import metrics as M
@@ -125,3 +127,194 @@ def test_gauc_errors():
         M.gauc([1, 1, 2], [1, 0], [0.1, 0.2])
     with pytest.raises(ValueError, match="only 0 and 1"):
         M.gauc([1, 1], [1, 3], [0.1, 0.2])
+
+
+# --- ranking ---------------------------------------------------------------
+
+# user 0: duplicates and padding; user 1: nothing relevant (excluded);
+# user 2: an empty list; user 3: one relevant item at rank 1.
+RETRIEVED = np.array(
+    [
+        [5, 5, 2, -1, 9],
+        [1, 2, 3, 4, 5],
+        [-1, -1, -1, -1, -1],
+        [8, 0, 1, 2, 3],
+    ]
+)
+RELEVANT = [[2, 9, 4], [], [0], [8, 8]]
+L2, L3, L4 = math.log2(2), math.log2(3), math.log2(4)
+
+
+def test_dedupe_rows_keeps_first_occurrence_and_shifts_left():
+    out = M.dedupe_rows(np.array([[5, 5, 2, -1, 9, 2], [3, -1, 3, 3, 1, 0]]), k=4)
+    np.testing.assert_array_equal(out, [[5, 2, 9, -1], [3, 1, 0, -1]])
+    assert M.dedupe_rows(np.array([[1, 2]]), k=4).tolist() == [[1, 2, -1, -1]]
+
+
+def test_ranking_hand_computed_k3():
+    # user 0 scored on [5, 2, 9]: hits at ranks 2 and 3, 3 relevant items.
+    u0 = {
+        "recall": 2 / 3,
+        "recall_capped": 2 / 3,
+        "precision": 2 / 3,
+        "hit_rate": 1.0,
+        "mrr": 1 / 2,
+        "ndcg": (1 / L3 + 1 / L4) / (1 / L2 + 1 / L3 + 1 / L4),
+        "map": (1 / 2 + 2 / 3) / 3,
+    }
+    u2 = dict.fromkeys(u0, 0.0)
+    u3 = {"recall": 1, "recall_capped": 1, "precision": 1 / 3, "hit_rate": 1, "mrr": 1, "ndcg": 1, "map": 1}
+    fns = {
+        "recall": M.recall_at_k,
+        "recall_capped": M.recall_capped_at_k,
+        "precision": M.precision_at_k,
+        "hit_rate": M.hit_rate_at_k,
+        "mrr": M.mrr_at_k,
+        "ndcg": M.ndcg_at_k,
+        "map": M.map_at_k,
+    }
+    table = M.ranking_metrics(RETRIEVED, RELEVANT, [3, 5])
+    for name, fn in fns.items():
+        expected = (u0[name] + u2[name] + u3[name]) / 3  # user 1 excluded
+        assert fn(RETRIEVED, RELEVANT, 3) == pytest.approx(expected), name
+        assert table.loc[3, name] == pytest.approx(expected), name
+        per = fn(RETRIEVED, RELEVANT, 3, per_user=True)
+        assert np.isnan(per[1]) and per[0] == pytest.approx(u0[name]), name
+    assert table.loc[3, "n_users"] == 3
+
+
+def test_recall_denominators_differ_when_more_relevant_than_k():
+    retrieved = np.array([[1, 2]])
+    relevant = [[1, 2, 3, 4]]
+    assert M.recall_at_k(retrieved, relevant, 2) == pytest.approx(0.5)  # 2 / 4
+    assert M.recall_capped_at_k(retrieved, relevant, 2) == pytest.approx(1.0)  # 2 / min(2, 4)
+    assert M.map_at_k(retrieved, relevant, 2) == pytest.approx(1.0)
+    assert M.map_at_k(retrieved, relevant, 2, denominator="n_relevant") == pytest.approx(0.5)
+
+
+def test_fewer_than_k_candidates_are_misses():
+    # 2 candidates, both relevant, at K=4: precision 2/4, recall 2/2.
+    assert M.precision_at_k(np.array([[3, 4]]), [[3, 4]], 4) == pytest.approx(0.5)
+    assert M.recall_at_k(np.array([[3, 4]]), [[3, 4]], 4) == pytest.approx(1.0)
+    assert M.ndcg_at_k(np.array([[3, 4]]), [[3, 4]], 4) == pytest.approx(1.0)
+
+
+def test_duplicates_do_not_inflate_hits():
+    # Without deduplication [7, 7] would count 2 hits for 1 relevant item.
+    assert M.precision_at_k(np.array([[7, 7]]), [[7]], 2) == pytest.approx(0.5)
+    assert M.recall_at_k(np.array([[7, 7, 8]]), [[7, 8]], 2) == pytest.approx(1.0)
+
+
+def test_graded_ndcg_uses_ideal_from_all_relevant_items():
+    # gains: item 1 -> 1, item 2 -> 3, item 9 -> 2 (never retrieved)
+    rel = sp.csr_array(([1.0, 3.0, 2.0], ([0, 0, 0], [1, 2, 9])), shape=(1, 10))
+    dcg = 1 / L2 + 3 / L3
+    idcg = 3 / L2 + 2 / L3
+    assert M.ndcg_at_k(np.array([[1, 2]]), rel, 2, graded=True) == pytest.approx(dcg / idcg)
+    assert M.ndcg_at_k(np.array([[1, 2]]), rel, 2) == pytest.approx(1.0)  # binary: both relevant
+
+
+def _random_case(seed, n_users=40, n_items=60, width=25):
+    rng = np.random.default_rng(seed)
+    retrieved = np.stack([rng.permutation(n_items)[:width] for _ in range(n_users)])
+    gains = rng.integers(0, 4, (n_users, n_items)) * (rng.random((n_users, n_items)) < 0.15)
+    gains[np.arange(n_users), rng.integers(0, n_items, n_users)] += 1  # >= 1 relevant per user
+    return retrieved, gains
+
+
+@pytest.mark.parametrize("k", [1, 5, 25])
+def test_ndcg_matches_sklearn(k):
+    retrieved, gains = _random_case(k)
+    n_users, n_items = gains.shape
+    scores = np.zeros((n_users, n_items))
+    np.put_along_axis(scores, retrieved, np.arange(retrieved.shape[1], 0, -1, dtype=float), axis=1)
+    rel = sp.csr_array(gains.astype(float))
+    assert M.ndcg_at_k(retrieved, rel, k, graded=True) == pytest.approx(
+        skm.ndcg_score(gains, scores, k=k), rel=1e-10
+    )
+    assert M.ndcg_at_k(retrieved, rel, k) == pytest.approx(skm.ndcg_score(gains > 0, scores, k=k), rel=1e-10)
+
+
+def _loop_reference(retrieved, relevant, k):
+    """A plain per-user loop, written independently, for the binary metrics."""
+    out = {m: [] for m in ("recall", "recall_capped", "precision", "hit_rate", "mrr", "map")}
+    for row, rel in zip(retrieved, relevant, strict=True):
+        rel = set(rel)
+        if not rel:
+            continue
+        seen, top = set(), []
+        for item in row:
+            if item >= 0 and item not in seen:
+                seen.add(item)
+                top.append(item)
+        top = top[:k]
+        hits = [i in rel for i in top]
+        n_hit = sum(hits)
+        out["recall"].append(n_hit / len(rel))
+        out["recall_capped"].append(n_hit / min(k, len(rel)))
+        out["precision"].append(n_hit / k)
+        out["hit_rate"].append(float(n_hit > 0))
+        out["mrr"].append(1 / (hits.index(True) + 1) if n_hit else 0.0)
+        ap = sum(sum(hits[: i + 1]) / (i + 1) for i, h in enumerate(hits) if h)
+        out["map"].append(ap / min(k, len(rel)))
+    return {m: float(np.mean(v)) for m, v in out.items()}
+
+
+def test_ranking_metrics_match_a_plain_loop_with_duplicates_padding_and_empty_users():
+    rng = np.random.default_rng(7)
+    retrieved = rng.integers(-1, 30, (200, 40))  # duplicates and -1 everywhere
+    relevant = [list(rng.integers(0, 30, rng.integers(0, 6))) for _ in range(200)]
+    for k in (1, 10, 40, 60):
+        table = M.ranking_metrics(retrieved, relevant, [k])
+        for name, value in _loop_reference(retrieved, relevant, k).items():
+            assert table.loc[k, name] == pytest.approx(value, rel=1e-12), (name, k)
+
+
+def test_relevant_forms_agree_and_metrics_are_in_unit_interval():
+    retrieved, gains = _random_case(3)
+    lists = [np.flatnonzero(g) for g in gains]
+    width = max(len(x) for x in lists)
+    padded = np.full((len(lists), width), -1)
+    for i, x in enumerate(lists):
+        padded[i, : len(x)] = x
+    a = M.ranking_metrics(retrieved, sp.csr_matrix(gains), [5, 20], n_items=60)
+    b = M.ranking_metrics(retrieved, lists, [5, 20], n_items=60)
+    c = M.ranking_metrics(retrieved, padded, [5, 20], n_items=60)
+    cols = [m for m in a.columns if m != "ndcg_graded"]
+    pdt.assert_frame_equal(a[cols], b[cols])
+    pdt.assert_frame_equal(b, c)
+    values = a.drop(columns="n_users").to_numpy()
+    assert ((values >= 0) & (values <= 1)).all()
+
+
+def test_catalogue_coverage():
+    retrieved = np.array([[0, 1, 1, -1], [1, 2, 3, 4]])
+    assert M.catalogue_coverage(retrieved, 10, 2) == pytest.approx(3 / 10)  # {0, 1} U {1, 2}
+    assert M.catalogue_coverage(retrieved, 10, 4) == pytest.approx(5 / 10)
+    table = M.ranking_metrics(retrieved, [[1], [9]], [2, 4], n_items=10)
+    assert table["coverage"].tolist() == pytest.approx([0.3, 0.5])
+    with pytest.raises(ValueError, match="n_items"):
+        M.catalogue_coverage(retrieved, 3, 4)
+
+
+@pytest.mark.parametrize(
+    "retrieved, relevant, k, err, match",
+    [
+        (np.array([1, 2]), [[1]], 2, ValueError, "2-D"),
+        (np.array([[1.0, 2.0]]), [[1]], 2, TypeError, "integer"),
+        (np.array([[1, -3]]), [[1]], 2, ValueError, ">= 0"),
+        (np.array([[1, 2]]), [[1], [2]], 2, ValueError, "1 users"),
+        (np.array([[1, 2]]), [[1]], 0, ValueError, "positive"),
+        (np.array([[1, 2]]), [[]], 2, ValueError, "no user has a relevant"),
+        (np.array([[1, 2]]), {"a": 1}, 2, TypeError, "sparse"),
+        (np.array([[1, 2]]), sp.csr_array(np.array([[0.0, -1.0]])), 2, ValueError, ">= 0"),
+    ],
+)
+def test_ranking_bad_input(retrieved, relevant, k, err, match):
+    with pytest.raises(err, match=match):
+        M.recall_at_k(retrieved, relevant, k)
+
+
+def test_map_rejects_unknown_denominator():
+    with pytest.raises(ValueError, match="denominator"):
+        M.map_at_k(np.array([[1]]), [[1]], 1, denominator="k")
