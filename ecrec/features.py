@@ -1,0 +1,632 @@
+"""Chapter 03's point-in-time CTR dataset, built from the cleaned Online Retail log.
+
+The contract that chapters 03 (ID-based CTR models), 04 (BERT) and 05 (recall)
+share. Every chapter calls :func:`load_or_build_ctr_dataset` with the same
+:class:`CtrDatasetConfig`, so they all read exactly the same examples and split
+from one parquet file cached under a hash of the config and of the data.
+
+Functions
+---------
+* :func:`purchase_events` (clean -> one row per (invoice, item): the positives
+  and the history every feature is computed from).
+* :func:`split_dates` (timestamps -> ``(valid_start, test_start)``) and
+  :func:`assign_split` (timestamps -> ``"train"|"valid"|"test"``): one
+  global time split, test last.
+* :func:`sample_negatives` (seeded, ``"uniform"`` or ``"popularity"``).
+* :func:`point_in_time_features` (examples + event log -> features that use
+  only events strictly before each example's ``ts``).
+* :func:`build_ctr_dataset`, :func:`load_or_build_ctr_dataset`,
+  :func:`dataset_key`, :func:`item_catalog`.
+
+Columns of the CTR dataset (one row per example, sorted by ``ts``, ``user_id``,
+``invoice_no``, ``label`` descending, ``item_id``; fresh RangeIndex)
+-------------------------------------------------------------------------------
+======================  =====================  ===================================================
+column                  dtype                  meaning
+======================  =====================  ===================================================
+``user_id``             int64                  CustomerID
+``item_id``             str                    StockCode
+``ts``                  datetime64[us]         the invoice's time (a negative shares its positive's)
+``invoice_no``          str                    the positive's invoice: one "impression list"
+``label``               int8                   1 bought, 0 sampled negative
+``split``               str                    ``"train"``, ``"valid"`` or ``"test"`` (by ``ts``)
+``cold_user``           bool                   user has no positive in the train split
+``cold_item``           bool                   item has no positive in the train split
+``country``             str                    the invoice's country (context, known at ``ts``)
+``hist_items``          list<string>[pyarrow]  up to ``history_len`` items the user bought
+                                               strictly before ``ts``, newest first
+``hist_len``            int64                  ``len(hist_items)``
+``u_n_invoices``        float64                user's invoices before ``ts`` (frequency)
+``u_n_lines``           float64                user's invoice lines before ``ts``
+``u_spend``             float64                user's spend before ``ts``, pounds (monetary)
+``u_days_since_last``   float64                days since the user's last invoice (recency), NaN if none
+``u_tenure_days``       float64                days since the user's first invoice, NaN if none
+``i_pop_all``           float64                item's purchases (any user) before ``ts``
+``i_pop_<w>d``          float64                ... in the ``w`` days before ``ts`` (``pop_windows``)
+``i_price``             float64                item's last unit price before ``ts``, NaN if never sold
+``i_age_days``          float64                days since the item's first sale, NaN if never sold
+``ui_n_before``         float64                times this user bought this item before ``ts``
+``ui_days_since_last``  float64                days since the user last bought it, NaN if never
+``hour``                int64                  hour of ``ts`` (0-23)
+``weekday``             int64                  day of week of ``ts`` (Monday 0)
+``month``               int64                  month of ``ts`` (1-12)
+======================  =====================  ===================================================
+
+NaN means "no history" and is left for the encoders (:class:`NumericEncoder`)
+to impute with an explicit missing indicator. Static item attributes
+(description, category) come from :func:`item_catalog`; join on ``item_id``.
+
+Point in time: every ``u_*``, ``i_*``, ``ui_*`` and ``hist_*`` value of an
+example is computed from purchase events with a time strictly before the
+example's ``ts`` (items of the same invoice are not "before"). The event log
+is the whole cleaned log (all users), also when ``max_users`` subsamples the
+users that get examples: popularity is a global statistic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+FORMAT_VERSION = 1  # bump when the columns or their meaning change: invalidates caches
+SPLITS = ("train", "valid", "test")
+NEGATIVE_SAMPLING = ("uniform", "popularity")
+HIST_DTYPE = pd.ArrowDtype(pa.list_(pa.string()))
+_DAY_S = 86_400
+
+
+# --- events and the global time split ---------------------------------------
+
+
+def purchase_events(clean: pd.DataFrame) -> pd.DataFrame:
+    """One row per (invoice, item): the purchase events, de-duplicated within an invoice.
+
+    Args:
+        clean: cleaned Online Retail (:func:`ecrec.data.load_clean_online_retail`),
+            columns InvoiceNo, StockCode, Quantity, InvoiceDate, UnitPrice,
+            CustomerID, Country (Description is not used).
+
+    Returns:
+        Frame sorted by ``ts``, ``user_id``, ``item_id``, ``invoice_no`` with
+        columns ``invoice_no`` (str), ``user_id`` (int64), ``item_id`` (str),
+        ``ts`` (datetime64; the invoice's earliest line time, so one invoice is
+        one moment), ``quantity`` (int64, summed), ``price`` (float64, the mean
+        unit price, pounds), ``spend`` (float64, sum of quantity x price,
+        pounds), ``country`` (str).
+
+    Raises:
+        ValueError: a required column is missing, or a row has no CustomerID.
+    """
+    need = ["InvoiceNo", "StockCode", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country"]
+    missing = [c for c in need if c not in clean.columns]
+    if missing:
+        raise ValueError(f"purchase_events needs the cleaned Online Retail columns; missing {missing}")
+    if clean["CustomerID"].isna().any():
+        raise ValueError("purchase_events: rows without CustomerID; pass the *cleaned* log (clean_online_retail)")
+    df = pd.DataFrame(
+        {
+            "invoice_no": clean["InvoiceNo"].astype(str),
+            "user_id": clean["CustomerID"].astype("int64"),
+            "item_id": clean["StockCode"].astype(str),
+            "ts": clean.groupby("InvoiceNo")["InvoiceDate"].transform("min"),
+            "quantity": clean["Quantity"].astype("int64"),
+            "price": clean["UnitPrice"].astype("float64"),
+            "spend": clean["Quantity"] * clean["UnitPrice"],
+            "country": clean["Country"].astype(str),
+        }
+    )
+    out = df.groupby(["invoice_no", "item_id"], sort=False, as_index=False).agg(
+        user_id=("user_id", "first"),
+        ts=("ts", "first"),
+        quantity=("quantity", "sum"),
+        price=("price", "mean"),
+        spend=("spend", "sum"),
+        country=("country", "first"),
+    )
+    out = out[["invoice_no", "user_id", "item_id", "ts", "quantity", "price", "spend", "country"]]
+    return out.sort_values(["ts", "user_id", "item_id", "invoice_no"], kind="stable").reset_index(drop=True)
+
+
+def split_dates(ts, valid_days: int = 30, test_days: int = 30) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """Global time split: the last ``test_days`` whole days are test, the ``valid_days`` before are validation.
+
+    The windows are in calendar days ending at midnight after the last
+    timestamp: ``test_start = ceil_day(max ts) - test_days``,
+    ``valid_start = test_start - valid_days``. Everything before
+    ``valid_start`` is train. Use with :func:`assign_split`.
+
+    Args:
+        ts: timestamps (Series, DatetimeIndex or array of datetime64), e.g.
+            the ``ts`` column of :func:`purchase_events`.
+        valid_days, test_days: window lengths in days, >= 1.
+
+    Returns:
+        ``(valid_start, test_start)`` as :class:`pandas.Timestamp` (midnight).
+
+    Raises:
+        ValueError: empty ``ts``, NaT values, non-positive window lengths, or
+            windows so long that the train window would be empty.
+    """
+    for name, days in (("valid_days", valid_days), ("test_days", test_days)):
+        if not isinstance(days, (int, np.integer)) or isinstance(days, bool) or days < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {days!r}")
+    ts = pd.DatetimeIndex(pd.to_datetime(np.asarray(ts)))
+    if len(ts) == 0:
+        raise ValueError("split_dates: no timestamps")
+    if ts.hasnans:
+        raise ValueError("split_dates: timestamps contain NaT")
+    end = ts.max().normalize() + pd.Timedelta(days=1)
+    test_start = end - pd.Timedelta(days=int(test_days))
+    valid_start = test_start - pd.Timedelta(days=int(valid_days))
+    if valid_start <= ts.min():
+        raise ValueError(
+            f"split_dates: valid_days={valid_days} + test_days={test_days} cover all the data "
+            f"({ts.min()} .. {ts.max()}); nothing is left for training"
+        )
+    return valid_start, test_start
+
+
+def assign_split(ts, valid_start, test_start) -> np.ndarray:
+    """Label each timestamp ``"train"`` (< valid_start), ``"valid"`` (< test_start) or ``"test"``.
+
+    Args:
+        ts: n timestamps (Series, DatetimeIndex or datetime64 array).
+        valid_start, test_start: from :func:`split_dates` (or any timestamps
+            with ``valid_start <= test_start``).
+
+    Returns:
+        (n,) object array of str.
+
+    Raises:
+        ValueError: ``valid_start > test_start`` or NaT in ``ts``.
+    """
+    valid_start, test_start = pd.Timestamp(valid_start), pd.Timestamp(test_start)
+    if valid_start > test_start:
+        raise ValueError(f"assign_split: valid_start {valid_start} is after test_start {test_start}")
+    ts = pd.DatetimeIndex(pd.to_datetime(np.asarray(ts)))
+    if ts.hasnans:
+        raise ValueError("assign_split: timestamps contain NaT")
+    out = np.full(len(ts), "test", dtype=object)
+    out[ts < test_start] = "valid"
+    out[ts < valid_start] = "train"
+    return out
+
+
+# --- configuration and negatives --------------------------------------------
+
+
+@dataclass(frozen=True)
+class CtrDatasetConfig:
+    """Everything that decides the examples; its hash names the cached parquet.
+
+    Attributes:
+        seed: seeds user subsampling and negative sampling.
+        neg_ratio: negatives drawn per positive (>= 1).
+        negatives: ``"uniform"`` over items sold in the example's split window,
+            or ``"popularity"``: proportional to their sales in that window.
+        history_len: length cap of ``hist_items`` (>= 1).
+        max_users: keep a seeded random sample of this many customers
+            (``None``: all 4,334).
+        valid_days, test_days: see :func:`split_dates`.
+        pop_windows: trailing windows in days for ``i_pop_<w>d``.
+    """
+
+    seed: int = 42
+    neg_ratio: int = 4
+    negatives: str = "uniform"
+    history_len: int = 10
+    max_users: int | None = None
+    valid_days: int = 30
+    test_days: int = 30
+    pop_windows: tuple[int, ...] = field(default=(7, 30))
+
+    def __post_init__(self) -> None:
+        if self.negatives not in NEGATIVE_SAMPLING:
+            raise ValueError(f"negatives must be one of {NEGATIVE_SAMPLING}, got {self.negatives!r}")
+        for name in ("neg_ratio", "history_len", "valid_days", "test_days"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.max_users is not None and (not isinstance(self.max_users, (int, np.integer)) or self.max_users < 1):
+            raise ValueError(f"max_users must be None or an integer >= 1, got {self.max_users!r}")
+        windows = tuple(int(w) for w in self.pop_windows)
+        if not windows or any(w < 1 for w in windows) or len(set(windows)) != len(windows):
+            raise ValueError(f"pop_windows must be distinct integers >= 1, got {self.pop_windows!r}")
+        object.__setattr__(self, "pop_windows", windows)
+
+
+def sample_negatives(
+    positives: pd.DataFrame,
+    events: pd.DataFrame,
+    *,
+    neg_ratio: int,
+    method: str,
+    seed: int,
+    max_rounds: int = 30,
+) -> pd.DataFrame:
+    """Draw ``neg_ratio`` items per positive that the user did not buy in that split window.
+
+    Candidates are the items sold (by anyone) in the positive's split window;
+    ``method="uniform"`` draws them with equal probability, ``"popularity"``
+    proportionally to their number of purchase events in that window. Items
+    the user bought in the same window are rejected and redrawn (up to
+    ``max_rounds``; what is still rejected then is dropped), and an item drawn
+    twice for the same invoice is kept once. Sampled negatives are not
+    impressions: they are items the user probably never saw.
+
+    Args:
+        positives: rows of :func:`purchase_events` with a ``split`` column
+            (the users whose examples are wanted).
+        events: all purchase events with a ``split`` column (defines the
+            candidate pool, the popularity and what each user bought).
+        neg_ratio, method, seed: see :class:`CtrDatasetConfig`.
+
+    Returns:
+        Frame with ``invoice_no``, ``user_id``, ``item_id``, ``ts``,
+        ``country``, ``split`` (one row per negative), same dtypes as
+        ``positives``.
+
+    Raises:
+        ValueError: unknown ``method`` or ``neg_ratio < 1``.
+    """
+    if method not in NEGATIVE_SAMPLING:
+        raise ValueError(f"method must be one of {NEGATIVE_SAMPLING}, got {method!r}")
+    if neg_ratio < 1:
+        raise ValueError(f"neg_ratio must be >= 1, got {neg_ratio}")
+    rng = np.random.default_rng(seed)
+    items = pd.Index(np.sort(events["item_id"].unique()))
+    users = pd.Index(np.sort(np.union1d(events["user_id"].unique(), positives["user_id"].unique())))
+    n_items = len(items)
+    split_code = {s: k for k, s in enumerate(SPLITS)}
+
+    def pair_key(user_codes, item_codes, split_codes):
+        return (split_codes.astype(np.int64) * len(users) + user_codes) * n_items + item_codes
+
+    ev_user = users.get_indexer(events["user_id"])
+    ev_item = items.get_indexer(events["item_id"])
+    ev_split = events["split"].map(split_code).to_numpy()
+    bought = np.unique(pair_key(ev_user, ev_item, ev_split))
+
+    rep = np.repeat(np.arange(len(positives)), neg_ratio)
+    pos_user = users.get_indexer(positives["user_id"])[rep]
+    pos_split = positives["split"].map(split_code).to_numpy()[rep]
+    drawn = np.full(len(rep), -1, dtype=np.int64)
+    pools = {}
+    for code in split_code.values():
+        in_split = ev_split == code
+        counts = np.bincount(ev_item[in_split], minlength=n_items).astype(np.float64)
+        pool = np.flatnonzero(counts > 0)
+        if len(pool) == 0:
+            continue
+        weights = counts[pool] / counts[pool].sum() if method == "popularity" else None
+        pools[code] = (pool, weights)
+    todo = np.arange(len(rep))
+    for _ in range(max_rounds):
+        for code, (pool, weights) in pools.items():
+            idx = todo[pos_split[todo] == code]
+            if len(idx):
+                drawn[idx] = rng.choice(pool, size=len(idx), p=weights)
+        clash = np.isin(pair_key(pos_user[todo], drawn[todo], pos_split[todo]), bought)
+        drawn[todo[clash]] = -1
+        todo = todo[clash]
+        if len(todo) == 0:
+            break
+    keep = drawn >= 0
+    cols = ["invoice_no", "user_id", "ts", "country", "split"]
+    neg = positives[cols].iloc[rep[keep]].reset_index(drop=True)
+    neg.insert(2, "item_id", np.asarray(items)[drawn[keep]])
+    neg["item_id"] = neg["item_id"].astype(positives["item_id"].dtype)
+    return neg.drop_duplicates(["invoice_no", "item_id"]).reset_index(drop=True)
+
+
+# --- point-in-time features ---------------------------------------------------
+
+
+def _seconds(ts) -> np.ndarray:
+    return pd.DatetimeIndex(pd.to_datetime(np.asarray(ts))).as_unit("s").asi8
+
+
+class _Sorted:
+    """Events sorted by (code, time) with composite int64 keys ``code * span + t``."""
+
+    def __init__(self, codes: np.ndarray, t: np.ndarray, span: int, tiebreak: np.ndarray | None = None):
+        order = np.lexsort((tiebreak, t, codes) if tiebreak is not None else (t, codes))
+        self.order = order
+        self.codes = codes[order]
+        self.t = t[order]
+        self.span = span
+        self.keys = self.codes * span + self.t
+
+    def before(self, codes: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(start, stop): the events of ``codes`` strictly before ``t`` are ``[start, stop)``."""
+        base = codes * self.span
+        return np.searchsorted(self.keys, base, "left"), np.searchsorted(self.keys, base + t, "left")
+
+
+def point_in_time_features(
+    examples: pd.DataFrame,
+    events: pd.DataFrame,
+    *,
+    history_len: int = 10,
+    pop_windows: tuple[int, ...] = (7, 30),
+) -> pd.DataFrame:
+    """Features of each example from the events strictly before its ``ts`` (no per-row Python loop).
+
+    Each family of events is sorted once by a composite int64 key
+    ``code * span + seconds``; one :func:`numpy.searchsorted` per example
+    then finds how many events of that user, item or (user, item) pair come
+    strictly before ``ts``, and cumulative sums give counts and totals.
+
+    Args:
+        examples: frame with ``user_id`` (int), ``item_id`` (str), ``ts``
+            (datetime64); users or items absent from ``events`` are fine
+            (they get zero counts and NaN).
+        events: :func:`purchase_events` frame (``user_id``, ``item_id``,
+            ``invoice_no``, ``ts``, ``price``, ``spend``).
+        history_len: cap of ``hist_items``.
+        pop_windows: trailing windows in days for ``i_pop_<w>d``.
+
+    Returns:
+        Frame indexed like ``examples`` with the feature columns listed in
+        the module docstring (``hist_items``, ``hist_len``, ``u_*``, ``i_*``,
+        ``ui_*``, ``hour``, ``weekday``, ``month``).
+
+    Raises:
+        ValueError: missing columns or NaT in ``ts``.
+    """
+    for frame, name, cols in (
+        (examples, "examples", ["user_id", "item_id", "ts"]),
+        (events, "events", ["user_id", "item_id", "invoice_no", "ts", "price", "spend"]),
+    ):
+        missing = [c for c in cols if c not in frame.columns]
+        if missing:
+            raise ValueError(f"point_in_time_features: {name} lacks columns {missing}")
+    if examples["ts"].isna().any():
+        raise ValueError("point_in_time_features: examples have NaT in ts")
+    n = len(examples)
+    max_w = max(pop_windows) if pop_windows else 0
+    ex_s, ev_s = _seconds(examples["ts"]), _seconds(events["ts"])
+    t0 = min(ex_s.min() if n else 0, ev_s.min() if len(ev_s) else 0) - (max_w + 1) * _DAY_S
+    ex_t, ev_t = ex_s - t0, ev_s - t0
+    span = int(max(ex_t.max() if n else 0, ev_t.max() if len(ev_t) else 0)) + 1
+
+    users = pd.Index(np.union1d(events["user_id"].to_numpy(), examples["user_id"].to_numpy()))
+    items = pd.Index(np.union1d(events["item_id"].astype(str).to_numpy(), examples["item_id"].astype(str).to_numpy()))
+    if len(users) * len(items) * span >= 2**62:
+        raise ValueError("point_in_time_features: too many users x items x seconds for int64 keys")
+    ev_u = users.get_indexer(events["user_id"].to_numpy()).astype(np.int64)
+    ev_i = items.get_indexer(events["item_id"].astype(str).to_numpy()).astype(np.int64)
+    ex_u = users.get_indexer(examples["user_id"].to_numpy()).astype(np.int64)
+    ex_i = items.get_indexer(examples["item_id"].astype(str).to_numpy()).astype(np.int64)
+    out = pd.DataFrame(index=examples.index)
+
+    # user level: one row per (user, invoice); computed once per distinct (user, ts)
+    inv = (
+        pd.DataFrame({"u": ev_u, "t": ev_t, "inv": events["invoice_no"].to_numpy(), "spend": events["spend"].to_numpy()})
+        .groupby(["u", "t", "inv"], sort=True, as_index=False)
+        .agg(n_lines=("spend", "size"), spend=("spend", "sum"))
+    )
+    inv_s = _Sorted(inv["u"].to_numpy(), inv["t"].to_numpy(), span)
+    uq = pd.DataFrame({"u": ex_u, "t": ex_t})
+    uq_unique = uq.drop_duplicates().reset_index(drop=True)
+    uq_pos = pd.MultiIndex.from_frame(uq_unique).get_indexer(pd.MultiIndex.from_frame(uq))
+    qu, qt = uq_unique["u"].to_numpy(), uq_unique["t"].to_numpy()
+    start, stop = inv_s.before(qu, qt)
+    n_inv = stop - start
+    cs_lines = np.concatenate([[0], np.cumsum(inv["n_lines"].to_numpy()[inv_s.order])])
+    cs_spend = np.concatenate([[0.0], np.cumsum(inv["spend"].to_numpy()[inv_s.order])])
+    has = n_inv > 0
+    last_t = np.where(has, inv_s.t[np.maximum(stop - 1, 0)], 0)
+    first_t = np.where(has, inv_s.t[np.minimum(start, len(inv_s.t) - 1)] if len(inv_s.t) else 0, 0)
+    user_feats = {
+        "u_n_invoices": n_inv.astype(np.float64),
+        "u_n_lines": (cs_lines[stop] - cs_lines[start]).astype(np.float64),
+        "u_spend": cs_spend[stop] - cs_spend[start],
+        "u_days_since_last": np.where(has, (qt - last_t) / _DAY_S, np.nan),
+        "u_tenure_days": np.where(has, (qt - first_t) / _DAY_S, np.nan),
+    }
+
+    # sequence: the user's last items strictly before ts, newest first
+    ev_s_sorted = _Sorted(ev_u, ev_t, span, tiebreak=ev_i)
+    h_start, h_stop = ev_s_sorted.before(qu, qt)
+    offs = np.arange(1, history_len + 1)
+    pos = h_stop[:, None] - offs[None, :]
+    valid = pos >= h_start[:, None]
+    hist_codes = np.where(valid, ev_i[ev_s_sorted.order][np.maximum(pos, 0)] if len(ev_i) else -1, -1)
+    lengths = valid.sum(1)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    item_names = pa.array(np.asarray(items, dtype=object), pa.string())
+    values = pa.DictionaryArray.from_arrays(pa.array(hist_codes[valid], pa.int32()), item_names).cast(pa.string())
+    hist = pa.ListArray.from_arrays(pa.array(offsets), values).take(pa.array(uq_pos))
+    out["hist_items"] = pd.Series(pd.arrays.ArrowExtensionArray(hist), index=examples.index, dtype=HIST_DTYPE)
+    out["hist_len"] = lengths[uq_pos].astype(np.int64)
+    for name, values_ in user_feats.items():
+        out[name] = values_[uq_pos]
+
+    # item level
+    it_s = _Sorted(ev_i, ev_t, span)
+    i_start, i_stop = it_s.before(ex_i, ex_t)
+    out["i_pop_all"] = (i_stop - i_start).astype(np.float64)
+    for w in pop_windows:
+        w_start = np.searchsorted(it_s.keys, ex_i * span + ex_t - w * _DAY_S, "left")
+        out[f"i_pop_{w}d"] = (i_stop - np.maximum(w_start, i_start)).astype(np.float64)
+    i_has = i_stop > i_start
+    price_sorted = events["price"].to_numpy()[it_s.order]
+    out["i_price"] = np.where(i_has, price_sorted[np.maximum(i_stop - 1, 0)] if len(price_sorted) else 0, np.nan)
+    first_it = it_s.t[np.minimum(i_start, max(len(it_s.t) - 1, 0))] if len(it_s.t) else np.zeros(n)
+    out["i_age_days"] = np.where(i_has, (ex_t - first_it) / _DAY_S, np.nan)
+
+    # user x item
+    ui_s = _Sorted(ev_u * len(items) + ev_i, ev_t, span)
+    p_start, p_stop = ui_s.before(ex_u * len(items) + ex_i, ex_t)
+    p_has = p_stop > p_start
+    out["ui_n_before"] = (p_stop - p_start).astype(np.float64)
+    last_pair = ui_s.t[np.maximum(p_stop - 1, 0)] if len(ui_s.t) else np.zeros(n)
+    out["ui_days_since_last"] = np.where(p_has, (ex_t - last_pair) / _DAY_S, np.nan)
+
+    # context
+    when = pd.DatetimeIndex(examples["ts"])
+    out["hour"] = np.asarray(when.hour, dtype=np.int64)
+    out["weekday"] = np.asarray(when.weekday, dtype=np.int64)
+    out["month"] = np.asarray(when.month, dtype=np.int64)
+    return out
+
+
+# --- the dataset --------------------------------------------------------------
+
+
+def _select_users(events: pd.DataFrame, max_users: int | None, seed: int) -> np.ndarray:
+    users = np.sort(events["user_id"].unique())
+    if max_users is None or max_users >= len(users):
+        return users
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(users, size=max_users, replace=False))
+
+
+def build_ctr_dataset(clean: pd.DataFrame, config: CtrDatasetConfig | None = None) -> pd.DataFrame:
+    """Positives, seeded negatives, global time split, cold flags and point-in-time features.
+
+    Args:
+        clean: cleaned Online Retail (:func:`ecrec.data.load_clean_online_retail`).
+        config: :class:`CtrDatasetConfig` (default one if ``None``).
+
+    Returns:
+        The CTR dataset, columns as in the module docstring. Same ``clean``
+        and config give an identical frame.
+
+    Raises:
+        ValueError: ``clean`` lacks columns, or the split leaves no training data.
+    """
+    config = config or CtrDatasetConfig()
+    events = purchase_events(clean)
+    valid_start, test_start = split_dates(events["ts"], config.valid_days, config.test_days)
+    events["split"] = assign_split(events["ts"], valid_start, test_start)
+    keep_users = _select_users(events, config.max_users, config.seed)
+    positives = events[events["user_id"].isin(keep_users)].reset_index(drop=True)
+    negatives = sample_negatives(
+        positives, events, neg_ratio=config.neg_ratio, method=config.negatives, seed=config.seed + 1
+    )
+    cols = ["invoice_no", "user_id", "item_id", "ts", "country", "split"]
+    examples = pd.concat(
+        [positives[cols].assign(label=np.int8(1)), negatives[cols].assign(label=np.int8(0))],
+        ignore_index=True,
+    )
+    examples["label"] = examples["label"].astype(np.int8)
+    examples = examples.sort_values(
+        ["ts", "user_id", "invoice_no", "label", "item_id"],
+        ascending=[True, True, True, False, True],
+        kind="stable",
+    ).reset_index(drop=True)
+    train_pos = examples[(examples["split"] == "train") & (examples["label"] == 1)]
+    examples["cold_user"] = ~examples["user_id"].isin(train_pos["user_id"].unique())
+    examples["cold_item"] = ~examples["item_id"].isin(train_pos["item_id"].unique())
+    feats = point_in_time_features(
+        examples, events, history_len=config.history_len, pop_windows=config.pop_windows
+    )
+    out = pd.concat([examples, feats], axis=1)
+    front = ["user_id", "item_id", "ts", "invoice_no", "label", "split", "cold_user", "cold_item", "country"]
+    out = out[front + [c for c in out.columns if c not in front]]
+    out["split"] = out["split"].astype(str)
+    return out
+
+
+def _data_fingerprint(clean: pd.DataFrame) -> str:
+    cols = [c for c in ("InvoiceNo", "StockCode", "InvoiceDate", "Quantity", "UnitPrice", "CustomerID") if c in clean]
+    digest = pd.util.hash_pandas_object(clean[cols], index=False).to_numpy()
+    return hashlib.sha256(digest.tobytes()).hexdigest()[:16]
+
+
+def dataset_key(clean: pd.DataFrame, config: CtrDatasetConfig) -> str:
+    """16 hex digits from the config, :data:`FORMAT_VERSION` and a hash of ``clean``'s content."""
+    payload = json.dumps(
+        {"config": asdict(config), "format": FORMAT_VERSION, "data": _data_fingerprint(clean)},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _read_dataset(path: Path) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    return table.to_pandas(types_mapper=lambda t: HIST_DTYPE if pa.types.is_list(t) else None)
+
+
+def _write_dataset(df: pd.DataFrame, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    # pandas' own metadata for an ArrowDtype list column cannot be read back by pandas 3
+    table = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
+    pq.write_table(table, path)
+
+
+def load_or_build_ctr_dataset(
+    clean: pd.DataFrame,
+    config: CtrDatasetConfig | None = None,
+    cache_dir: str | Path = "cache",
+    *,
+    rebuild: bool = False,
+) -> pd.DataFrame:
+    """Read ``cache_dir/ctr_<key>.parquet`` if present, else build it and save it atomically.
+
+    ``key`` is :func:`dataset_key` (config + format version + data hash), so
+    chapters 03, 04 and 05 that pass the same config share one file, and a
+    changed config or data never reads a stale one. A ``ctr_<key>.json``
+    beside it records the config and row counts.
+
+    Returns:
+        The frame :func:`build_ctr_dataset` returns (identical after a round trip).
+
+    Raises:
+        ValueError: as :func:`build_ctr_dataset`.
+    """
+    from ecrec.io import atomic_write, atomic_write_text
+
+    config = config or CtrDatasetConfig()
+    cache_dir = Path(cache_dir)
+    key = dataset_key(clean, config)
+    path = cache_dir / f"ctr_{key}.parquet"
+    if path.is_file() and not rebuild:
+        return _read_dataset(path)
+    df = build_ctr_dataset(clean, config)
+    atomic_write(path, lambda p: _write_dataset(df, p))
+    summary = {
+        "config": asdict(config),
+        "format": FORMAT_VERSION,
+        "rows": len(df),
+        "rows_by_split": df["split"].value_counts().to_dict(),
+        "positives": int(df["label"].sum()),
+    }
+    atomic_write_text(cache_dir / f"ctr_{key}.json", json.dumps(summary, indent=2, default=int))
+    return _read_dataset(path)
+
+
+def item_catalog(clean: pd.DataFrame) -> pd.DataFrame:
+    """One row per item: ``item_id`` (str), ``description`` (str), ``category`` (str), ``price`` (float64).
+
+    ``category`` is the description's last word (mostly the product noun:
+    HOLDER, BAG, MUG...), a cheap category from text. ``price`` is the median
+    unit price over the whole log, in pounds: a catalog attribute for display
+    and text prompts; models use the point-in-time ``i_price`` instead.
+
+    Raises:
+        ValueError: ``clean`` lacks StockCode, Description or UnitPrice.
+    """
+    missing = [c for c in ("StockCode", "Description", "UnitPrice") if c not in clean.columns]
+    if missing:
+        raise ValueError(f"item_catalog: missing columns {missing}")
+    from ecrec.data import canonical_descriptions
+
+    desc = canonical_descriptions(clean)
+    price = clean.groupby("StockCode")["UnitPrice"].median()
+    cat = pd.DataFrame({"item_id": price.index.astype(str), "price": price.to_numpy(np.float64)})
+    cat["description"] = cat["item_id"].map(desc).fillna("").astype(str)
+    words = cat["description"].str.upper().str.findall(r"[A-Z]+")
+    cat["category"] = words.str[-1].fillna("UNKNOWN").astype(str)
+    return cat[["item_id", "description", "category", "price"]].sort_values("item_id").reset_index(drop=True)
