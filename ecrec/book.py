@@ -135,7 +135,8 @@ def execute(
     check_parameters(parameters, defined, str(path))
     # output_dir is created per chapter by the runner so the chapters cannot collide.
     output_dir = Path(parameters.get("output_dir", run_dir / path.stem)).resolve()
-    parameters["output_dir"] = str(output_dir)
+    # Shown in the executed notebook: relative to the notebooks folder where possible.
+    parameters["output_dir"] = os.path.relpath(output_dir, NOTEBOOKS) if _is_below(output_dir, ROOT) else str(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     executed_dir = run_dir / "executed"
     executed_dir.mkdir(parents=True, exist_ok=True)
@@ -166,6 +167,14 @@ def execute(
         os.environ.update(env_before)
         source_ipynb.unlink(missing_ok=True)
     return RunResult(path.stem, executed, output_dir, ok, time.time() - started, error)
+
+
+def _is_below(path: Path, parent: Path) -> bool:
+    try:
+        path.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
 
 
 def run(
@@ -238,7 +247,9 @@ def build(profile: str = "auto", output: Path = ROOT / "_output") -> Path:
             f"[Open this chapter in Colab]({colab_url(path.stem)}) · "
             f"executed with profile `{profile}`"
         )
-        nb.cells.insert(0, link)
+        # After the title cell, so that the title stays the page's first heading.
+        title_first = nb.cells and nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+        nb.cells.insert(1 if title_first else 0, link)
         (book_dir / "chapters").mkdir(exist_ok=True)
         nbformat.write(nb, book_dir / "chapters" / f"{path.stem}.ipynb")
         chapters.append(f"chapters/{path.stem}")
