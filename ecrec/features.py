@@ -43,6 +43,8 @@ column                  dtype                  meaning
 ``u_tenure_days``       float64                days since the user's first invoice, NaN if none
 ``i_pop_all``           float64                item's purchases (any user) before ``ts``
 ``i_pop_<w>d``          float64                ... in the ``w`` days before ``ts`` (``pop_windows``)
+``i_share_all``         float64                ``i_pop_all`` per 1,000 purchases (all items) before ``ts``
+``i_share_<w>d``        float64                ``i_pop_<w>d`` per 1,000 purchases in the same window
 ``i_price``             float64                item's last unit price before ``ts``, NaN if never sold
 ``i_age_days``          float64                days since the item's first sale, NaN if never sold
 ``ui_n_before``         float64                times this user bought this item before ``ts``
@@ -74,7 +76,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-FORMAT_VERSION = 1  # bump when the columns or their meaning change: invalidates caches
+FORMAT_VERSION = 2  # bump when the columns or their meaning change: invalidates caches
 SPLITS = ("train", "valid", "test")
 NEGATIVE_SAMPLING = ("uniform", "popularity")
 HIST_DTYPE = pd.ArrowDtype(pa.list_(pa.string()))
@@ -456,6 +458,13 @@ def point_in_time_features(
     for w in pop_windows:
         w_start = np.searchsorted(it_s.keys, ex_i * span + ex_t - w * _DAY_S, "left")
         out[f"i_pop_{w}d"] = (i_stop - np.maximum(w_start, i_start)).astype(np.float64)
+    # traffic grows towards Christmas: shares of all purchases travel across windows, raw counts do not
+    all_t = np.sort(ev_t)
+    n_all = np.searchsorted(all_t, ex_t, "left")
+    out["i_share_all"] = 1000.0 * out["i_pop_all"].to_numpy() / np.maximum(n_all, 1)
+    for w in pop_windows:
+        n_w = n_all - np.searchsorted(all_t, ex_t - w * _DAY_S, "left")
+        out[f"i_share_{w}d"] = 1000.0 * out[f"i_pop_{w}d"].to_numpy() / np.maximum(n_w, 1)
     i_has = i_stop > i_start
     price_sorted = events["price"].to_numpy()[it_s.order]
     out["i_price"] = np.where(i_has, price_sorted[np.maximum(i_stop - 1, 0)] if len(price_sorted) else 0, np.nan)
@@ -630,3 +639,325 @@ def item_catalog(clean: pd.DataFrame) -> pd.DataFrame:
     words = cat["description"].str.upper().str.findall(r"[A-Z]+")
     cat["category"] = words.str[-1].fillna("UNKNOWN").astype(str)
     return cat[["item_id", "description", "category", "price"]].sort_values("item_id").reset_index(drop=True)
+
+
+# --- encoders (fitted on the train split only) --------------------------------
+
+
+class IdEncoder:
+    """Categorical values -> int64 indices with an explicit unknown bucket 0.
+
+    ``fit`` keeps the values seen at least ``min_count`` times, sorted, as
+    indices ``1..n``; ``transform`` maps every other value (unseen, rare,
+    missing) to 0 and never raises. Made for ``torch.nn.Embedding(n + 1, d)``.
+    scikit-learn compatible (``fit``/``transform``/``get_params``); accepts a
+    Series, a 1-D array or a one-column frame.
+    """
+
+    def __init__(self, min_count: int = 1):
+        self.min_count = min_count
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {"min_count": self.min_count}
+
+    def set_params(self, **params) -> IdEncoder:
+        for k, v in params.items():
+            setattr(self, k, v)
+        return self
+
+    @staticmethod
+    def _values(x) -> np.ndarray:
+        if isinstance(x, pd.DataFrame):
+            if x.shape[1] != 1:
+                raise ValueError(f"IdEncoder encodes one column, got {x.shape[1]}")
+            x = x.iloc[:, 0]
+        arr = np.asarray(x, dtype=object)
+        if arr.ndim != 1:
+            raise ValueError(f"IdEncoder expects 1-D input, got shape {arr.shape}")
+        return arr
+
+    def fit(self, x, y=None) -> IdEncoder:
+        """Learn the vocabulary from ``x`` (the train split). Raises ValueError for empty input."""
+        if not isinstance(self.min_count, (int, np.integer)) or self.min_count < 1:
+            raise ValueError(f"min_count must be an integer >= 1, got {self.min_count!r}")
+        values = pd.Series(self._values(x)).dropna()
+        if values.empty:
+            raise ValueError("IdEncoder.fit: no values to learn a vocabulary from")
+        counts = values.value_counts()
+        kept = counts.index[counts >= self.min_count]
+        self.vocabulary_ = pd.Index(sorted(kept, key=str))
+        return self
+
+    @property
+    def n_indices(self) -> int:
+        """Size of the embedding table: vocabulary + 1 (the unknown bucket 0)."""
+        return len(self.vocabulary_) + 1
+
+    def transform(self, x) -> np.ndarray:
+        """(n,) int64 indices in ``0..len(vocabulary_)``; 0 = unknown."""
+        if not hasattr(self, "vocabulary_"):
+            raise RuntimeError("IdEncoder is not fitted; call fit on the train split first")
+        return (self.vocabulary_.get_indexer(self._values(x)) + 1).astype(np.int64)
+
+    def fit_transform(self, x, y=None) -> np.ndarray:
+        return self.fit(x).transform(x)
+
+
+def _log1p_nonneg(x):
+    return np.log1p(np.clip(np.asarray(x, dtype=np.float64), 0, None))
+
+
+def numeric_encoder():
+    """log1p (values clipped at 0) -> median imputation with missing indicators -> standardisation.
+
+    A scikit-learn Pipeline; fit it on the train split. NaN ("no history")
+    becomes the train median plus a 0/1 indicator column, so nothing is lost.
+    """
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+    return Pipeline(
+        [
+            ("log1p", FunctionTransformer(_log1p_nonneg, feature_names_out="one-to-one")),
+            ("impute", SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)),
+            ("scale", StandardScaler()),
+        ]
+    )
+
+
+def bucket_encoder(n_bins: int = 8):
+    """log1p -> NaN as -1 (its own bucket) -> quantile buckets, one-hot: lets a linear model bend.
+
+    A scikit-learn Pipeline (KBinsDiscretizer); bins of zero width are
+    merged (scikit-learn warns about them). Values outside the train range
+    fall in the first or last bucket.
+    """
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer, KBinsDiscretizer
+
+    return Pipeline(
+        [
+            ("log1p", FunctionTransformer(_log1p_nonneg, feature_names_out="one-to-one")),
+            ("missing", SimpleImputer(strategy="constant", fill_value=-1.0, keep_empty_features=True)),
+            (
+                "bins",
+                KBinsDiscretizer(
+                    n_bins=n_bins, encode="onehot", strategy="quantile",
+                    quantile_method="averaged_inverted_cdf", subsample=200_000, random_state=0,
+                ),
+            ),
+        ]
+    )
+
+
+class HashedCross:
+    """Hash the cross of two categorical columns into ``n_features`` one-hot buckets (sparse).
+
+    For vocabularies too large to enumerate (user x category has millions of
+    possible pairs). Stateless: ``fit`` learns nothing, so unseen pairs simply
+    hash somewhere and never raise. Input: a two-column frame.
+
+    Returns (transform): scipy CSR (n, n_features) of 0/1 float64.
+    """
+
+    def __init__(self, n_features: int = 2**18):
+        self.n_features = n_features
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {"n_features": self.n_features}
+
+    def set_params(self, **params) -> HashedCross:
+        for k, v in params.items():
+            setattr(self, k, v)
+        return self
+
+    def fit(self, x, y=None) -> HashedCross:
+        if not isinstance(x, pd.DataFrame) or x.shape[1] != 2:
+            raise ValueError("HashedCross expects a frame with exactly two columns")
+        return self
+
+    def transform(self, x):
+        import scipy.sparse as sp
+
+        self.fit(x)
+        key = x.iloc[:, 0].astype(str).to_numpy(dtype=object) + "\x1f" + x.iloc[:, 1].astype(str).to_numpy(dtype=object)
+        col = (pd.util.hash_array(key, categorize=True) % np.uint64(self.n_features)).astype(np.int64)
+        n = len(x)
+        return sp.csr_matrix((np.ones(n), (np.arange(n), col)), shape=(n, self.n_features))
+
+    def fit_transform(self, x, y=None):
+        return self.fit(x).transform(x)
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        return np.array([f"cross_{i}" for i in range(self.n_features)], dtype=object)
+
+
+class ItemTfidf:
+    """TF-IDF of item descriptions, fitted once on the distinct descriptions of the train split.
+
+    Input: a one-column frame (or Series) of descriptions, one per example;
+    each distinct description is vectorised once. Words never seen in train
+    are ignored (scikit-learn's ``TfidfVectorizer``), so it never raises.
+
+    Returns (transform): scipy CSR (n, vocabulary size), rows L2-normalised.
+    """
+
+    def __init__(self, min_df: int = 2, max_features: int | None = 5000):
+        self.min_df = min_df
+        self.max_features = max_features
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {"min_df": self.min_df, "max_features": self.max_features}
+
+    def set_params(self, **params) -> ItemTfidf:
+        for k, v in params.items():
+            setattr(self, k, v)
+        return self
+
+    @staticmethod
+    def _text(x) -> pd.Series:
+        if isinstance(x, pd.DataFrame):
+            x = x.iloc[:, 0]
+        return pd.Series(np.asarray(x, dtype=object)).fillna("").astype(str)
+
+    def fit(self, x, y=None) -> ItemTfidf:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        unique = np.sort(self._text(x).unique())
+        self.vectorizer_ = TfidfVectorizer(min_df=self.min_df, max_features=self.max_features)
+        self.vectorizer_.fit(unique)
+        return self
+
+    def transform(self, x):
+        if not hasattr(self, "vectorizer_"):
+            raise RuntimeError("ItemTfidf is not fitted")
+        codes, unique = pd.factorize(self._text(x))
+        return self.vectorizer_.transform(unique)[codes]
+
+    def fit_transform(self, x, y=None):
+        return self.fit(x).transform(x)
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        return np.array([f"tfidf_{w}" for w in self.vectorizer_.get_feature_names_out()], dtype=object)
+
+
+def _list_array(values: pd.Series) -> pa.ListArray:
+    arr = pa.array(values.array) if isinstance(values.dtype, pd.ArrowDtype) else pa.array(list(values))
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if not pa.types.is_list(arr.type):
+        raise TypeError(f"expected a column of lists of item ids, got arrow type {arr.type}")
+    return arr
+
+
+def hist_matrix(hist_items: pd.Series, vocabulary: pd.Index, history_len: int) -> np.ndarray:
+    """Pad ``hist_items`` into an (n, history_len) int64 matrix of positions in ``vocabulary``.
+
+    Keeps the stored order (newest first) and the first ``history_len``
+    items. Items not in ``vocabulary`` become -2, padding -1 (the caller maps
+    them to its own unknown and padding indices).
+
+    Raises:
+        ValueError: ``history_len < 1``.
+        TypeError: ``hist_items`` does not hold lists.
+    """
+    import pyarrow.compute as pc
+
+    if history_len < 1:
+        raise ValueError(f"history_len must be >= 1, got {history_len}")
+    arr = _list_array(hist_items)
+    lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(arr)
+    vocab = pa.array(np.asarray(vocabulary, dtype=object), pa.string())
+    codes = pc.index_in(flat.cast(pa.string()), value_set=vocab).fill_null(-2)
+    codes = codes.to_numpy(zero_copy_only=False).astype(np.int64)
+    row = np.repeat(np.arange(len(arr)), lengths)
+    pos = np.arange(len(codes)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out = np.full((len(arr), history_len), -1, dtype=np.int64)
+    keep = pos < history_len
+    out[row[keep], pos[keep]] = codes[keep]
+    return out
+
+
+def text_history_similarity(
+    df: pd.DataFrame, item_ids: pd.Index, vectors: np.ndarray, *, chunk: int = 65_536
+) -> np.ndarray:
+    """Cosine between each candidate's text vector and the mean text vector of the user's history.
+
+    The history is the same for every row of an invoice, so its mean vector
+    is computed once per invoice, then the cosine per row in chunks. 0 where
+    the history is empty or the candidate has no vector. Point in time as
+    ``hist_items`` is; the vectors come from item descriptions (static).
+
+    Args:
+        df: frame with ``item_id``, ``hist_items``, ``invoice_no``.
+        item_ids: (m,) ids of the rows of ``vectors``.
+        vectors: (m, d) item text vectors (e.g. MiniLM of descriptions).
+
+    Returns:
+        (n,) float64 in [-1, 1].
+
+    Raises:
+        ValueError: ``vectors`` rows do not match ``item_ids``.
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) != len(item_ids):
+        raise ValueError(f"vectors must be (len(item_ids), d), got {vectors.shape} for {len(item_ids)} ids")
+    item_ids = pd.Index(np.asarray(item_ids, dtype=object))
+    table = np.vstack([vectors, np.zeros((1, vectors.shape[1]), np.float32)])  # last row: missing
+    miss = len(vectors)
+    inv_codes, _ = pd.factorize(df["invoice_no"].astype(str))
+    first = pd.Series(np.arange(len(df))).groupby(inv_codes).first().to_numpy()
+    hist = df["hist_items"].iloc[first]
+    width = max(int(hist.map(len).max()) if len(hist) else 1, 1)
+    hm = hist_matrix(hist, item_ids, width)
+    hm = np.where(hm >= 0, hm, miss)
+    counts = (hm != miss).sum(1, keepdims=True)
+    mean = table[hm].sum(1) / np.maximum(counts, 1)
+    norms = np.linalg.norm(mean, axis=1, keepdims=True)
+    mean = (mean / np.maximum(norms, 1e-12)).astype(np.float32)
+    cand = item_ids.get_indexer(df["item_id"].astype(str).to_numpy())
+    cand = np.where(cand >= 0, cand, miss)
+    out = np.empty(len(df), dtype=np.float64)
+    for s in range(0, len(df), chunk):
+        c = table[cand[s : s + chunk]]
+        cn = np.linalg.norm(c, axis=1)
+        h = mean[inv_codes[s : s + chunk]]
+        out[s : s + chunk] = np.where(cn > 0, (c * h).sum(1) / np.maximum(cn, 1e-12), 0.0)
+    return out
+
+
+def add_item_attributes(
+    df: pd.DataFrame,
+    catalog: pd.DataFrame,
+    text: tuple[pd.Index, np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """Join static item attributes and the history-vs-candidate features a model reads.
+
+    Adds ``description`` and ``category`` (from :func:`item_catalog`; "" and
+    "UNKNOWN" for items missing from it), ``seq_same_category`` (float64:
+    how many of ``hist_items`` share the candidate's category) and, when
+    ``text=(item_ids, vectors)`` is given, ``text_sim_hist``
+    (:func:`text_history_similarity`). Returns a new frame; ``df`` is not modified.
+    """
+    import pyarrow.compute as pc
+
+    out = df.copy()
+    cat = catalog.set_index("item_id")
+    out["description"] = out["item_id"].map(cat["description"]).fillna("").astype(str)
+    out["category"] = out["item_id"].map(cat["category"]).fillna("UNKNOWN").astype(str)
+    categories = pd.Index(np.sort(cat["category"].unique()))
+    item_cat = pd.Series(categories.get_indexer(cat["category"]), index=cat.index)
+    arr = _list_array(out["hist_items"])
+    lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pd.Index(np.asarray(pc.list_flatten(arr).to_numpy(zero_copy_only=False), dtype=object))
+    flat_cat = item_cat.reindex(flat).fillna(-1).to_numpy(np.int64)
+    cand_cat = item_cat.reindex(out["item_id"].astype(str)).fillna(-2).to_numpy(np.int64)
+    row = np.repeat(np.arange(len(out)), lengths)
+    match = flat_cat == cand_cat[row]
+    out["seq_same_category"] = np.bincount(row[match], minlength=len(out)).astype(np.float64)
+    if text is not None:
+        out["text_sim_hist"] = text_history_similarity(out, text[0], text[1])
+    return out

@@ -1,0 +1,445 @@
+"""ID-based CTR models on chapter 03's dataset: logistic regression and an embedding + MLP DNN.
+
+* :data:`FEATURE_GROUPS` and :func:`group_columns`: which columns make up the
+  ``ids``, ``user``, ``item``, ``user_item``, ``context``, ``sequence`` and
+  ``text`` groups (for the ablation table).
+* :func:`make_logistic`: a scikit-learn Pipeline (one-hot with an
+  infrequent/unknown bucket, log1p + standardisation + quantile buckets,
+  hashed user x category cross, TF-IDF) ending in ``LogisticRegression``.
+* :func:`train_dnn` -> :class:`TrainedDnn`: embeddings for IDs and
+  categorical fields (index 0 = unknown), the mean-pooled history sharing
+  the item table, frozen text vectors through a linear layer, numerics, an
+  MLP; Adam, early stopping on validation AUC. ``extra_numeric=["bert_score"]``
+  adds any extra numeric column (standardised, not log-transformed): that is
+  how chapter 04 feeds a BERT score into this model.
+* :func:`evaluate`: AUC, log loss, GAUC, overall and for cold-start examples.
+
+Inputs are frames from :func:`ecrec.features.load_or_build_ctr_dataset`
+passed through :func:`ecrec.features.add_item_attributes`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ecrec import features as F
+
+FEATURE_GROUPS: dict[str, dict[str, list[str]]] = {
+    "ids": {"categorical": ["user_id", "item_id"], "numeric": []},
+    "user": {"categorical": ["country"], "numeric": ["u_n_invoices", "u_n_lines", "u_spend", "u_days_since_last", "u_tenure_days"]},
+    "item": {"categorical": ["category"], "numeric": ["i_share_all", "i_share_*", "i_price", "i_age_days"]},
+    "user_item": {"categorical": [], "numeric": ["ui_n_before", "ui_days_since_last"]},
+    "context": {"categorical": ["hour", "weekday", "month"], "numeric": []},
+    "sequence": {"categorical": [], "numeric": ["hist_len", "seq_same_category"]},
+    "text": {"categorical": [], "numeric": ["text_sim_hist"]},
+}
+GROUPS = tuple(FEATURE_GROUPS)
+
+
+def group_columns(groups: Sequence[str], columns: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(categorical, numeric) columns of ``groups`` that exist in ``columns``.
+
+    ``i_share_*`` expands to every trailing-window popularity share present. Raw
+    counts (``i_pop_*``) are left out: they grow with traffic, shares do not.
+
+    Raises:
+        ValueError: unknown group name.
+    """
+    unknown = [g for g in groups if g not in FEATURE_GROUPS]
+    if unknown:
+        raise ValueError(f"unknown feature group(s) {unknown}; choose from {list(GROUPS)}")
+    cats: list[str] = []
+    nums: list[str] = []
+    for g in groups:
+        cats += [c for c in FEATURE_GROUPS[g]["categorical"] if c in columns]
+        for c in FEATURE_GROUPS[g]["numeric"]:
+            if c.endswith("*"):
+                nums += sorted(x for x in columns if x.startswith(c[:-1]) and not x.endswith("_all"))
+            elif c in columns:
+                nums.append(c)
+    return cats, nums
+
+
+# --- logistic regression ------------------------------------------------------
+
+
+def make_logistic(
+    groups: Sequence[str],
+    columns: Sequence[str],
+    *,
+    C: float = 0.1,
+    max_iter: int = 300,
+    n_bins: int = 8,
+    hash_features: int = 2**14,
+):
+    """A scikit-learn Pipeline: encoders for ``groups`` then ``LogisticRegression``.
+
+    Categorical columns: ``OneHotEncoder(handle_unknown="infrequent_if_exist",
+    min_frequency=2)``, so unseen and rare values share one bucket and never
+    raise. Numeric columns: :func:`ecrec.features.numeric_encoder` plus
+    :func:`ecrec.features.bucket_encoder`. Groups ``user`` and ``item``
+    together add a hashed country x category cross
+    (:class:`ecrec.features.HashedCross`; a user x category cross memorises
+    single purchases and ruins calibration on the test window), group
+    ``text`` the TF-IDF of the description (:class:`ecrec.features.ItemTfidf`).
+    Fit it on the train split only.
+
+    Raises:
+        ValueError: unknown group, or no column of ``groups`` in ``columns``.
+    """
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    cats, nums = group_columns(groups, columns)
+    parts = []
+    if cats:
+        parts.append(("onehot", OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=2), cats))
+    if nums:
+        parts.append(("numeric", F.numeric_encoder(), nums))
+        parts.append(("buckets", F.bucket_encoder(n_bins), nums))
+    if "user" in groups and "item" in groups and {"country", "category"} <= set(columns):
+        parts.append(("country_x_category", F.HashedCross(hash_features), ["country", "category"]))
+    if "text" in groups and "description" in columns:
+        parts.append(("tfidf", F.ItemTfidf(), ["description"]))
+    if not parts:
+        raise ValueError(f"no column of groups {list(groups)} in the frame")
+    return Pipeline(
+        [
+            ("features", ColumnTransformer(parts, sparse_threshold=1.0)),
+            ("model", LogisticRegression(C=C, max_iter=max_iter, solver="liblinear")),
+        ]
+    )
+
+
+# --- the DNN ------------------------------------------------------------------
+
+
+@dataclass
+class DnnConfig:
+    """Hyper-parameters of :func:`train_dnn` (sizes in units, rates per step)."""
+
+    emb_dim: int = 16
+    hidden: tuple[int, ...] = (128, 64)
+    dropout: float = 0.1
+    lr: float = 2e-3
+    weight_decay: float = 1e-6
+    batch_size: int = 1024
+    max_epochs: int = 8
+    patience: int = 2
+    id_dropout: float = 0.05  # chance to replace a user/item id by "unknown" in training
+    history_len: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.emb_dim < 1 or self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
+            raise ValueError(f"emb_dim, batch_size, max_epochs and patience must be >= 1: {self}")
+        if not 0 <= self.dropout < 1 or not 0 <= self.id_dropout < 1:
+            raise ValueError(f"dropout and id_dropout must be in [0, 1): {self}")
+
+
+class CtrPreprocessor:
+    """Fitted on the train split: :class:`ecrec.features.IdEncoder` per categorical column,
+    :func:`ecrec.features.numeric_encoder` for numerics, standardisation only for
+    ``extra_numeric``, the history as item-table indices and a text-vector index.
+
+    ``transform(df)`` returns a dict of numpy arrays: ``cat`` (n, k) int64,
+    ``num`` (n, m) float32, and when enabled ``hist`` (n, history_len)
+    int64 (0 unknown, ``n_items`` padding) and ``text`` (n,) int64 (row of
+    the text table; the last row is the zero "no text" vector).
+    """
+
+    def __init__(
+        self,
+        categorical: Sequence[str],
+        numeric: Sequence[str],
+        *,
+        extra_numeric: Sequence[str] = (),
+        sequence: bool = True,
+        text_ids: pd.Index | None = None,
+        history_len: int = 10,
+    ):
+        self.categorical = list(categorical)
+        self.numeric = list(numeric)
+        self.extra_numeric = list(extra_numeric)
+        self.sequence = sequence
+        self.text_ids = None if text_ids is None else pd.Index(np.asarray(text_ids, dtype=object))
+        self.history_len = history_len
+        if sequence and "item_id" not in self.categorical:
+            raise ValueError("sequence=True needs 'item_id' among the categorical columns (shared table)")
+
+    def fit(self, df: pd.DataFrame) -> CtrPreprocessor:
+        from sklearn.impute import SimpleImputer
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        missing = [c for c in self.categorical + self.numeric + self.extra_numeric if c not in df.columns]
+        if missing:
+            raise ValueError(f"CtrPreprocessor.fit: columns {missing} are not in the frame")
+        self.encoders_ = {c: F.IdEncoder().fit(df[c]) for c in self.categorical}
+        self.numeric_ = F.numeric_encoder().fit(df[self.numeric]) if self.numeric else None
+        self.extra_ = (
+            make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler()).fit(
+                df[self.extra_numeric]
+            )
+            if self.extra_numeric
+            else None
+        )
+        return self
+
+    @property
+    def cardinalities(self) -> list[int]:
+        return [self.encoders_[c].n_indices for c in self.categorical]
+
+    @property
+    def n_numeric(self) -> int:
+        n = self.numeric_.transform(pd.DataFrame({c: [np.nan] for c in self.numeric})).shape[1] if self.numeric_ else 0
+        return n + len(self.extra_numeric)
+
+    def transform(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
+        if not hasattr(self, "encoders_"):
+            raise RuntimeError("CtrPreprocessor is not fitted")
+        out: dict[str, np.ndarray] = {}
+        out["cat"] = (
+            np.stack([self.encoders_[c].transform(df[c]) for c in self.categorical], axis=1)
+            if self.categorical
+            else np.zeros((len(df), 0), np.int64)
+        )
+        nums = []
+        if self.numeric_ is not None:
+            nums.append(self.numeric_.transform(df[self.numeric]))
+        if self.extra_ is not None:
+            nums.append(self.extra_.transform(df[self.extra_numeric]))
+        out["num"] = (np.hstack(nums) if nums else np.zeros((len(df), 0))).astype(np.float32)
+        if self.sequence:
+            enc = self.encoders_["item_id"]
+            hm = F.hist_matrix(df["hist_items"], enc.vocabulary_, self.history_len)
+            out["hist"] = np.where(hm == -1, enc.n_indices, np.where(hm == -2, 0, hm + 1)).astype(np.int64)
+        if self.text_ids is not None:
+            idx = self.text_ids.get_indexer(df["item_id"].astype(str).to_numpy())
+            out["text"] = np.where(idx >= 0, idx, len(self.text_ids)).astype(np.int64)
+        return out
+
+
+def _build_net(cardinalities, n_numeric, item_field, text_table, cfg: DnnConfig):
+    import torch
+    from torch import nn
+
+    class CtrNet(nn.Module):
+        """Embeddings (+ history pool, + text projection, + numerics) -> MLP -> logit."""
+
+        def __init__(self):
+            super().__init__()
+            self.item_field = item_field
+            sizes = [c + (1 if i == item_field else 0) for i, c in enumerate(cardinalities)]
+            self.embs = nn.ModuleList(
+                nn.Embedding(s, cfg.emb_dim, padding_idx=(s - 1 if i == item_field else None))
+                for i, s in enumerate(sizes)
+            )
+            width = len(sizes) * cfg.emb_dim + n_numeric
+            if item_field is not None:
+                width += 2 * cfg.emb_dim
+            if text_table is not None:
+                self.register_buffer("text_table", torch.as_tensor(text_table, dtype=torch.float32))
+                self.text_proj = nn.Linear(text_table.shape[1], cfg.emb_dim)
+                width += cfg.emb_dim
+            layers: list[nn.Module] = []
+            for h in cfg.hidden:
+                layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(cfg.dropout)]
+                width = h
+            layers.append(nn.Linear(width, 1))
+            self.mlp = nn.Sequential(*layers)
+
+        def forward(self, cat, num, hist=None, text=None):
+            parts = [emb(cat[:, i]) for i, emb in enumerate(self.embs)]
+            if self.item_field is not None and hist is not None:
+                table = self.embs[self.item_field]
+                mask = (hist != table.padding_idx).unsqueeze(-1).float()
+                pooled = (table(hist) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+                parts += [pooled, pooled * parts[self.item_field]]
+            if text is not None and hasattr(self, "text_table"):
+                parts.append(self.text_proj(self.text_table[text]))
+            parts.append(num)
+            return self.mlp(torch.cat(parts, dim=1)).squeeze(-1)
+
+    return CtrNet()
+
+
+@dataclass
+class TrainedDnn:
+    """A trained DNN with its preprocessor; ``predict_proba(df)`` -> (n,) float64 in (0, 1)."""
+
+    preprocessor: CtrPreprocessor
+    net: object
+    config: DnnConfig
+    history: dict[str, list[float]] = field(default_factory=dict)
+    best_epoch: int = 0
+
+    def _tensors(self, arrays: dict[str, np.ndarray], sl=slice(None)):
+        import torch
+
+        return (
+            torch.as_tensor(arrays["cat"][sl]),
+            torch.as_tensor(arrays["num"][sl]),
+            torch.as_tensor(arrays["hist"][sl]) if "hist" in arrays else None,
+            torch.as_tensor(arrays["text"][sl]) if "text" in arrays else None,
+        )
+
+    def predict_logits_arrays(self, arrays: dict[str, np.ndarray], batch_size: int = 8192) -> np.ndarray:
+        import torch
+
+        self.net.eval()
+        n = len(arrays["cat"])
+        out = np.empty(n, dtype=np.float64)
+        with torch.inference_mode():
+            for s in range(0, n, batch_size):
+                out[s : s + batch_size] = self.net(*self._tensors(arrays, slice(s, s + batch_size))).double().numpy()
+        return out
+
+    def predict_proba(self, df: pd.DataFrame, batch_size: int = 8192) -> np.ndarray:
+        """Click (purchase) probability of each row of ``df``; unseen ids use the unknown bucket."""
+        logits = self.predict_logits_arrays(self.preprocessor.transform(df), batch_size)
+        return 1.0 / (1.0 + np.exp(-logits))
+
+
+def train_dnn(
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    *,
+    categorical: Sequence[str],
+    numeric: Sequence[str],
+    extra_numeric: Sequence[str] = (),
+    sequence: bool = True,
+    text: tuple[pd.Index, np.ndarray] | None = None,
+    config: DnnConfig | None = None,
+    progress: bool = False,
+) -> TrainedDnn:
+    """Train the embedding + MLP CTR model with early stopping on validation AUC.
+
+    Args:
+        train, valid: dataset frames (after :func:`ecrec.features.add_item_attributes`)
+            with a 0/1 ``label``; encoders are fitted on ``train`` only.
+        categorical: columns embedded (``emb_dim`` each), e.g. ``["user_id", "item_id", "country"]``.
+        numeric: non-negative numeric columns (log1p, impute + indicator, standardise).
+        extra_numeric: further numeric columns standardised as they are, e.g.
+            ``["bert_score"]`` (chapter 04's transfer strategy).
+        sequence: mean-pool ``hist_items`` through the item embedding table
+            (and its product with the candidate's item embedding).
+        text: ``(item_ids, vectors)`` frozen item text vectors (m, d), e.g.
+            MiniLM embeddings of descriptions, looked up by ``item_id`` so
+            that cold items still get theirs.
+        config: :class:`DnnConfig`.
+
+    Returns:
+        :class:`TrainedDnn` holding the epoch with the best validation AUC;
+        ``history`` has ``train_loss``, ``valid_loss`` and ``valid_auc`` per epoch.
+
+    Raises:
+        ValueError: missing columns, or a split without both labels.
+    """
+    import torch
+
+    from ecrec.metrics import log_loss, roc_auc
+
+    cfg = config or DnnConfig()
+    for name, frame in (("train", train), ("valid", valid)):
+        if frame["label"].nunique() != 2:
+            raise ValueError(f"train_dnn: the {name} split needs both labels 0 and 1")
+    categorical = list(categorical)
+    pre = CtrPreprocessor(
+        categorical, numeric, extra_numeric=extra_numeric, sequence=sequence,
+        text_ids=None if text is None else text[0], history_len=cfg.history_len,
+    ).fit(train)
+    torch.manual_seed(cfg.seed)
+    text_table = None
+    if text is not None:
+        vec = np.asarray(text[1], dtype=np.float32)
+        text_table = np.vstack([vec, np.zeros((1, vec.shape[1]), np.float32)])
+    item_field = categorical.index("item_id") if sequence else None
+    net = _build_net(pre.cardinalities, pre.n_numeric, item_field, text_table, cfg)
+    model = TrainedDnn(pre, net, cfg, {"train_loss": [], "valid_loss": [], "valid_auc": []})
+    tr, va = pre.transform(train), pre.transform(valid)
+    y = torch.as_tensor(train["label"].to_numpy(np.float32))
+    y_valid = valid["label"].to_numpy()
+    id_cols = [i for i, c in enumerate(categorical) if c in ("user_id", "item_id")]
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    best, best_state, waited = -np.inf, None, 0
+    from tqdm.auto import tqdm
+
+    for epoch in tqdm(range(cfg.max_epochs), disable=not progress, desc="epochs"):
+        net.train()
+        perm = torch.randperm(len(y), generator=gen).numpy()
+        total = 0.0
+        for s in range(0, len(perm), cfg.batch_size):
+            idx = perm[s : s + cfg.batch_size]
+            cat, num, hist, txt = model._tensors(tr, idx)
+            if cfg.id_dropout > 0 and id_cols:
+                drop = torch.rand(len(idx), len(id_cols), generator=gen) < cfg.id_dropout
+                cat = cat.clone()
+                cat[:, id_cols] = cat[:, id_cols].masked_fill(drop, 0)
+            loss = loss_fn(net(cat, num, hist, txt), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        p_valid = 1.0 / (1.0 + np.exp(-model.predict_logits_arrays(va)))
+        auc = roc_auc(y_valid, p_valid)
+        model.history["train_loss"].append(total / len(y))
+        model.history["valid_loss"].append(log_loss(y_valid, p_valid))
+        model.history["valid_auc"].append(auc)
+        if auc > best:
+            best, best_state, waited, model.best_epoch = auc, copy.deepcopy(net.state_dict()), 0, epoch + 1
+        else:
+            waited += 1
+            if waited >= cfg.patience:
+                break
+    net.load_state_dict(best_state)
+    net.eval()
+    return model
+
+
+# --- evaluation ---------------------------------------------------------------
+
+
+def evaluate(df: pd.DataFrame, p: np.ndarray) -> dict[str, float | int | None]:
+    """AUC, log loss and GAUC (per invoice) of predictions ``p`` on ``df``, overall and by cold start.
+
+    Segments: ``cold`` (user or item unseen in train), ``cold_user``,
+    ``cold_item``, ``warm`` (both seen). A segment with a single label gets
+    ``None`` for its AUC.
+
+    Returns:
+        dict with ``auc``, ``log_loss``, ``gauc``, ``n`` and for each
+        segment ``auc_<seg>``, ``log_loss_<seg>``, ``n_<seg>``.
+
+    Raises:
+        ValueError: ``p`` and ``df`` differ in length (or bad values, from ecrec.metrics).
+    """
+    from ecrec.metrics import gauc, log_loss, roc_auc
+
+    p = np.asarray(p, dtype=np.float64)
+    if len(p) != len(df):
+        raise ValueError(f"evaluate: {len(p)} predictions for {len(df)} rows")
+    y = df["label"].to_numpy()
+    out: dict[str, float | int | None] = {
+        "auc": roc_auc(y, p),
+        "log_loss": log_loss(y, p),
+        "gauc": gauc(df["invoice_no"].to_numpy(), y, p)[0],
+        "n": len(df),
+    }
+    cold_user, cold_item = df["cold_user"].to_numpy(bool), df["cold_item"].to_numpy(bool)
+    segments = {"cold": cold_user | cold_item, "cold_user": cold_user, "cold_item": cold_item, "warm": ~(cold_user | cold_item)}
+    for name, mask in segments.items():
+        both = mask.any() and len(np.unique(y[mask])) == 2
+        out[f"auc_{name}"] = roc_auc(y[mask], p[mask]) if both else None
+        out[f"log_loss_{name}"] = log_loss(y[mask], p[mask]) if mask.any() else None
+        out[f"n_{name}"] = int(mask.sum())
+    return out
