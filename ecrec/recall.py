@@ -1,0 +1,785 @@
+"""Chapter 05's candidate generators and the data they are evaluated on.
+
+Recall (candidate generation) picks a few hundred items out of the catalogue
+for each user; a ranker (chapters 03 and 04) orders them. Every generator here
+returns the same thing, a ``(n_users, K)`` int64 array of item ids, best
+first, padded with -1, so that one evaluation (:mod:`ecrec.metrics`) serves all.
+
+Protocol (:func:`build_recall_data`)
+------------------------------------
+* Global time split (:func:`split_dates`): everything before ``test_start``
+  is history (train + valid windows); the last ``test_weeks`` weeks are test.
+* Test users: customers with at least one purchase in the test window.
+  Ground truth: the items they bought in the test window (gain = number of
+  distinct test invoices holding the item). Two settings:
+
+  - ``"all"``: every test purchase, repeat purchases included;
+  - ``"new"``: only items the user never bought before ``test_start``; the
+    user's history is then EXCLUDED from the candidates of every generator
+    (recommending an already-bought item can never hit in this setting).
+
+* User groups by distinct items bought before ``test_start``: ``cold`` (0),
+  ``short`` (1..``short_max``), ``warm`` (more). Cold users have nothing to
+  personalise on: every generator falls back to the popularity list for them.
+* Item groups: ``cold`` items (no purchase before ``test_start``, so ID models
+  know nothing about them) and ``tail`` items (outside the most popular 20%).
+  The catalogue is every product of the cleaned log with its description,
+  including items first sold in the test window (a shop knows its catalogue).
+
+Tie policy: whenever scores tie, the lower item id comes first
+(:func:`top_k`, :func:`faiss_search`), so lists are deterministic.
+
+Generators: :func:`popular_scores` (most popular over a recent window),
+:func:`item_cosine` (item-to-item CF from co-purchases), :func:`fit_als`
+(matrix factorisation, Hu, Koren and Volinsky, 2008, via ``implicit``),
+MiniLM two-tower zero-shot (:func:`user_vectors` over description embeddings)
+and fine-tuned with in-batch negatives (:class:`ItemTower`,
+:func:`train_two_tower`; Yi et al., 2019, "Sampling-bias-corrected neural
+modeling"), and :func:`interleave` to merge them into a hybrid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from ecrec.metrics import dedupe_rows
+
+__all__ = [
+    "SplitDates", "split_dates", "RecallData", "build_recall_data", "top_k", "popular_scores",
+    "item_cosine", "fit_als", "user_vectors", "build_index", "faiss_search", "interleave",
+    "with_fallback", "encode_with_cache", "ItemTower", "sample_pairs", "train_two_tower",
+]
+
+
+# --- split and data ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitDates:
+    """Boundaries of a global time split; windows are [start, next start)."""
+
+    train_start: pd.Timestamp
+    valid_start: pd.Timestamp
+    test_start: pd.Timestamp
+    end: pd.Timestamp  # exclusive: the day after the last event
+
+
+def split_dates(dates, test_weeks: int = 4, valid_weeks: int = 4) -> SplitDates:
+    """Global time split by calendar days: the last ``test_weeks`` weeks are test.
+
+    ``end`` is midnight after the last event; ``test_start = end - test_weeks``
+    weeks and ``valid_start = test_start - valid_weeks`` weeks (the valid window
+    may be empty with ``valid_weeks=0``).
+
+    Args:
+        dates: datetime-like values (e.g. ``InvoiceDate``), any order.
+
+    Raises:
+        ValueError: empty or NaT-only dates, negative weeks, ``test_weeks < 1``,
+            or a split that leaves no training days.
+    """
+    if test_weeks < 1 or valid_weeks < 0:
+        raise ValueError(f"need test_weeks >= 1 and valid_weeks >= 0, got {test_weeks}, {valid_weeks}")
+    d = pd.to_datetime(pd.Series(dates)).dropna()
+    if d.empty:
+        raise ValueError("split_dates needs at least one date")
+    start = d.min().normalize()
+    end = d.max().normalize() + pd.Timedelta(days=1)
+    test_start = end - pd.Timedelta(weeks=test_weeks)
+    valid_start = test_start - pd.Timedelta(weeks=valid_weeks)
+    if valid_start <= start:
+        raise ValueError(
+            f"data spans {start.date()}..{end.date()}: {valid_weeks}+{test_weeks} weeks leave no training days"
+        )
+    return SplitDates(start, valid_start, test_start, end)
+
+
+@dataclass
+class RecallData:
+    """Everything the chapter's generators and evaluation need (see the module notes).
+
+    Rows of ``history*``, ``relevant_*`` and ``user_group`` are the evaluated
+    test users (``users``); rows of ``train_matrix`` are ``train_users``.
+    Columns are item ids 0..n_items-1 (``items`` row order).
+    """
+
+    split: SplitDates
+    items: pd.DataFrame  # item_id, StockCode, Description, train_buyers, is_cold, is_tail
+    events: pd.DataFrame  # one row per (user, item, invoice): user, item_id, invoice, t
+    users: np.ndarray  # CustomerID of each evaluated test user
+    user_group: np.ndarray  # "cold" | "short" | "warm"
+    history: sp.csr_array  # (n_users, n_items) recency weights of purchases before test_start
+    history_count: sp.csr_array  # (n_users, n_items) distinct invoices before test_start
+    relevant_all: sp.csr_array  # (n_users, n_items) distinct test invoices per item
+    relevant_new: sp.csr_array  # same, items bought before test_start removed
+    train_users: np.ndarray  # CustomerID of each train_matrix row
+    train_matrix: sp.csr_array  # (n_train_users, n_items) distinct invoices before test_start
+    train_row_of_user: np.ndarray  # (n_users,) row in train_matrix, -1 for cold users
+    half_life_days: float = 30.0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+
+def recency_weights(age_days, half_life_days: float) -> np.ndarray:
+    """``0.5 ** (age / half_life)``: a purchase ``half_life_days`` old counts half.
+
+    Raises:
+        ValueError: non-positive half-life or negative ages (future events).
+    """
+    if half_life_days <= 0:
+        raise ValueError(f"half_life_days must be > 0, got {half_life_days}")
+    age = np.asarray(age_days, dtype=np.float64)
+    if (age < 0).any():
+        raise ValueError("recency weights got events after the reference time (negative age)")
+    return np.power(0.5, age / half_life_days)
+
+
+def build_recall_data(
+    clean: pd.DataFrame,
+    split: SplitDates,
+    *,
+    half_life_days: float = 30.0,
+    short_max: int = 5,
+    tail_share: float = 0.8,
+    max_users: int | None = None,
+    seed: int = 0,
+) -> RecallData:
+    """Build items, events, histories and ground truths for the recall protocol.
+
+    Args:
+        clean: the cleaned Online Retail frame (``ecrec.data.load_clean_online_retail``).
+        split: from :func:`split_dates`.
+        half_life_days: recency half-life of the user histories.
+        short_max: users with 1..short_max distinct past items are "short".
+        tail_share: the least popular ``tail_share`` of items (by distinct
+            buyers before test_start) are "tail" items.
+        max_users: evaluate a random subsample of this many test users (smoke
+            runs); ``None`` keeps all.
+        seed: seed of that subsample.
+
+    Raises:
+        ValueError: missing columns, no test user, or bad parameters.
+    """
+    need = {"InvoiceNo", "StockCode", "Description", "InvoiceDate", "CustomerID"}
+    missing = need - set(clean.columns)
+    if missing:
+        raise ValueError(f"clean is missing columns {sorted(missing)}")
+    if not 0 < tail_share < 1:
+        raise ValueError(f"tail_share must be in (0, 1), got {tail_share}")
+    items = (
+        clean.groupby("StockCode", sort=True)["Description"].first().reset_index()
+        .rename_axis("item_id").reset_index()
+    )
+    item_of = pd.Series(items["item_id"].to_numpy(), index=items["StockCode"])
+    events = (
+        clean.assign(item_id=clean["StockCode"].map(item_of).to_numpy())
+        .groupby(["CustomerID", "item_id", "InvoiceNo"], sort=True)["InvoiceDate"].min()
+        .reset_index()
+        .rename(columns={"CustomerID": "user", "InvoiceNo": "invoice", "InvoiceDate": "t"})
+    )
+    events["user"] = events["user"].astype(np.int64)
+    n_items = len(items)
+    past = events[events["t"] < split.test_start]
+    test = events[(events["t"] >= split.test_start) & (events["t"] < split.end)]
+    if test.empty:
+        raise ValueError("no purchase in the test window")
+
+    buyers = past.groupby("item_id")["user"].nunique().reindex(range(n_items), fill_value=0)
+    items["train_buyers"] = buyers.to_numpy()
+    items["is_cold"] = items["train_buyers"].eq(0).to_numpy()
+    rank = items["train_buyers"].rank(method="first", ascending=False).to_numpy()
+    items["is_tail"] = rank > (1 - tail_share) * n_items
+
+    train_users = np.sort(past["user"].unique())
+    train_row = pd.Series(np.arange(len(train_users)), index=train_users)
+    counts = past.groupby(["user", "item_id"]).size().reset_index(name="n")
+    train_matrix = sp.csr_array(
+        (counts["n"].to_numpy(np.float64), (train_row[counts["user"]].to_numpy(), counts["item_id"].to_numpy())),
+        shape=(len(train_users), n_items),
+    )
+
+    users = np.sort(test["user"].unique())
+    if max_users is not None and max_users < len(users):
+        rng = np.random.default_rng(seed)
+        users = np.sort(rng.choice(users, size=max_users, replace=False))
+    row = pd.Series(np.arange(len(users)), index=users)
+
+    def matrix(frame: pd.DataFrame, values: np.ndarray) -> sp.csr_array:
+        keep = frame["user"].isin(row.index).to_numpy()
+        f = frame[keep]
+        m = sp.csr_array(
+            (values[keep], (row[f["user"]].to_numpy(), f["item_id"].to_numpy())), shape=(len(users), n_items)
+        )
+        m.sum_duplicates()
+        m.sort_indices()
+        return m
+
+    age = (split.test_start - past["t"]).dt.total_seconds().to_numpy() / 86400.0
+    history = matrix(past, recency_weights(age, half_life_days))
+    history_count = matrix(past, np.ones(len(past)))
+    relevant_all = matrix(test, np.ones(len(test)))
+    seen = history_count.copy()
+    seen.data[:] = 1.0
+    relevant_new = relevant_all - relevant_all.multiply(seen)
+    relevant_new = sp.csr_array(relevant_new)
+    relevant_new.eliminate_zeros()
+    relevant_new.sort_indices()
+
+    n_hist = np.diff(history_count.indptr)
+    group = np.where(n_hist == 0, "cold", np.where(n_hist <= short_max, "short", "warm"))
+    return RecallData(
+        split=split,
+        items=items,
+        events=events,
+        users=users,
+        user_group=group,
+        history=history,
+        history_count=history_count,
+        relevant_all=relevant_all,
+        relevant_new=relevant_new,
+        train_users=train_users,
+        train_matrix=train_matrix,
+        train_row_of_user=train_row.reindex(users).fillna(-1).to_numpy(np.int64),
+        half_life_days=half_life_days,
+        meta={"short_max": short_max, "tail_share": tail_share, "n_test_users_total": int(test["user"].nunique())},
+    )
+
+
+# --- ranking helpers ---------------------------------------------------------
+
+
+def _exclusion_mask(exclude, n_rows: int, n_cols: int) -> np.ndarray:
+    ex = sp.csr_array(exclude)
+    if ex.shape != (n_rows, n_cols):
+        raise ValueError(f"exclude has shape {ex.shape}, expected {(n_rows, n_cols)}")
+    return ex.toarray() != 0
+
+
+def top_k(scores: np.ndarray, k: int, *, exclude=None, min_score: float | None = None) -> np.ndarray:
+    """Top ``k`` item ids per row of a dense score matrix; ties: lower item id first.
+
+    Args:
+        scores: float (n_users, n_items); higher is better. NaN is an error.
+        k: list length, >= 1 (more than n_items pads with -1).
+        exclude: optional sparse (n_users, n_items); non-zero entries are
+            never returned (the user's history in the "new items" setting).
+        min_score: items scoring ``<= min_score`` are not candidates (e.g. 0
+            for co-purchase scores: no co-purchase, no candidate).
+
+    Returns:
+        int64 (n_users, k), -1 where fewer than ``k`` candidates remain.
+
+    Raises:
+        ValueError: not 2-D, NaN, ``k < 1``, or ``exclude`` of another shape.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2:
+        raise ValueError(f"scores must be 2-D (n_users, n_items), got shape {s.shape}")
+    if np.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n, m = s.shape
+    dropped = np.zeros((n, m), dtype=bool)
+    if exclude is not None:
+        dropped |= _exclusion_mask(exclude, n, m)
+    if min_score is not None:
+        dropped |= s <= min_score
+    s = np.where(dropped, -np.inf, s)
+    kk = min(k, m)
+    # A stable sort of -score keeps equal scores in item-id order.
+    order = np.argsort(-s, axis=1, kind="stable")[:, :kk]
+    best = np.take_along_axis(s, order, axis=1)
+    out = np.where(best > -np.inf, order, -1).astype(np.int64)
+    if k > kk:
+        out = np.hstack([out, np.full((n, k - kk), -1, dtype=np.int64)])
+    return out
+
+
+def popular_scores(events: pd.DataFrame, n_items: int, since, until) -> np.ndarray:
+    """Distinct buyers of each item with a purchase in ``[since, until)``.
+
+    Args:
+        events: columns ``user``, ``item_id``, ``t`` (see :class:`RecallData`).
+
+    Returns:
+        float64 (n_items,) counts; use with :func:`top_k` on a broadcast row.
+    """
+    window = events[(events["t"] >= since) & (events["t"] < until)]
+    counts = window.groupby("item_id")["user"].nunique()
+    out = np.zeros(n_items)
+    out[counts.index.to_numpy()] = counts.to_numpy()
+    return out
+
+
+def item_cosine(train_matrix) -> sp.csr_array:
+    """Item-item cosine similarity of co-purchases (Sarwar et al., 2001; Linden et al., 2003).
+
+    ``S_ij = |U_i & U_j| / sqrt(|U_i| |U_j|)`` with U_i the users who bought
+    item i (binarised), diagonal set to 0. Score a user with ``h @ S`` (h the
+    user's history weights).
+
+    Args:
+        train_matrix: sparse (n_users, n_items), non-zero = bought.
+
+    Returns:
+        csr_array (n_items, n_items) float64, symmetric, values in [0, 1].
+    """
+    x = sp.csr_array(train_matrix, dtype=np.float64)
+    x.data[:] = 1.0
+    co = sp.csr_array(x.T @ x)
+    norms = np.sqrt(co.diagonal())
+    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    sim = sp.csr_array(sp.diags_array(inv) @ co @ sp.diags_array(inv))
+    sim.setdiag(0.0)
+    sim.eliminate_zeros()
+    return sim
+
+
+def fit_als(
+    train_matrix,
+    *,
+    factors: int = 64,
+    regularization: float = 0.05,
+    alpha: float = 10.0,
+    iterations: int = 15,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Implicit-feedback ALS (Hu, Koren and Volinsky, 2008) with ``implicit``'s CPU solver.
+
+    Confidence ``1 + alpha * r`` on the counts of ``train_matrix``; one thread
+    and ``random_state=seed`` so that the factors are the same run after run.
+
+    Returns:
+        (user_factors (n_users, factors), item_factors (n_items, factors)), float32.
+        Items never bought get (near) zero factors: ALS cannot score them.
+    """
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    model = AlternatingLeastSquares(
+        factors=factors, regularization=regularization, alpha=alpha, iterations=iterations,
+        random_state=seed, num_threads=1,
+    )
+    with threadpool_limits(1, "blas"):
+        model.fit(sp.csr_matrix(train_matrix, dtype=np.float32), show_progress=False)
+    return np.asarray(model.user_factors), np.asarray(model.item_factors)
+
+
+def user_vectors(history, item_emb: np.ndarray) -> np.ndarray:
+    """Recency-weighted mean of the history's item embeddings, L2-normalised.
+
+    Args:
+        history: sparse (n_users, n_items) recency weights (>= 0).
+        item_emb: float (n_items, d).
+
+    Returns:
+        float32 (n_users, d); all-zero rows for users without history.
+
+    Raises:
+        ValueError: column count differs from the number of item embeddings.
+    """
+    h = sp.csr_array(history, dtype=np.float64)
+    if h.shape[1] != item_emb.shape[0]:
+        raise ValueError(f"history has {h.shape[1]} items but item_emb has {item_emb.shape[0]} rows")
+    u = np.asarray(h @ item_emb.astype(np.float64))
+    norms = np.linalg.norm(u, axis=1, keepdims=True)
+    return np.divide(u, norms, out=np.zeros_like(u), where=norms > 0).astype(np.float32)
+
+
+def build_index(item_emb: np.ndarray, kind: str = "flat", *, hnsw_m: int = 32, ef_construction: int = 80):
+    """A FAISS inner-product index over L2-normalised item vectors (so IP = cosine).
+
+    Args:
+        item_emb: float (n_items, d); normalised here (a copy).
+        kind: ``"flat"`` (exact, ``IndexFlatIP``) or ``"hnsw"`` (approximate,
+            ``IndexHNSWFlat``, Malkov and Yashunin, 2018). Built with one thread
+            so that the HNSW graph is the same run after run.
+
+    Raises:
+        ValueError: unknown kind, not 2-D, or NaN.
+    """
+    import faiss
+
+    x = np.ascontiguousarray(item_emb, dtype=np.float32).copy()
+    if x.ndim != 2 or np.isnan(x).any():
+        raise ValueError("item_emb must be a 2-D array without NaN")
+    faiss.normalize_L2(x)
+    d = x.shape[1]
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+    else:
+        raise ValueError(f"kind must be 'flat' or 'hnsw', got {kind!r}")
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        index.add(x)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return index
+
+
+def _in_sparse(mat: sp.csr_array, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Whether (rows[i], cols[i]) is a stored non-zero of ``mat`` (vectorised lookup)."""
+    mat = sp.csr_array(mat)
+    mat.sort_indices()
+    width = mat.shape[1] + 1
+    nz_rows = np.repeat(np.arange(mat.shape[0], dtype=np.int64), np.diff(mat.indptr))
+    keys = nz_rows * width + mat.indices.astype(np.int64)
+    keys = keys[mat.data != 0]
+    q = rows.astype(np.int64) * width + cols.astype(np.int64)
+    if keys.size == 0:
+        return np.zeros(q.shape, dtype=bool)
+    pos = np.minimum(np.searchsorted(keys, q), keys.size - 1)
+    return keys[pos] == q
+
+
+def faiss_search(index, queries: np.ndarray, k: int, *, exclude=None, batch_size: int = 1024) -> np.ndarray:
+    """Top ``k`` items per query from a FAISS index, ties by lower item id, -1 padded.
+
+    Zero query vectors (users without history) get an all -1 row: fill them
+    with :func:`with_fallback`. With ``exclude`` (sparse (n_queries, n_items)),
+    each batch asks FAISS for ``k`` + (most excluded items of a row in the
+    batch) results, drops the excluded ones, and keeps ``k``.
+
+    Returns:
+        int64 (n_queries, k).
+
+    Raises:
+        ValueError: query dimension differs from the index's, or ``k < 1``.
+    """
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    if q.ndim != 2 or q.shape[1] != index.d:
+        raise ValueError(f"queries must be (n, {index.d}), got shape {q.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n = len(q)
+    ex = sp.csr_array(exclude) if exclude is not None else None
+    if ex is not None and ex.shape != (n, index.ntotal):
+        raise ValueError(f"exclude has shape {ex.shape}, expected {(n, index.ntotal)}")
+    out = np.full((n, k), -1, dtype=np.int64)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        extra = int(np.diff(ex.indptr[start : stop + 1]).max()) if ex is not None and stop > start else 0
+        kk = min(k + extra, index.ntotal)
+        scores, ids = index.search(q[start:stop], kk)
+        ids = ids.astype(np.int64)
+        valid = ids >= 0
+        if ex is not None:
+            sub = ex[start:stop]
+            rows = np.broadcast_to(np.arange(stop - start)[:, None], ids.shape)
+            valid &= ~_in_sparse(sub, rows, np.maximum(ids, 0))
+        scores = np.where(valid, scores, -np.inf)
+        ids = np.where(valid, ids, -1)
+        order = np.lexsort((np.where(valid, ids, np.iinfo(np.int64).max), -scores), axis=1)
+        ranked = np.take_along_axis(ids, order, axis=1)
+        zero = ~np.any(q[start:stop] != 0, axis=1)
+        ranked[zero] = -1
+        out[start:stop] = dedupe_rows(ranked, k)
+    return out
+
+
+def with_fallback(retrieved: np.ndarray, use_fallback: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Rows where ``use_fallback`` is True are replaced by the fallback list (e.g. popularity).
+
+    Args:
+        retrieved, fallback: int (n_users, K); ``fallback`` may also be one row (K,).
+        use_fallback: bool (n_users,).
+    """
+    r = np.asarray(retrieved)
+    f = np.broadcast_to(np.asarray(fallback), r.shape)
+    mask = np.asarray(use_fallback, dtype=bool)
+    if mask.shape != (r.shape[0],):
+        raise ValueError(f"use_fallback must have shape ({r.shape[0]},), got {mask.shape}")
+    return np.where(mask[:, None], f, r)
+
+
+def interleave(lists: Sequence[np.ndarray], k: int, weights: Sequence[int] | None = None) -> np.ndarray:
+    """Hybrid: round-robin merge of several generators' lists, deduplicated, cut to ``k``.
+
+    Each round takes the next ``weights[i]`` items of list i, in list order
+    (default one of each): weights (3, 1) give a1 a2 a3 b1 a4 a5 a6 b2 ...
+    A repeated item keeps its first position, -1 padding is skipped, and
+    the merged list is cut to ``k`` (:func:`ecrec.metrics.dedupe_rows`).
+
+    Args:
+        lists: (n_users, K_i) int arrays; K_i may differ.
+        weights: positive ints, one per list.
+
+    Raises:
+        ValueError: no list, lists with different numbers of users, or bad weights.
+    """
+    if not lists:
+        raise ValueError("interleave needs at least one list")
+    weights = [1] * len(lists) if weights is None else [int(w) for w in weights]
+    if len(weights) != len(lists) or min(weights) < 1:
+        raise ValueError(f"need one positive weight per list, got {weights} for {len(lists)} lists")
+    n = lists[0].shape[0]
+    if any(x.shape[0] != n for x in lists):
+        raise ValueError(f"lists have different numbers of users: {[x.shape[0] for x in lists]}")
+    rounds = max(math.ceil(x.shape[1] / w) for x, w in zip(lists, weights, strict=True))
+    chunks = []
+    for x, w in zip(lists, weights, strict=True):
+        pad = np.full((n, rounds * w - x.shape[1]), -1, dtype=np.int64)
+        chunks.append(np.hstack([np.asarray(x, dtype=np.int64), pad]).reshape(n, rounds, w))
+    merged = np.concatenate(chunks, axis=2).reshape(n, -1)
+    return dedupe_rows(merged, k)
+
+
+# --- MiniLM two-tower --------------------------------------------------------
+
+
+def encode_with_cache(
+    texts: Sequence[str],
+    *,
+    n_trainable: int = 1,
+    max_length: int = 32,
+    batch_size: int = 256,
+    model=None,
+    tokenizer=None,
+    progress: bool = False,
+):
+    """Zero-shot MiniLM embeddings AND the hidden states a partial fine-tune starts from.
+
+    One forward pass over the catalogue gives (a) the mean-pooled,
+    L2-normalised sentence embeddings (the same vectors as
+    ``ecrec.text.encode_texts`` with this ``max_length``) and (b) the hidden
+    states entering the last ``n_trainable`` transformer layers. Fine-tuning
+    only those layers on cached inputs makes a training step ~6/n_trainable
+    times cheaper than a full fine-tune: what keeps it feasible on a CPU.
+
+    Returns:
+        ``(emb float32 (n, hidden), states float32 tensor (n, L, hidden),
+        mask int64 tensor (n, L), encoder)``; ``L`` = the longest tokenised text.
+
+    Raises:
+        ValueError: ``n_trainable`` outside 1..num_hidden_layers.
+        TypeError: a text is not a string.
+    """
+    from tqdm.auto import tqdm
+
+    from ecrec.text import load_encoder, load_tokenizer, mean_pool
+
+    texts = list(texts)
+    if any(not isinstance(t, str) for t in texts):
+        raise TypeError("encode_with_cache needs strings")
+    tokenizer = tokenizer or load_tokenizer()
+    model = model or load_encoder()
+    n_layers = model.config.num_hidden_layers
+    if not 1 <= n_trainable <= n_layers:
+        raise ValueError(f"n_trainable must be in 1..{n_layers}, got {n_trainable}")
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    emb = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    states = torch.zeros((len(texts), ids.shape[1], model.config.hidden_size))
+    model.eval()
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(texts), batch_size), disable=not progress, desc="encode catalogue"):
+            sl = slice(start, start + batch_size)
+            out = model(
+                input_ids=ids[sl], attention_mask=mask[sl], token_type_ids=batch["token_type_ids"][sl],
+                output_hidden_states=True,
+            )
+            vec = torch.nn.functional.normalize(mean_pool(out.last_hidden_state, mask[sl]), dim=-1)
+            emb[sl] = vec.numpy()
+            states[sl] = out.hidden_states[n_layers - n_trainable]
+    return emb, states, mask, model
+
+
+class ItemTower(torch.nn.Module):
+    """The item tower: MiniLM's last ``n_trainable`` layers (trainable copies) + mean pooling + L2 norm.
+
+    Input: cached hidden states (batch, L, hidden) and their attention mask,
+    from :func:`encode_with_cache` with the same ``n_trainable``. Before
+    training it reproduces the zero-shot embeddings (up to float rounding).
+    """
+
+    def __init__(self, encoder, n_trainable: int = 1):
+        super().__init__()
+        import copy
+
+        layers = encoder.encoder.layer
+        if not 1 <= n_trainable <= len(layers):
+            raise ValueError(f"n_trainable must be in 1..{len(layers)}, got {n_trainable}")
+        self.layers = torch.nn.ModuleList(copy.deepcopy(layer) for layer in layers[-n_trainable:])
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(batch, L, hidden) float states, (batch, L) 0/1 mask -> (batch, hidden) unit vectors."""
+        from ecrec.text import mean_pool
+
+        h = states
+        ext = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        for layer in self.layers:
+            h = layer(h, attention_mask=ext)
+            if isinstance(h, tuple):  # older transformers return (hidden,)
+                h = h[0]
+        return torch.nn.functional.normalize(mean_pool(h, mask), dim=-1)
+
+    def embed_all(self, states: torch.Tensor, mask: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+        """Item vectors for the whole catalogue, float32 (n_items, hidden), computed in eval mode."""
+        was = self.training
+        self.eval()
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(states), batch_size):
+                sl = slice(start, start + batch_size)
+                out.append(self(states[sl], mask[sl]).numpy())
+        self.train(was)
+        return np.concatenate(out).astype(np.float32)
+
+
+@dataclass
+class Pairs:
+    """Training pairs (history -> next item) from purchases BEFORE a cut-off.
+
+    ``hist_items``/``hist_weights``: (n_pairs, max_history), -1 / 0 padded,
+    most recent first; ``target``: (n_pairs,) item ids.
+    """
+
+    hist_items: np.ndarray
+    hist_weights: np.ndarray
+    target: np.ndarray
+
+
+def sample_pairs(
+    events: pd.DataFrame,
+    before,
+    n_pairs: int,
+    *,
+    max_history: int = 10,
+    half_life_days: float = 30.0,
+    new_items_only: bool = True,
+    seed: int = 0,
+) -> Pairs:
+    """Sample (history -> next purchased item) pairs from events strictly before ``before``.
+
+    A pair picks a purchase (user, item, invoice) that is not in the user's
+    first invoice; its history is the user's distinct items from EARLIER
+    invoices (most recent first, at most ``max_history``), weighted by
+    recency relative to that invoice. With ``new_items_only`` the target is an
+    item the user had not bought before (the harder, more useful "new items"
+    task). Nothing at or after ``before`` is read: no test leakage.
+
+    Raises:
+        ValueError: no eligible purchase, or ``n_pairs < 1``.
+    """
+    if n_pairs < 1:
+        raise ValueError(f"n_pairs must be >= 1, got {n_pairs}")
+    ev = events[events["t"] < before].sort_values(["user", "t", "invoice", "item_id"]).reset_index(drop=True)
+    user = ev["user"].to_numpy()
+    t = ev["t"].to_numpy()
+    item = ev["item_id"].to_numpy()
+    # first row of the user's current invoice, and first row of the user
+    new_user = np.r_[True, user[1:] != user[:-1]]
+    new_inv = new_user | np.r_[True, ev["invoice"].to_numpy()[1:] != ev["invoice"].to_numpy()[:-1]]
+    inv_start = np.maximum.accumulate(np.where(new_inv, np.arange(len(ev)), 0))
+    user_start = np.maximum.accumulate(np.where(new_user, np.arange(len(ev)), 0))
+    eligible = inv_start > user_start
+    if new_items_only:
+        first_buy = ev.groupby(["user", "item_id"])["t"].transform("min").to_numpy()
+        eligible &= first_buy == t
+    cand = np.flatnonzero(eligible)
+    if cand.size == 0:
+        raise ValueError("no eligible (history -> next item) purchase before the cut-off")
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(cand, size=n_pairs, replace=cand.size < n_pairs)
+    hist_items = np.full((n_pairs, max_history), -1, dtype=np.int64)
+    hist_w = np.zeros((n_pairs, max_history), dtype=np.float32)
+    for p, r in enumerate(chosen):
+        lo, hi = user_start[r], inv_start[r]
+        rows = np.arange(hi - 1, lo - 1, -1)  # most recent first
+        _, first = np.unique(item[rows], return_index=True)
+        keep = rows[np.sort(first)][:max_history]
+        age = (t[r] - t[keep]) / np.timedelta64(1, "D")
+        hist_items[p, : len(keep)] = item[keep]
+        hist_w[p, : len(keep)] = recency_weights(age, half_life_days)
+    return Pairs(hist_items, hist_w, item[chosen].astype(np.int64))
+
+
+def train_two_tower(
+    tower,
+    states,
+    mask,
+    pairs: Pairs,
+    *,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 1e-4,
+    temperature: float = 0.05,
+    logq_correction: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
+    """Fine-tune the item tower with in-batch negatives (sampled softmax).
+
+    For a batch of pairs, the user vector is the recency-weighted mean of the
+    tower's vectors of the history items (L2-normalised: the same tower on
+    both sides), the target's vector is the positive and the other targets of
+    the batch are the negatives: ``loss = CE(U T^T / temperature, diag)``.
+    In-batch copies of the same target item are masked out of the negatives.
+
+    In-batch negatives are drawn in proportion to popularity, so without a
+    correction the model learns to push popular items DOWN. With
+    ``logq_correction`` each logit gets ``- log q_j`` (q_j = item j's share of
+    the training targets; Yi et al., 2019), which removes that bias.
+
+    Returns:
+        The loss of every step (for a loss curve).
+
+    Raises:
+        ValueError: non-positive temperature, steps or batch size.
+    """
+    from tqdm.auto import tqdm
+
+    if temperature <= 0 or steps < 1 or batch_size < 2:
+        raise ValueError(f"need temperature > 0, steps >= 1, batch_size >= 2; got {temperature}, {steps}, {batch_size}")
+    gen = np.random.default_rng(seed)
+    # log of each item's share of the targets: how often it shows up as an in-batch negative
+    freq = np.bincount(pairs.target, minlength=int(pairs.target.max()) + 1).astype(np.float64)
+    log_q = torch.from_numpy(np.log(np.maximum(freq, 1.0) / freq.sum()).astype(np.float32))
+    opt = torch.optim.AdamW(tower.parameters(), lr=lr)
+    tower.train()
+    losses = []
+    n = len(pairs.target)
+    for _ in tqdm(range(steps), disable=not progress, desc="fine-tune two-tower"):
+        idx = gen.choice(n, size=min(batch_size, n), replace=False)
+        hist = pairs.hist_items[idx]
+        w = torch.from_numpy(pairs.hist_weights[idx])
+        tgt = pairs.target[idx]
+        uniq, inv = np.unique(np.r_[hist[hist >= 0], tgt], return_inverse=True)
+        vec = tower(states[uniq], mask[uniq])
+        lookup = torch.from_numpy(np.searchsorted(uniq, np.where(hist >= 0, hist, uniq[0])))
+        hv = vec[lookup] * w[..., None]  # padding has weight 0
+        users = torch.nn.functional.normalize(hv.sum(1), dim=-1)
+        targets = vec[torch.from_numpy(np.searchsorted(uniq, tgt))]
+        logits = users @ targets.T / temperature
+        if logq_correction:
+            logits = logits - log_q[tgt][None, :]
+        same = torch.from_numpy(tgt[:, None] == tgt[None, :]) & ~torch.eye(len(tgt), dtype=torch.bool)
+        logits = logits.masked_fill(same, float("-inf"))
+        loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(tgt)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    tower.eval()
+    return losses
+
+
+def per_1000_users(seconds: float, n_users: int) -> float:
+    """Seconds per 1,000 users from a timing over ``n_users``."""
+    return float(seconds / max(n_users, 1) * 1000)
+
