@@ -7,8 +7,9 @@ first, padded with -1, so that one evaluation (:mod:`ecrec.metrics`) serves all.
 
 Protocol (:func:`build_recall_data`)
 ------------------------------------
-* Global time split (:func:`split_dates`): everything before ``test_start``
-  is history (train + valid windows); the last ``test_weeks`` weeks are test.
+* Global time split, the same as chapter 03's (``ecrec.features.split_dates``):
+  everything before ``test_start`` is history (its train + valid windows);
+  from ``test_start`` to the end of the log is test.
 * Test users: customers with at least one purchase in the test window.
   Ground truth: the items they bought in the test window (gain = number of
   distinct test invoices holding the item). Two settings:
@@ -52,53 +53,13 @@ import torch
 from ecrec.metrics import dedupe_rows
 
 __all__ = [
-    "SplitDates", "split_dates", "RecallData", "build_recall_data", "top_k", "popular_scores",
+    "RecallData", "build_recall_data", "top_k", "popular_scores",
     "item_cosine", "fit_als", "user_vectors", "build_index", "faiss_search", "interleave",
     "with_fallback", "encode_with_cache", "ItemTower", "sample_pairs", "train_two_tower",
 ]
 
 
-# --- split and data ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SplitDates:
-    """Boundaries of a global time split; windows are [start, next start)."""
-
-    train_start: pd.Timestamp
-    valid_start: pd.Timestamp
-    test_start: pd.Timestamp
-    end: pd.Timestamp  # exclusive: the day after the last event
-
-
-def split_dates(dates, test_weeks: int = 4, valid_weeks: int = 4) -> SplitDates:
-    """Global time split by calendar days: the last ``test_weeks`` weeks are test.
-
-    ``end`` is midnight after the last event; ``test_start = end - test_weeks``
-    weeks and ``valid_start = test_start - valid_weeks`` weeks (the valid window
-    may be empty with ``valid_weeks=0``).
-
-    Args:
-        dates: datetime-like values (e.g. ``InvoiceDate``), any order.
-
-    Raises:
-        ValueError: empty or NaT-only dates, negative weeks, ``test_weeks < 1``,
-            or a split that leaves no training days.
-    """
-    if test_weeks < 1 or valid_weeks < 0:
-        raise ValueError(f"need test_weeks >= 1 and valid_weeks >= 0, got {test_weeks}, {valid_weeks}")
-    d = pd.to_datetime(pd.Series(dates)).dropna()
-    if d.empty:
-        raise ValueError("split_dates needs at least one date")
-    start = d.min().normalize()
-    end = d.max().normalize() + pd.Timedelta(days=1)
-    test_start = end - pd.Timedelta(weeks=test_weeks)
-    valid_start = test_start - pd.Timedelta(weeks=valid_weeks)
-    if valid_start <= start:
-        raise ValueError(
-            f"data spans {start.date()}..{end.date()}: {valid_weeks}+{test_weeks} weeks leave no training days"
-        )
-    return SplitDates(start, valid_start, test_start, end)
+# --- protocol data ---------------------------------------------------------
 
 
 @dataclass
@@ -110,7 +71,8 @@ class RecallData:
     Columns are item ids 0..n_items-1 (``items`` row order).
     """
 
-    split: SplitDates
+    test_start: pd.Timestamp  # first instant of the test window
+    end: pd.Timestamp  # exclusive: midnight after the last event
     items: pd.DataFrame  # item_id, StockCode, Description, train_buyers, is_cold, is_tail
     events: pd.DataFrame  # one row per (user, item, invoice): user, item_id, invoice, t
     users: np.ndarray  # CustomerID of each evaluated test user
@@ -146,7 +108,7 @@ def recency_weights(age_days, half_life_days: float) -> np.ndarray:
 
 def build_recall_data(
     clean: pd.DataFrame,
-    split: SplitDates,
+    test_start,
     *,
     half_life_days: float = 30.0,
     short_max: int = 5,
@@ -158,7 +120,8 @@ def build_recall_data(
 
     Args:
         clean: the cleaned Online Retail frame (``ecrec.data.load_clean_online_retail``).
-        split: from :func:`split_dates`.
+        test_start: start of the test window, e.g. the second value of
+            ``ecrec.features.split_dates(clean["InvoiceDate"])`` (chapter 03's split).
         half_life_days: recency half-life of the user histories.
         short_max: users with 1..short_max distinct past items are "short".
         tail_share: the least popular ``tail_share`` of items (by distinct
@@ -174,6 +137,10 @@ def build_recall_data(
     missing = need - set(clean.columns)
     if missing:
         raise ValueError(f"clean is missing columns {sorted(missing)}")
+    test_start = pd.Timestamp(test_start)
+    end = clean["InvoiceDate"].max().normalize() + pd.Timedelta(days=1)
+    if not clean["InvoiceDate"].min() < test_start < end:
+        raise ValueError(f"test_start {test_start} must fall inside the log ({clean['InvoiceDate'].min()} .. {end})")
     if not 0 < tail_share < 1:
         raise ValueError(f"tail_share must be in (0, 1), got {tail_share}")
     items = (
@@ -189,8 +156,8 @@ def build_recall_data(
     )
     events["user"] = events["user"].astype(np.int64)
     n_items = len(items)
-    past = events[events["t"] < split.test_start]
-    test = events[(events["t"] >= split.test_start) & (events["t"] < split.end)]
+    past = events[events["t"] < test_start]
+    test = events[(events["t"] >= test_start) & (events["t"] < end)]
     if test.empty:
         raise ValueError("no purchase in the test window")
 
@@ -224,7 +191,7 @@ def build_recall_data(
         m.sort_indices()
         return m
 
-    age = (split.test_start - past["t"]).dt.total_seconds().to_numpy() / 86400.0
+    age = (test_start - past["t"]).dt.total_seconds().to_numpy() / 86400.0
     history = matrix(past, recency_weights(age, half_life_days))
     history_count = matrix(past, np.ones(len(past)))
     relevant_all = matrix(test, np.ones(len(test)))
@@ -238,7 +205,8 @@ def build_recall_data(
     n_hist = np.diff(history_count.indptr)
     group = np.where(n_hist == 0, "cold", np.where(n_hist <= short_max, "short", "warm"))
     return RecallData(
-        split=split,
+        test_start=test_start,
+        end=end,
         items=items,
         events=events,
         users=users,

@@ -9,35 +9,15 @@ import scipy.sparse as sp
 from sklearn.metrics.pairwise import cosine_similarity
 
 from ecrec import recall as R
+from ecrec.features import split_dates
 
-# --- split -----------------------------------------------------------------
-
-
-def test_split_dates_by_calendar_weeks():
-    dates = pd.to_datetime(["2011-01-01 10:00", "2011-03-31 18:30", "2011-02-10 00:00"])
-    s = R.split_dates(dates, test_weeks=2, valid_weeks=1)
-    assert s.end == pd.Timestamp("2011-04-01")
-    assert s.test_start == pd.Timestamp("2011-03-18")
-    assert s.valid_start == pd.Timestamp("2011-03-11")
-    assert s.train_start == pd.Timestamp("2011-01-01")
-
-
-def test_split_dates_errors():
-    with pytest.raises(ValueError, match="no training days"):
-        R.split_dates(pd.to_datetime(["2011-01-01", "2011-01-20"]), test_weeks=2, valid_weeks=1)
-    with pytest.raises(ValueError, match="test_weeks"):
-        R.split_dates(pd.to_datetime(["2011-01-01"]), test_weeks=0)
-    with pytest.raises(ValueError, match="at least one"):
-        R.split_dates(pd.Series([], dtype="datetime64[ns]"))
+# --- protocol data -----------------------------------------------------------
 
 
 def test_recency_weights_half_life():
     np.testing.assert_allclose(R.recency_weights([0, 30, 60], 30), [1, 0.5, 0.25])
     with pytest.raises(ValueError, match="negative age"):
         R.recency_weights([-1], 30)
-
-
-# --- protocol data -----------------------------------------------------------
 
 
 def _toy_log() -> pd.DataFrame:
@@ -62,9 +42,10 @@ def _toy_log() -> pd.DataFrame:
 
 def test_build_recall_data_ground_truth_and_groups():
     df = _toy_log()
-    split = R.split_dates(df["InvoiceDate"], test_weeks=1, valid_weeks=1)
-    assert split.test_start == pd.Timestamp("2011-03-25")
-    d = R.build_recall_data(df, split, half_life_days=30, short_max=1)
+    _, test_start = split_dates(df["InvoiceDate"], valid_days=7, test_days=7)  # chapter 03's split
+    assert test_start == pd.Timestamp("2011-03-25")
+    d = R.build_recall_data(df, test_start, half_life_days=30, short_max=1)
+    assert d.end == pd.Timestamp("2011-04-01")
     assert d.items["StockCode"].tolist() == ["A", "B", "C", "D"]  # item ids 0..3
     assert d.users.tolist() == [1, 2]
     assert d.relevant_all.toarray().tolist() == [[0, 1, 1, 1], [1, 0, 0, 0]]
@@ -81,10 +62,14 @@ def test_build_recall_data_ground_truth_and_groups():
 
 def test_build_recall_data_subsample_and_errors():
     df = _toy_log()
-    split = R.split_dates(df["InvoiceDate"], test_weeks=1, valid_weeks=1)
-    assert len(R.build_recall_data(df, split, max_users=1, seed=0).users) == 1
+    test_start = pd.Timestamp("2011-03-25")
+    assert len(R.build_recall_data(df, test_start, max_users=1, seed=0).users) == 1
     with pytest.raises(ValueError, match="missing columns"):
-        R.build_recall_data(df.drop(columns="StockCode"), split)
+        R.build_recall_data(df.drop(columns="StockCode"), test_start)
+    with pytest.raises(ValueError, match="inside the log"):
+        R.build_recall_data(df, pd.Timestamp("2012-01-01"))
+    with pytest.raises(ValueError, match="no purchase in the test window"):
+        R.build_recall_data(df, pd.Timestamp("2011-03-31 12:00"))
 
 
 # --- ranking helpers -----------------------------------------------------------
