@@ -41,7 +41,7 @@ profile = "auto"  # "auto" | "smoke" | "full"
 seed = 42
 output_dir = "outputs/01_data"
 sizes = None  # optional dict overriding the profile's sizes
-cutoff = "2011-11-01"  # start of the test window used to measure cold start
+cutoff = None  # start of the test window for cold start; None: chapter 03's split (last 30 days)
 
 # %%
 # In Colab: fetch the book's code and data, then install it (skipped elsewhere).
@@ -70,6 +70,7 @@ from ecrec.data import (
     load_online_retail,
     load_reviews,
 )
+from ecrec.features import split_dates
 from ecrec.io import write_metrics
 from ecrec.plots import save
 from ecrec.profiles import pick_sizes, seed_everything
@@ -82,8 +83,7 @@ SIZES = {
 }
 run_profile, size = pick_sizes(profile, SIZES, sizes)
 seed_everything(seed)
-CUTOFF = pd.Timestamp(cutoff)
-print(f"profile={run_profile}, sizes={size}, cutoff={CUTOFF.date()}")
+print(f"profile={run_profile}, sizes={size}")
 
 
 def show(fig, name):
@@ -149,6 +149,8 @@ examples.set_index("why")
 
 # %%
 clean, report = clean_online_retail(raw)
+# The cutoff between past and future: by default the test window of chapter 03.
+CUTOFF = pd.Timestamp(cutoff) if cutoff else split_dates(clean["InvoiceDate"])[1]
 table = report.to_frame()
 table["share_of_raw_%"] = (100 * table["rows_removed"] / report.rows_in).round(2)
 print(f"{report.rows_in:,} rows in -> {report.rows_out:,} rows out "
@@ -351,7 +353,8 @@ show(fig, "description_text")
 #   cutoff, test after it. A random split would leak the future into training.
 # * **Cold start.** Some test-window customers and items never appear before
 #   the cutoff. ID-based models know nothing about them. Text can still
-#   describe a new item. Let us measure this at the cutoff.
+#   describe a new item. Let us measure this at the cutoff, which is the start
+#   of chapter 03's test window (the last 30 days of the log).
 
 # %%
 before = clean[clean["InvoiceDate"] < CUTOFF]

@@ -57,14 +57,15 @@ def test_product_text(m):
 
 
 def test_time_split_and_cold_start(m):
-    assert m["cutoff"] == "2011-11-01"
+    # The cutoff is chapter 03's test start: midnight after the last sale minus 30 days.
+    assert m["cutoff"] == "2011-11-10"
     assert m["rows_before_cutoff"] + m["rows_after_cutoff"] == m["rows_clean"]
-    assert m["rows_after_cutoff"] == 79_902
-    assert (m["test_customers"], m["test_items"]) == (1_904, 2_766)
-    assert m["cold_customer_share"] == pytest.approx(364 / 1_904)
-    assert m["cold_item_share"] == pytest.approx(52 / 2_766)
-    assert m["cold_customer_row_share"] == pytest.approx(0.1608, abs=1e-3)
-    assert m["cold_item_row_share"] == pytest.approx(0.0100, abs=1e-3)
+    assert m["rows_after_cutoff"] == 62_753
+    assert (m["test_customers"], m["test_items"]) == (1_627, 2_654)
+    assert m["cold_customer_share"] == pytest.approx(252 / 1_627)
+    assert m["cold_item_share"] == pytest.approx(37 / 2_654)
+    assert m["cold_customer_row_share"] == pytest.approx(0.1402, abs=1e-3)
+    assert m["cold_item_row_share"] == pytest.approx(0.0088, abs=1e-3)
 
 
 def test_reviews(m):
