@@ -1,0 +1,269 @@
+"""ecrec.features: time split, negatives, point-in-time features (leakage), encoders, cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ecrec import features as F
+
+
+def _clean(rows):
+    """A tiny cleaned log: (invoice, customer, stock code, 'YYYY-MM-DD HH:MM', qty, price)."""
+    df = pd.DataFrame(rows, columns=["InvoiceNo", "CustomerID", "StockCode", "InvoiceDate", "Quantity", "UnitPrice"])
+    df["InvoiceDate"] = pd.to_datetime(df["InvoiceDate"])
+    df["CustomerID"] = df["CustomerID"].astype("Int64")
+    df["Description"] = df["StockCode"].map({"A": "RED MUG", "B": "BLUE MUG", "C": "PAPER BAG", "D": "TEA LIGHT HOLDER"})
+    df["Country"] = "United Kingdom"
+    return df
+
+
+TOY = _clean(
+    [
+        ("1", 10, "A", "2011-01-01 10:00", 2, 1.0),
+        ("1", 10, "A", "2011-01-01 10:00", 3, 1.0),  # same invoice, same item: one event
+        ("1", 10, "B", "2011-01-01 10:00", 1, 2.0),
+        ("2", 11, "A", "2011-01-02 09:00", 1, 1.5),
+        ("3", 10, "C", "2011-01-05 12:00", 4, 0.5),
+        ("4", 10, "A", "2011-01-10 08:00", 1, 1.2),
+        ("5", 11, "D", "2011-01-10 08:00", 1, 3.0),
+        ("6", 12, "B", "2011-01-20 15:00", 2, 2.5),
+    ]
+)
+
+
+def test_purchase_events_dedupes_within_invoice():
+    ev = F.purchase_events(TOY)
+    assert len(ev) == 7
+    first = ev[(ev["invoice_no"] == "1") & (ev["item_id"] == "A")].iloc[0]
+    assert first["quantity"] == 5 and first["spend"] == pytest.approx(5.0)
+    assert ev["user_id"].dtype == np.int64 and ev["ts"].is_monotonic_increasing
+
+
+def test_purchase_events_rejects_missing_customer():
+    bad = TOY.copy()
+    bad.loc[0, "CustomerID"] = pd.NA
+    with pytest.raises(ValueError, match="CustomerID"):
+        F.purchase_events(bad)
+
+
+def test_split_dates_and_assign_split():
+    ts = pd.to_datetime(["2011-01-01 10:00", "2011-01-15 00:00", "2011-01-25 23:59", "2011-01-31 12:00"])
+    valid_start, test_start = F.split_dates(ts, valid_days=10, test_days=5)
+    assert test_start == pd.Timestamp("2011-01-27") and valid_start == pd.Timestamp("2011-01-17")
+    assert F.assign_split(ts, valid_start, test_start).tolist() == ["train", "train", "valid", "test"]
+    # boundaries belong to the later split
+    assert F.assign_split([test_start, valid_start], valid_start, test_start).tolist() == ["test", "valid"]
+
+
+@pytest.mark.parametrize("kwargs", [{"valid_days": 0}, {"test_days": -1}, {"valid_days": 1.5}, {"valid_days": 20, "test_days": 20}])
+def test_split_dates_rejects_bad_windows(kwargs):
+    ts = pd.to_datetime(["2011-01-01", "2011-01-31"])
+    with pytest.raises(ValueError):
+        F.split_dates(ts, **{"valid_days": 5, "test_days": 5, **kwargs})
+
+
+def test_assign_split_rejects_reversed_bounds():
+    with pytest.raises(ValueError, match="after"):
+        F.assign_split(pd.to_datetime(["2011-01-01"]), "2011-02-01", "2011-01-15")
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="negatives"):
+        F.CtrDatasetConfig(negatives="hard")
+    with pytest.raises(ValueError, match="neg_ratio"):
+        F.CtrDatasetConfig(neg_ratio=0)
+    with pytest.raises(ValueError, match="max_users"):
+        F.CtrDatasetConfig(max_users=0)
+
+
+def test_point_in_time_features_hand_computed():
+    ev = F.purchase_events(TOY)
+    ex = pd.DataFrame(
+        {"user_id": [10, 10, 99], "item_id": ["A", "A", "Z"], "ts": pd.to_datetime(["2011-01-10 08:00"] * 2 + ["2011-01-02 09:00"])}
+    )
+    f = F.point_in_time_features(ex, ev, history_len=2, pop_windows=(7,))
+    r = f.iloc[0]
+    # user 10 before 2011-01-10 08:00: invoices 1 (A, B; spend 5 + 2) and 3 (C; spend 2)
+    assert r["u_n_invoices"] == 2 and r["u_n_lines"] == 3 and r["u_spend"] == pytest.approx(9.0)
+    assert r["u_days_since_last"] == pytest.approx(4 + 20 / 24)
+    assert r["u_tenure_days"] == pytest.approx(8 + 22 / 24)
+    # item A before then: invoices 1 and 2 (the 01-10 line is not *before*); 1 of them in the last 7 days? no: 01-02 09:00 is 7.96 days back
+    assert r["i_pop_all"] == 2 and r["i_pop_7d"] == 0
+    assert r["i_share_all"] == pytest.approx(1000 * 2 / 4)
+    assert r["i_price"] == pytest.approx(1.5)
+    assert r["ui_n_before"] == 1 and r["ui_days_since_last"] == pytest.approx(8 + 22 / 24)
+    assert list(r["hist_items"]) == ["C", "B"] and r["hist_len"] == 2  # newest first, capped at 2
+    assert (r["hour"], r["weekday"], r["month"]) == (8, 0, 1)
+    # an unknown user and item: zero counts and NaN, never an error
+    u = f.iloc[2]
+    assert u["u_n_invoices"] == 0 and np.isnan(u["u_days_since_last"]) and np.isnan(u["i_price"])
+    assert list(u["hist_items"]) == [] and u["i_pop_all"] == 0
+
+
+@pytest.fixture(scope="module")
+def real():
+    from ecrec.data import load_clean_online_retail
+
+    clean, _ = load_clean_online_retail()
+    return clean
+
+
+@pytest.fixture(scope="module")
+def small(real):
+    return F.build_ctr_dataset(real, F.CtrDatasetConfig(max_users=60, seed=3))
+
+
+def test_leakage_deleting_and_changing_the_future_changes_nothing(real, small):
+    events = F.purchase_events(real)
+    probe = small[small["split"] != "train"].sample(40, random_state=0)
+    cols = [c for c in small.columns if c.startswith(("u_", "i_", "ui_", "hist"))]
+    for cut in sorted(probe["ts"].unique())[:5]:
+        rows = probe[probe["ts"] == cut]
+        base = F.point_in_time_features(rows, events)
+        deleted = F.point_in_time_features(rows, events[events["ts"] < cut])
+        changed = events.copy()
+        future = changed["ts"] >= cut
+        changed.loc[future, "price"] *= 7.0
+        changed.loc[future, "spend"] += 100.0
+        changed.loc[future, "item_id"] = changed.loc[future, "item_id"].to_numpy()[::-1]
+        edited = F.point_in_time_features(rows, changed)
+        pd.testing.assert_frame_equal(base[cols], deleted[cols])
+        pd.testing.assert_frame_equal(base[cols], edited[cols])
+        pd.testing.assert_frame_equal(base[cols], small.loc[rows.index, cols])
+    # and the check can fail: an event strictly before the cut does change a feature
+    rows = probe[probe["ts"] == probe["ts"].max()]
+    past = events["ts"] < rows["ts"].iloc[0]
+    more = events.copy()
+    more.loc[past, "spend"] += 1.0
+    assert not np.allclose(F.point_in_time_features(rows, more)["u_spend"], F.point_in_time_features(rows, events)["u_spend"])
+
+
+def test_dataset_contract(small):
+    assert small["user_id"].dtype == np.int64 and small["label"].dtype == np.int8
+    assert pd.api.types.is_datetime64_dtype(small["ts"]) and small["cold_user"].dtype == bool
+    assert set(small["split"]) == set(F.SPLITS) and small["user_id"].nunique() <= 60
+    assert small[["ts"]].apply(lambda s: s.is_monotonic_increasing).all()
+    # a negative is never an item its user bought in the same window
+    pos = small[small["label"] == 1][["user_id", "item_id", "split"]].drop_duplicates()
+    neg = small[small["label"] == 0].merge(pos, on=["user_id", "item_id", "split"])
+    assert neg.empty
+    ratio = (small["label"] == 0).sum() / (small["label"] == 1).sum()
+    assert 3.0 < ratio <= 4.0  # 4 drawn per positive, duplicates within an invoice dropped
+    # cold flags follow from the train positives
+    train_pos = small[(small["split"] == "train") & (small["label"] == 1)]
+    assert (small["cold_item"] == ~small["item_id"].isin(train_pos["item_id"])).all()
+    assert not small.loc[small["split"] == "train", "cold_user"].any()
+    assert (small["hist_len"] == small["hist_items"].list.len()).all() and small["hist_len"].max() <= 10
+
+
+def test_same_seed_same_dataset_other_seed_other_negatives(real, small):
+    again = F.build_ctr_dataset(real, F.CtrDatasetConfig(max_users=60, seed=3))
+    pd.testing.assert_frame_equal(small, again)
+    other = F.build_ctr_dataset(real, F.CtrDatasetConfig(max_users=60, seed=4))
+    assert not other["user_id"].equals(small["user_id"])
+
+
+def test_popularity_sampling_draws_popular_items(real):
+    events = F.purchase_events(real)
+    vs, ts = F.split_dates(events["ts"])
+    events["split"] = F.assign_split(events["ts"], vs, ts)
+    pos = events[events["user_id"].isin(events["user_id"].unique()[:100])]
+    share = events.loc[events["split"] == "train", "item_id"].value_counts(normalize=True)
+    means = {}
+    for method in F.NEGATIVE_SAMPLING:
+        neg = F.sample_negatives(pos, events, neg_ratio=2, method=method, seed=0)
+        means[method] = share.reindex(neg.loc[neg["split"] == "train", "item_id"]).mean()
+    # uniform: at most 1 / (items sold in train); popularity: near the sum of squared shares.
+    # Both a little lower: redrawing what the user bought removes popular items more often.
+    n_items = events.loc[events["split"] == "train", "item_id"].nunique()
+    assert 0.5 / n_items < means["uniform"] < 1.05 / n_items
+    assert 0.5 * (share**2).sum() < means["popularity"] < 1.05 * (share**2).sum()
+    assert means["popularity"] > 3 * means["uniform"]
+    with pytest.raises(ValueError, match="method"):
+        F.sample_negatives(pos, events, neg_ratio=1, method="hard", seed=0)
+
+
+def test_cache_round_trip_and_key(real, tmp_path):
+    config = F.CtrDatasetConfig(max_users=30, seed=1)
+    built = F.load_or_build_ctr_dataset(real, config, tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    key = F.dataset_key(real, config)
+    assert files == [f"ctr_{key}.json", f"ctr_{key}.parquet"]
+    again = F.load_or_build_ctr_dataset(real, config, tmp_path)
+    pd.testing.assert_frame_equal(built, again)
+    assert again["hist_items"].dtype == F.HIST_DTYPE
+    assert F.dataset_key(real, F.CtrDatasetConfig(max_users=30, seed=2)) != key
+    assert F.dataset_key(real.iloc[1:], config) != key
+
+
+def test_item_catalog(real):
+    cat = F.item_catalog(real)
+    assert len(cat) == real["StockCode"].nunique() == cat["item_id"].nunique()
+    row = cat.set_index("item_id").loc["85123A"]
+    assert row["description"] == "WHITE HANGING HEART T-LIGHT HOLDER" and row["category"] == "HOLDER"
+    assert row["price"] == pytest.approx(real.loc[real["StockCode"] == "85123A", "UnitPrice"].median())
+
+
+def test_id_encoder_unknown_bucket():
+    enc = F.IdEncoder(min_count=2).fit(pd.Series(["b", "a", "b", "c", "a", None]))
+    assert list(enc.vocabulary_) == ["a", "b"] and enc.n_indices == 3
+    assert enc.transform(["a", "b", "c", "zzz", None]).tolist() == [1, 2, 0, 0, 0]
+    with pytest.raises(RuntimeError, match="not fitted"):
+        F.IdEncoder().transform(["a"])
+    with pytest.raises(ValueError):
+        F.IdEncoder(min_count=0).fit(["a"])
+
+
+def test_numeric_encoder_matches_hand_computation():
+    train = pd.DataFrame({"x": [0.0, np.e - 1, np.nan, np.e**2 - 1]})
+    out = F.numeric_encoder().fit(train).transform(pd.DataFrame({"x": [np.nan, -5.0, np.e**3 - 1]}))
+    logged = np.array([0.0, 1.0, 1.0, 2.0])  # NaN -> median of (0, 1, 2) = 1
+    mu, sd = logged.mean(), logged.std()
+    ind_mu, ind_sd = 0.25, np.sqrt(0.25 * 0.75)
+    np.testing.assert_allclose(out[:, 0], [(1 - mu) / sd, (0 - mu) / sd, (3 - mu) / sd])
+    np.testing.assert_allclose(out[:, 1], [(1 - ind_mu) / ind_sd, -ind_mu / ind_sd, -ind_mu / ind_sd])
+
+
+def test_bucket_encoder_never_raises_and_one_hot():
+    train = pd.DataFrame({"x": np.r_[np.arange(100.0), [np.nan] * 10]})
+    enc = F.bucket_encoder(4).fit(train)
+    out = enc.transform(pd.DataFrame({"x": [1e9, -3.0, np.nan, 50.0]})).toarray()
+    assert (out.sum(1) == 1).all()
+    assert out[0].argmax() == out.shape[1] - 1  # beyond the train range: last bucket
+
+
+def test_hashed_cross_and_tfidf():
+    x = pd.DataFrame({"a": ["UK", "UK", "FR"], "b": ["MUG", "BAG", "MUG"]})
+    h = F.HashedCross(64).fit_transform(x)
+    assert h.shape == (3, 64) and (h.sum(1) == 1).all()
+    again = F.HashedCross(64).transform(pd.DataFrame({"a": ["UK"], "b": ["MUG"]}))
+    assert (again.toarray() == h[0].toarray()).all()
+    tf = F.ItemTfidf(min_df=1).fit(pd.Series(["RED MUG", "BLUE MUG", "RED MUG"]))
+    m = tf.transform(pd.Series(["RED MUG", "GREEN THING"])).toarray()
+    assert set(tf.get_feature_names_out()) == {"tfidf_red", "tfidf_mug", "tfidf_blue"}
+    assert np.linalg.norm(m[0]) == pytest.approx(1.0) and (m[1] == 0).all()
+
+
+def test_hist_matrix_and_text_similarity():
+    df = pd.DataFrame({"item_id": ["A", "B", "Z"], "invoice_no": ["1", "1", "2"]})
+    df["hist_items"] = pd.Series([["A", "X"], ["A", "X"], []], dtype=F.HIST_DTYPE)
+    m = F.hist_matrix(df["hist_items"], pd.Index(["A", "B"]), 3)
+    assert m.tolist() == [[0, -2, -1], [0, -2, -1], [-1, -1, -1]]
+    vec = np.array([[1.0, 0.0], [0.6, 0.8]], dtype=np.float32)
+    sim = F.text_history_similarity(df, pd.Index(["A", "B"]), vec)
+    np.testing.assert_allclose(sim, [1.0, 0.6, 0.0], atol=1e-6)
+    with pytest.raises(ValueError):
+        F.text_history_similarity(df, pd.Index(["A"]), vec)
+    with pytest.raises(ValueError):
+        F.hist_matrix(df["hist_items"], pd.Index(["A"]), 0)
+
+
+def test_add_item_attributes_counts_same_category():
+    cat = pd.DataFrame({"item_id": ["A", "B", "C"], "description": ["RED MUG", "BLUE MUG", "PAPER BAG"], "category": ["MUG", "MUG", "BAG"], "price": [1.0, 1.0, 1.0]})
+    df = pd.DataFrame({"item_id": ["B", "C", "Q"], "invoice_no": ["1", "1", "1"]})
+    df["hist_items"] = pd.Series([["A", "A", "C"]] * 3, dtype=F.HIST_DTYPE)
+    out = F.add_item_attributes(df, cat)
+    assert out["seq_same_category"].tolist() == [2.0, 1.0, 0.0]
+    assert out["category"].tolist() == ["MUG", "BAG", "UNKNOWN"]
