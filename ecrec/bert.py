@@ -541,13 +541,16 @@ class TrainConfig:
     decayed linearly to 0. ``eval_every`` is in optimizer steps (None: once
     per epoch). Training stops after ``patience`` evaluations without a better
     validation AUC, or after ``max_steps`` optimizer steps. ``fgm_epsilon`` > 0
-    turns FGM on (full fine-tuning only).
+    turns FGM on (full fine-tuning only). ``head_lr`` (None: ``lr``) is the
+    learning rate of the classification head, which starts from random
+    weights and so can move faster than the pretrained encoder.
     """
 
     epochs: int = 1
     batch_size: int = 32
     grad_accum: int = 1
     lr: float = 5e-5
+    head_lr: float | None = None
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
@@ -564,8 +567,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.lr > 0 or (self.head_lr is not None and not self.head_lr > 0):
+            raise ValueError(f"lr and head_lr must be > 0, got {self.lr}, {self.head_lr}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.fgm_epsilon < 0:
@@ -684,14 +687,14 @@ def train_ctr_model(
         total_steps = min(total_steps, config.max_steps)
     eval_every = config.eval_every or steps_per_epoch
 
-    decay, no_decay = [], []
+    # AdamW groups: no weight decay on biases and LayerNorm; the new head may have its own lr.
+    groups: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or "bias" in name else decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-    )
+            wd = 0.0 if p.ndim < 2 or "LayerNorm" in name or "bias" in name else config.weight_decay
+            lr = config.head_lr if config.head_lr is not None and "classifier" in name else config.lr
+            groups.setdefault((lr, wd), []).append(p)
+    optimizer = torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()])
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     scaler = torch.amp.GradScaler("cuda") if plan.use_scaler else None
     fgm = FGM(config.fgm_epsilon) if config.fgm_epsilon > 0 else None

@@ -187,6 +187,8 @@ def test_train_config_rejects_bad_values():
         bert.TrainConfig(warmup_ratio=1.0)
     with pytest.raises(ValueError, match="fgm_epsilon"):
         bert.TrainConfig(fgm_epsilon=-1)
+    with pytest.raises(ValueError, match="head_lr"):
+        bert.TrainConfig(head_lr=0.0)
 
 
 # --- training and checkpoints (real MiniLM, a few steps) ----------------------------------------
@@ -215,11 +217,14 @@ def test_training_is_deterministic_and_keeps_the_best(tokenizer, encoded):
 
 
 def test_grad_accumulation_counts_optimizer_steps(tokenizer, encoded):
-    cfg = bert.TrainConfig(epochs=1, grad_accum=2, **FAST)
+    cfg = bert.TrainConfig(epochs=1, grad_accum=2, head_lr=1e-3, **FAST)
     model = bert.load_ctr_model(seed=0)
+    head_before = model.classifier.weight.detach().clone()
     result = bert.train_ctr_model(model, encoded.subset(range(32)), encoded.subset(range(32, 48)), cfg,
                                   tokenizer=tokenizer, device="cpu")
     assert result.optimizer_steps == 2 and result.train_samples == 32  # 4 batches / 2
+    # AdamW's first steps move each weight by about lr: the head's lr is 10x the encoder's
+    assert (model.classifier.weight - head_before).abs().max().item() > 5e-4
 
 
 def test_valid_with_one_class_is_refused(tokenizer, encoded):
