@@ -686,7 +686,7 @@ def train_two_tower(
     steps: int,
     batch_size: int = 64,
     lr: float = 1e-4,
-    temperature: float = 0.05,
+    temperature: float = 0.1,
     logq_correction: bool = True,
     seed: int = 0,
     progress: bool = True,
