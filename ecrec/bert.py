@@ -739,9 +739,11 @@ def train_ctr_model(
                 grad = emb.grad.float()
                 if scaler is not None:
                     grad = grad / scaler.get_scale()
-                r_adv = fgm.perturbation(grad).to(emb.dtype)
-                adv_loss = ctr_loss(forward(batch, embed(batch["input_ids"]) + r_adv), labels)
-                backward(adv_loss / config.grad_accum)
+                # fp16: an overflowed gradient has no direction; the scaler skips this step anyway
+                if bool(grad.isfinite().all()):
+                    r_adv = fgm.perturbation(grad).to(emb.dtype)
+                    adv_loss = ctr_loss(forward(batch, embed(batch["input_ids"]) + r_adv), labels)
+                    backward(adv_loss / config.grad_accum)
             running += loss.item() * len(idx)
             running_n += len(idx)
             result.train_samples += len(idx)

@@ -83,11 +83,11 @@ from ecrec.text import encode_texts, load_tokenizer
 STARTED = time.time()
 SIZES = {
     # a few hundred pairs, 1 epoch: every strategy runs in minutes on 2 CPU cores
-    "smoke": {"max_users": 600, "n_train": 512, "n_valid": 256, "n_eval": 512, "n_eval_cold": 256,
+    "smoke": {"max_users": 250, "n_train": 512, "n_valid": 256, "n_eval": 512, "n_eval_cold": 256,
               "n_dnn": 2000, "max_length": 64, "n_history": 5, "epochs": 1, "batch_size": 16,
               "lr": 1e-4, "lora_lr": 1e-3, "fgm_epsilons": [0.3, 1.0], "naive_steps": 4},
     # a laptop without GPU: tens of minutes
-    "cpu": {"max_users": 1500, "n_train": 3000, "n_valid": 1000, "n_eval": 2000, "n_eval_cold": 1000,
+    "cpu": {"max_users": 250, "n_train": 3000, "n_valid": 1000, "n_eval": 2000, "n_eval_cold": 1000,
             "n_dnn": 10000, "max_length": 64, "n_history": 5, "epochs": 1, "batch_size": 32,
             "lr": 5e-5, "lora_lr": 1e-3, "fgm_epsilons": [0.3, 1.0], "naive_steps": 8},
     # one Colab T4, about 20 minutes
@@ -106,7 +106,8 @@ size
 # ## 1. The examples, from chapter 03
 #
 # Same dataset, same cache: `load_or_build_ctr_dataset` reads chapter 03's parquet
-# when the config matches, and rebuilds it deterministically otherwise. We draw
+# (same `CtrDatasetConfig`: seed, `max_users`, default sampler) and rebuilds it
+# deterministically when it is not there. We draw
 # four disjoint samples:
 #
 # * **BERT train** (from the train window) and **valid** (validation window, for early stopping);

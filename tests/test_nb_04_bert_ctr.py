@@ -1,19 +1,23 @@
 """Chapter 04 (fine-tuning BERT for CTR): the smoke run's metrics.json against recorded ranges.
 
-Recorded smoke run (seed 42, CPU, bf16 autocast, 512 BERT train pairs, 1 epoch;
-eval: 512 random test examples + cold-item examples, 303 cold in all):
+Recorded smoke run (seed 42, CPU, bf16 autocast, chapter 03's smoke dataset of
+250 users; 512 BERT train pairs, 1 epoch; eval: 512 random test examples plus
+cold-item examples, 370 cold in all):
 
 ==============  =====  ========  ==============
 strategy        AUC    log loss  AUC cold items
 ==============  =====  ========  ==============
-id_dnn          0.877  0.370     0.837
-frozen_lr       0.627  0.498     0.628
-full_ft         0.560  0.513     0.487
-lora            0.546  0.552     0.484
-fgm (eps 1)     0.503  0.513     0.506
-transfer_dnn    0.868  0.370     0.860
+id_dnn          0.830  0.432     0.804
+frozen_lr       0.587  0.542     0.609
+full_ft         0.495  0.555     0.468
+lora            0.476  0.562     0.398
+fgm (eps 0.3)   0.500  0.561     0.501
+transfer_dnn    0.824  0.422     0.806
 ==============  =====  ========  ==============
 
+With uniformly sampled negatives, popularity counts carry most of the signal,
+also for cold items; 512 pairs and one epoch do not fine-tune MiniLM (its AUC
+stays near 0.5), which is what the wide ranges of the fine-tuned rows record.
 Throughput numbers are recorded but never asserted (benchmarks/ measures them).
 """
 
@@ -53,22 +57,22 @@ def test_every_strategy_is_scored(m, name):
 
 
 def test_id_dnn_baseline_and_transfer_in_recorded_range(m):
-    assert 0.83 < m["id_dnn_auc"] < 0.92
-    assert 0.78 < m["id_dnn_auc_cold_item"] < 0.90
-    assert 0.82 < m["transfer_dnn_auc"] < 0.92
-    assert 0.80 < m["transfer_dnn_auc_cold_item"] < 0.92
-    assert m["transfer_dnn_log_loss"] < 0.40 and m["id_dnn_log_loss"] < 0.40
+    assert 0.78 < m["id_dnn_auc"] < 0.88
+    assert 0.74 < m["id_dnn_auc_cold_item"] < 0.87
+    assert 0.77 < m["transfer_dnn_auc"] < 0.88
+    assert 0.74 < m["transfer_dnn_auc_cold_item"] < 0.88
+    assert m["transfer_dnn_log_loss"] < 0.47 and m["id_dnn_log_loss"] < 0.47
     # the transfer DNN is the ID DNN plus one input
     assert m["transfer_dnn_trainable_params"] == m["id_dnn_trainable_params"] + 128
 
 
 def test_text_models_in_recorded_range(m):
-    assert 0.57 < m["frozen_lr_auc"] < 0.69
-    assert 0.56 < m["frozen_lr_auc_cold_item"] < 0.70
+    assert 0.53 < m["frozen_lr_auc"] < 0.65
+    assert 0.54 < m["frozen_lr_auc_cold_item"] < 0.68
     for name in ("full_ft", "lora", "fgm"):
-        assert 0.40 < m[f"{name}_auc"] < 0.68, name
-        assert 0.40 < m[f"{name}_auc_cold_item"] < 0.68, name
-        assert m[f"{name}_log_loss"] < 0.58, name
+        assert 0.35 < m[f"{name}_auc"] < 0.65, name
+        assert 0.30 < m[f"{name}_auc_cold_item"] < 0.65, name
+        assert m[f"{name}_log_loss"] < 0.60, name
 
 
 def test_trainable_parameter_counts(m):
@@ -84,7 +88,7 @@ def test_fgm_ablation_recorded(m):
     eps = m["fgm_epsilons"]
     assert eps == [0.3, 1.0] and m["fgm_best_epsilon"] in eps
     for e in eps:
-        assert 0.40 < m[f"fgm_eps{e:g}_auc"] < 0.68
+        assert 0.35 < m[f"fgm_eps{e:g}_auc"] < 0.65
     best = m["fgm_best_epsilon"]
     assert m["fgm_auc"] == m[f"fgm_eps{best:g}_auc"]
 
