@@ -31,10 +31,10 @@
 # We use two real, public datasets (sources, licences and checksums in
 # `data/README.md`):
 #
-# * **Online Retail** (UCI; Chen, Sain and Guo, 2012): 541,909 invoice lines of
-#   a UK online gift shop, December 2010 to December 2011.
-# * **Women's E-Commerce Clothing Reviews** (Brooks, 2018): 23,486 reviews with
-#   a star rating and a "would recommend" flag.
+# * **Online Retail** (UCI; Chen, Sain and Guo, 2012): the invoice lines of
+#   a UK online gift shop over about a year (we count them in section 1.1).
+# * **Women's E-Commerce Clothing Reviews** (Brooks, 2018): product reviews with
+#   a star rating and a "would recommend" flag (counted in section 1.9).
 
 # %% tags=["parameters"]
 profile = "auto"  # "auto" | "smoke" | "full"
@@ -62,6 +62,7 @@ from collections import Counter
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from IPython.display import Markdown
 
 from ecrec.data import (
     clean_online_retail,
@@ -168,11 +169,16 @@ ax.set_xlabel("rows removed (log scale)")
 ax.set_title(f"Cleaning Online Retail: {report.rows_in:,} -> {report.rows_out:,} rows")
 show(fig, "cleaning_report")
 
-# %% [markdown]
-# Missing customers are by far the biggest loss: about a quarter of the log
-# has no `CustomerID`. The other rules remove few rows, but each kind would
-# teach a model something false. For example, "POSTAGE" would look like the most
-# popular item among foreign customers.
+# %%
+biggest_rule = max(report.removed, key=report.removed.get)
+missing_share = report.removed["missing_customer"] / report.rows_in
+others_share = (sum(report.removed.values()) - report.removed["missing_customer"]) / report.rows_in
+Markdown(
+    f"The biggest loss is `{biggest_rule}`: {100 * missing_share:.1f}% of the raw log has no "
+    f"`CustomerID`. The other rules together remove {100 * others_share:.1f}% of the rows, but each kind "
+    "would teach a model something false. For example, \"POSTAGE\" would look like the most popular "
+    "item among foreign customers."
+)
 
 # %% [markdown]
 # ## 1.3 Users, items and orders over time
@@ -205,15 +211,21 @@ for col, marker in zip(monthly.columns, "os^", strict=True):
 ax.axvline(CUTOFF, color="grey", ls="--", lw=1)
 ax.text(CUTOFF, ax.get_ylim()[0], "cutoff ", color="grey", ha="right", va="bottom")
 ax.set_ylabel("distinct per month")
-ax.set_title("Monthly active customers, items and invoices (Dec 2011 has only 9 days)")
+last_day = clean["InvoiceDate"].max()
+ax.set_title(f"Monthly active customers, items and invoices ({last_day:%b %Y} has only {last_day.day} days)")
 ax.legend(loc="upper left")
 show(fig, "monthly_activity")
 
-# %% [markdown]
-# Activity climbs towards the Christmas season (September to November). The
-# data is not **stationary**: a model trained on spring data and tested in
-# November sees a different world. That is one reason we always split by time.
-# The last bar is low only because the log stops on 9 December.
+# %%
+full_months = monthly.iloc[:-1]  # the last month is cut short by the end of the log
+peak = full_months["invoices"].idxmax()
+Markdown(
+    f"Activity climbs towards the Christmas season: invoices peak in {peak:%B %Y} at "
+    f"{full_months['invoices'].max():,}, {full_months['invoices'].max() / full_months['invoices'].median():.1f} "
+    "times the median month. The data is not **stationary**: a model trained on spring data and tested in "
+    "November sees a different world. That is one reason we always split by time. The last point of each "
+    f"line is low only because the log stops on {last_day.day} {last_day:%B %Y}."
+)
 
 # %% [markdown]
 # ## 1.4 The long tail of item popularity
@@ -225,12 +237,13 @@ show(fig, "monthly_activity")
 # description) can help there: that is the promise of BERT in this book.
 
 # %%
-popularity = clean.groupby("StockCode")["CustomerID"].nunique().sort_values(ascending=False)
-lines_per_item = clean["StockCode"].value_counts()
+popularity = clean.groupby("StockCode")["CustomerID"].nunique().sort_values(ascending=False, kind="stable")
+# purchase lines per item, in the same order (the same ranking by distinct customers)
+lines_per_item = clean["StockCode"].value_counts().reindex(popularity.index)
 top20 = int(np.ceil(0.2 * n_items))
 top20_share = lines_per_item.iloc[:top20].sum() / lines_per_item.sum()
 rare_share = (popularity < 5).mean()
-print(f"the top 20% of items ({top20:,}) account for {100 * top20_share:.1f}% of purchase lines")
+print(f"the top 20% of items by customers ({top20:,}) account for {100 * top20_share:.1f}% of purchase lines")
 print(f"{100 * rare_share:.1f}% of items were bought by fewer than 5 customers; "
       f"median item: {popularity.median():.0f} customers")
 
@@ -240,6 +253,7 @@ fig, ax = plt.subplots(figsize=(6, 4))
 ax.loglog(rank, popularity.to_numpy(), lw=2)
 ax.axvline(top20, color="grey", ls="--", lw=1)
 ax.text(1.2, 2, f"left of the line: the top 20% of items,\n{100 * top20_share:.0f}% of all purchase lines", fontsize=9)
+ax.text(1.2, popularity.iloc[0] / 1.6, f"rank 1: {popularity.iloc[0]:,} customers", va="top", fontsize=9)
 ax.set_xlabel("item rank (1 = most popular)")
 ax.set_ylabel("distinct customers who bought it")
 ax.set_title("Item popularity: a short head and a long tail")
@@ -335,11 +349,14 @@ axes[1].set_title(f"The {len(top_words)} most common words")
 fig.tight_layout()
 show(fig, "description_text")
 
-# %% [markdown]
-# Descriptions are about 4 words (5 tokens). The vocabulary is colours
-# (pink, red, blue), materials and themes (vintage, Christmas, heart). A
-# pretrained model already knows that "pink" and "rose" are related, and that
-# "Christmas" and "tree" go together. An item ID cannot tell a model that.
+# %%
+Markdown(
+    f"A typical description has {n_words.median():.0f} words ({np.median(n_tokens):.0f} tokens). The most "
+    f"common words ({', '.join(top_words['word'].head(8))}, ...) name product types, colours, materials and "
+    "themes. A pretrained "
+    "model already knows that \"pink\" and \"rose\" are related, and that \"Christmas\" and \"tree\" go "
+    "together. An item ID cannot tell a model that."
+)
 
 # %% [markdown]
 # ## 1.8 What this means for the later chapters
@@ -354,7 +371,7 @@ show(fig, "description_text")
 # * **Cold start.** Some test-window customers and items never appear before
 #   the cutoff. ID-based models know nothing about them. Text can still
 #   describe a new item. Let us measure this at the cutoff, which is the start
-#   of chapter 03's test window (the last 30 days of the log).
+#   of chapter 03's test window (by default `split_dates`' last 30 days of the log).
 
 # %%
 before = clean[clean["InvoiceDate"] < CUTOFF]
@@ -389,11 +406,16 @@ ax.set_title(f"Cold start after the {CUTOFF.date()} cutoff")
 ax.legend()
 show(fig, "cold_start")
 
-# %% [markdown]
-# About one test-window customer in five is new. Only about 2% of the items
-# are new. The shop's catalogue is stable and its customer base grows. Cold
-# users are the larger problem here. Cold items still matter in any shop that
-# adds products, and that is where text helps most.
+# %%
+larger = "customers" if cold_user_share > cold_item_share else "items"
+Markdown(
+    f"{100 * cold_user_share:.1f}% of the test-window customers (about one in "
+    f"{1 / cold_user_share:.0f}) never bought before the cutoff, and they place "
+    f"{100 * cold_user_rows:.1f}% of the test purchase lines. Only {100 * cold_item_share:.1f}% of the "
+    f"items sold in the test window are new ({100 * cold_item_rows:.1f}% of the lines). Here cold "
+    f"{larger} are the larger problem. Cold items still matter in any shop that adds products, "
+    "and that is where text helps most."
+)
 
 # %% [markdown]
 # ## 1.9 A second dataset: reviews with text and labels
@@ -422,12 +444,17 @@ ax.set_ylim(0, 110)
 ax.set_title(f"Recommend rate by rating (overall {100 * reviews['Recommended IND'].mean():.0f}%)")
 show(fig, "reviews_recommend_by_rating")
 
+# %%
+Markdown(
+    "The recommend flag is almost a threshold on the rating: at least "
+    f"{100 * recommend_by_rating.loc[[4, 5]].min():.0f}% of the 4 and 5 star reviews recommend the item, "
+    f"and at most {100 * recommend_by_rating.loc[[1, 2]].max():.0f}% of the 1 and 2 star reviews do. "
+    f"Three stars is the uncertain middle ({100 * recommend_by_rating.loc[3]:.0f}%). The classes are "
+    f"imbalanced ({100 * reviews['Recommended IND'].mean():.0f}% positive), so in later chapters we report "
+    "log loss and AUC, not accuracy."
+)
+
 # %% [markdown]
-# The recommend flag is almost a threshold on the rating: nearly every 4 or
-# 5 star review recommends the item, and almost no 1 or 2 star review does.
-# Three stars is the uncertain middle (41%). The classes are imbalanced
-# (82% positive), so in later chapters we report log loss and AUC, not accuracy.
-#
 # How long are the reviews? This decides the `max_length` we give BERT.
 
 # %%

@@ -62,3 +62,15 @@ def test_shorthand_gradient_right_only_with_grad_z(m):
 
 def test_stable_loss_finite_at_extreme_logits(m):
     assert m["stable_loss_finite_at_extremes"] is True
+
+
+def test_auc_blind_to_calibration_demo(m):
+    # in-sample fitted logistic regression (recorded 0.4731 log loss, AUC 0.7549) against order-preserving distortions
+    assert m["demo_train_log_loss_fitted"] == pytest.approx(0.4731, abs=1e-3)
+    assert m["demo_train_auc_fitted"] == pytest.approx(0.7549, abs=1e-3)
+    assert m["demo_train_log_loss_div10"] == pytest.approx(0.8867, abs=1e-3)
+    assert m["demo_train_log_loss_cubed"] == pytest.approx(0.8833, abs=1e-3)
+    # the constant is the entropy of the train base rate
+    q = m["train_base_rate"]
+    assert m["demo_train_log_loss_constant"] == pytest.approx(-(q * math.log(q) + (1 - q) * math.log(1 - q)), rel=1e-9)
+    assert m["demo_train_log_loss_fitted"] < m["demo_train_log_loss_constant"] < m["demo_train_log_loss_cubed"]
