@@ -12,7 +12,9 @@ Functions
 * :func:`split_dates` (timestamps -> ``(valid_start, test_start)``) and
   :func:`assign_split` (timestamps -> ``"train"|"valid"|"test"``): one
   global time split, test last.
-* :func:`sample_negatives` (seeded, ``"uniform"`` or ``"popularity"``).
+* :func:`sample_negatives` (seeded, ``"uniform"`` or ``"popularity"`` over
+  the items sold in the 30 days before the positive; only the positive's
+  own basket is excluded).
 * :func:`point_in_time_features` (examples + event log -> features that use
   only events strictly before each example's ``ts``).
 * :func:`build_ctr_dataset`, :func:`load_or_build_ctr_dataset`,
@@ -30,8 +32,8 @@ column                  dtype                  meaning
 ``invoice_no``          str                    the positive's invoice: one "impression list"
 ``label``               int8                   1 bought, 0 sampled negative
 ``split``               str                    ``"train"``, ``"valid"`` or ``"test"`` (by ``ts``)
-``cold_user``           bool                   user has no positive in the train split
-``cold_item``           bool                   item has no positive in the train split
+``cold_user``           bool                   user bought nothing before ``valid_start`` (whole log)
+``cold_item``           bool                   nobody bought the item before ``valid_start`` (whole log)
 ``country``             str                    the invoice's country (context, known at ``ts``)
 ``hist_items``          list<string>[pyarrow]  up to ``history_len`` items the user bought
                                                strictly before ``ts``, newest first
@@ -76,7 +78,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-FORMAT_VERSION = 2  # bump when the columns or their meaning change: invalidates caches
+FORMAT_VERSION = 3  # 3: negatives from the basket + trailing window, whole-log cold flags; bump when the columns or their meaning change: invalidates caches
 SPLITS = ("train", "valid", "test")
 NEGATIVE_SAMPLING = ("uniform", "popularity")
 HIST_DTYPE = pd.ArrowDtype(pa.list_(pa.string()))
@@ -210,13 +212,17 @@ class CtrDatasetConfig:
     Attributes:
         seed: seeds user subsampling and negative sampling.
         neg_ratio: negatives drawn per positive (>= 1).
-        negatives: ``"uniform"`` over items sold in the example's split window,
-            or ``"popularity"``: proportional to their sales in that window.
+        negatives: ``"uniform"`` over the items sold in the ``neg_window_days``
+            days before the example's ``ts``, or ``"popularity"``:
+            proportional to their sales in that window. Only the items of
+            the positive's own invoice (basket) are excluded
+            (:func:`sample_negatives`).
         history_len: length cap of ``hist_items`` (>= 1).
         max_users: keep a seeded random sample of this many customers
             (``None``: all 4,334).
         valid_days, test_days: see :func:`split_dates`.
         pop_windows: trailing windows in days for ``i_pop_<w>d``.
+        neg_window_days: trailing window of the negative candidates, days.
     """
 
     seed: int = 42
@@ -227,11 +233,12 @@ class CtrDatasetConfig:
     valid_days: int = 30
     test_days: int = 30
     pop_windows: tuple[int, ...] = field(default=(7, 30))
+    neg_window_days: int = 30
 
     def __post_init__(self) -> None:
         if self.negatives not in NEGATIVE_SAMPLING:
             raise ValueError(f"negatives must be one of {NEGATIVE_SAMPLING}, got {self.negatives!r}")
-        for name in ("neg_ratio", "history_len", "valid_days", "test_days"):
+        for name in ("neg_ratio", "history_len", "valid_days", "test_days", "neg_window_days"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -250,24 +257,41 @@ def sample_negatives(
     neg_ratio: int,
     method: str,
     seed: int,
-    max_rounds: int = 30,
+    window_days: int = 30,
+    max_rounds: int = 50,
 ) -> pd.DataFrame:
-    """Draw ``neg_ratio`` items per positive that the user did not buy in that split window.
+    """Draw ``neg_ratio`` items per positive: on sale just before its ``ts``, not in its basket.
 
-    Candidates are the items sold (by anyone) in the positive's split window;
-    ``method="uniform"`` draws them with equal probability, ``"popularity"``
-    proportionally to their number of purchase events in that window. Items
-    the user bought in the same window are rejected and redrawn (up to
-    ``max_rounds``; what is still rejected then is dropped), and an item drawn
-    twice for the same invoice is kept once. Sampled negatives are not
-    impressions: they are items the user probably never saw.
+    A negative is "an item the customer did not buy in this basket": only the
+    items of the positive's own invoice are excluded. Excluding everything the
+    customer bought anywhere in a long window (as a first version did) makes
+    "bought this item before" a perfect positive signal in train but not in
+    test, a label shortcut that inflates AUC and breaks calibration.
+
+    Candidates are the items sold (by anyone) in the ``window_days`` days
+    strictly before the positive's ``ts``: items on sale at that moment, never
+    one that only appears later. ``method="uniform"`` draws every such item
+    with equal probability (rejection sampling against the item's sale
+    times), ``"popularity"`` proportionally to its purchase events in that
+    window (a uniformly drawn event of the window). Vectorised over all
+    positives; a rejected draw (in the basket, or for ``"uniform"`` not sold
+    in the window) is redrawn up to ``max_rounds`` times, then dropped. An
+    item drawn twice for the same invoice is kept once. A positive with no
+    sale at all in its window (the first moments of the log) gets no
+    negative. Sampled negatives are not impressions: items the customer
+    probably never saw.
 
     Args:
         positives: rows of :func:`purchase_events` with a ``split`` column
             (the users whose examples are wanted).
-        events: all purchase events with a ``split`` column (defines the
-            candidate pool, the popularity and what each user bought).
-        neg_ratio, method, seed: see :class:`CtrDatasetConfig`.
+        events: all purchase events (``invoice_no``, ``item_id``, ``ts``):
+            the candidate pool, the popularity and the baskets. Must contain
+            the positives' invoices.
+        neg_ratio: negatives drawn per positive (integer >= 1).
+        method: ``"uniform"`` or ``"popularity"``.
+        seed: seeds the generator; same inputs and seed give the same frame.
+        window_days: length of the trailing candidate window (integer >= 1).
+        max_rounds: redraw rounds before a rejected draw is dropped (>= 1).
 
     Returns:
         Frame with ``invoice_no``, ``user_id``, ``item_id``, ``ts``,
@@ -275,50 +299,60 @@ def sample_negatives(
         ``positives``.
 
     Raises:
-        ValueError: unknown ``method`` or ``neg_ratio < 1``.
+        ValueError: unknown ``method``, ``neg_ratio``/``window_days``/
+            ``max_rounds`` not an integer >= 1, missing columns, or NaT in ``ts``.
     """
     if method not in NEGATIVE_SAMPLING:
         raise ValueError(f"method must be one of {NEGATIVE_SAMPLING}, got {method!r}")
-    if neg_ratio < 1:
-        raise ValueError(f"neg_ratio must be >= 1, got {neg_ratio}")
+    for name, value in (("neg_ratio", neg_ratio), ("window_days", window_days), ("max_rounds", max_rounds)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"sample_negatives: {name} must be an integer >= 1, got {value!r}")
+    for frame, name, cols in (
+        (positives, "positives", ["invoice_no", "user_id", "item_id", "ts", "country", "split"]),
+        (events, "events", ["invoice_no", "item_id", "ts"]),
+    ):
+        missing = [c for c in cols if c not in frame.columns]
+        if missing:
+            raise ValueError(f"sample_negatives: {name} lacks columns {missing}")
+        if frame["ts"].isna().any():
+            raise ValueError(f"sample_negatives: {name} have NaT in ts")
     rng = np.random.default_rng(seed)
-    items = pd.Index(np.sort(events["item_id"].unique()))
-    users = pd.Index(np.sort(np.union1d(events["user_id"].unique(), positives["user_id"].unique())))
+    items = pd.Index(np.sort(events["item_id"].astype(str).unique()))
     n_items = len(items)
-    split_code = {s: k for k, s in enumerate(SPLITS)}
-
-    def pair_key(user_codes, item_codes, split_codes):
-        return (split_codes.astype(np.int64) * len(users) + user_codes) * n_items + item_codes
-
-    ev_user = users.get_indexer(events["user_id"])
-    ev_item = items.get_indexer(events["item_id"])
-    ev_split = events["split"].map(split_code).to_numpy()
-    bought = np.unique(pair_key(ev_user, ev_item, ev_split))
-
+    ev_item = items.get_indexer(events["item_id"].astype(str).to_numpy()).astype(np.int64)
+    ev_t = _seconds(events["ts"])
+    t0 = int(min(ev_t.min(), _seconds(positives["ts"]).min())) - (window_days + 1) * _DAY_S if len(ev_t) else 0
+    ev_t = ev_t - t0
+    # baskets: (invoice, item) pairs of the whole log
+    invoices = pd.Index(np.unique(np.concatenate([events["invoice_no"].astype(str).to_numpy(), positives["invoice_no"].astype(str).to_numpy()])))
+    basket = np.unique(invoices.get_indexer(events["invoice_no"].astype(str).to_numpy()).astype(np.int64) * n_items + ev_item)
+    # events by time (popularity draws) and by (item, time) (uniform: was the item sold in the window?)
+    by_time = np.argsort(ev_t, kind="stable")
+    t_sorted, item_by_time = ev_t[by_time], ev_item[by_time]
     rep = np.repeat(np.arange(len(positives)), neg_ratio)
-    pos_user = users.get_indexer(positives["user_id"])[rep]
-    pos_split = positives["split"].map(split_code).to_numpy()[rep]
+    t = _seconds(positives["ts"])[rep] - t0
+    span = int(max(ev_t.max() if len(ev_t) else 0, t.max() if len(t) else 0)) + 1
+    item_keys = np.sort(ev_item * span + ev_t)
+    w_start = t - window_days * _DAY_S
+    lo, hi = np.searchsorted(t_sorted, w_start, "left"), np.searchsorted(t_sorted, t, "left")
+    inv = invoices.get_indexer(positives["invoice_no"].astype(str).to_numpy())[rep].astype(np.int64)
     drawn = np.full(len(rep), -1, dtype=np.int64)
-    pools = {}
-    for code in split_code.values():
-        in_split = ev_split == code
-        counts = np.bincount(ev_item[in_split], minlength=n_items).astype(np.float64)
-        pool = np.flatnonzero(counts > 0)
-        if len(pool) == 0:
-            continue
-        weights = counts[pool] / counts[pool].sum() if method == "popularity" else None
-        pools[code] = (pool, weights)
-    todo = np.arange(len(rep))
+    todo = np.flatnonzero(hi > lo)  # an empty window: nothing on sale yet, no negative
     for _ in range(max_rounds):
-        for code, (pool, weights) in pools.items():
-            idx = todo[pos_split[todo] == code]
-            if len(idx):
-                drawn[idx] = rng.choice(pool, size=len(idx), p=weights)
-        clash = np.isin(pair_key(pos_user[todo], drawn[todo], pos_split[todo]), bought)
-        drawn[todo[clash]] = -1
-        todo = todo[clash]
         if len(todo) == 0:
             break
+        if method == "popularity":
+            j = lo[todo] + np.floor(rng.random(len(todo)) * (hi[todo] - lo[todo])).astype(np.int64)
+            cand = item_by_time[np.minimum(j, hi[todo] - 1)]
+            ok = np.ones(len(todo), dtype=bool)
+        else:
+            cand = rng.integers(0, n_items, size=len(todo))
+            ok = np.searchsorted(item_keys, cand * span + t[todo], "left") > np.searchsorted(
+                item_keys, cand * span + w_start[todo], "left"
+            )
+        ok &= ~np.isin(inv[todo] * n_items + cand, basket)
+        drawn[todo[ok]] = cand[ok]
+        todo = todo[~ok]
     keep = drawn >= 0
     cols = ["invoice_no", "user_id", "ts", "country", "split"]
     neg = positives[cols].iloc[rep[keep]].reset_index(drop=True)
@@ -389,8 +423,9 @@ def point_in_time_features(
         missing = [c for c in cols if c not in frame.columns]
         if missing:
             raise ValueError(f"point_in_time_features: {name} lacks columns {missing}")
-    if examples["ts"].isna().any():
-        raise ValueError("point_in_time_features: examples have NaT in ts")
+    for frame, name in ((examples, "examples"), (events, "events")):
+        if frame["ts"].isna().any():
+            raise ValueError(f"point_in_time_features: {name} have NaT in ts")
     n = len(examples)
     max_w = max(pop_windows) if pop_windows else 0
     ex_s, ev_s = _seconds(examples["ts"]), _seconds(events["ts"])
@@ -482,7 +517,7 @@ def point_in_time_features(
     # context
     when = pd.DatetimeIndex(examples["ts"])
     out["hour"] = np.asarray(when.hour, dtype=np.int64)
-    out["weekday"] = np.asarray(when.weekday, dtype=np.int64)
+    out["weekday"] = np.asarray(when.day_of_week, dtype=np.int64)
     out["month"] = np.asarray(when.month, dtype=np.int64)
     return out
 
@@ -519,7 +554,8 @@ def build_ctr_dataset(clean: pd.DataFrame, config: CtrDatasetConfig | None = Non
     keep_users = _select_users(events, config.max_users, config.seed)
     positives = events[events["user_id"].isin(keep_users)].reset_index(drop=True)
     negatives = sample_negatives(
-        positives, events, neg_ratio=config.neg_ratio, method=config.negatives, seed=config.seed + 1
+        positives, events, neg_ratio=config.neg_ratio, method=config.negatives, seed=config.seed + 1,
+        window_days=config.neg_window_days,
     )
     cols = ["invoice_no", "user_id", "item_id", "ts", "country", "split"]
     examples = pd.concat(
@@ -532,9 +568,10 @@ def build_ctr_dataset(clean: pd.DataFrame, config: CtrDatasetConfig | None = Non
         ascending=[True, True, True, False, True],
         kind="stable",
     ).reset_index(drop=True)
-    train_pos = examples[(examples["split"] == "train") & (examples["label"] == 1)]
-    examples["cold_user"] = ~examples["user_id"].isin(train_pos["user_id"].unique())
-    examples["cold_item"] = ~examples["item_id"].isin(train_pos["item_id"].unique())
+    # cold = no purchase in the train window of the WHOLE log (not only of the sampled users)
+    train_events = events[events["split"] == "train"]
+    examples["cold_user"] = ~examples["user_id"].isin(train_events["user_id"].unique())
+    examples["cold_item"] = ~examples["item_id"].isin(train_events["item_id"].unique())
     feats = point_in_time_features(
         examples, events, history_len=config.history_len, pop_windows=config.pop_windows
     )
