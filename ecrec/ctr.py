@@ -9,10 +9,11 @@
 * :func:`train_dnn` -> :class:`TrainedDnn`: embeddings for IDs and
   categorical fields (index 0 = unknown), the mean-pooled history sharing
   the item table, frozen text vectors through a linear layer, numerics, an
-  MLP; Adam, early stopping on validation AUC. ``extra_numeric=["bert_score"]``
+  MLP; Adam, early stopping on validation AUC or log loss (``DnnConfig.monitor``). ``extra_numeric=["bert_score"]``
   adds any extra numeric column (standardised, not log-transformed): that is
   how chapter 04 feeds a BERT score into this model.
-* :func:`evaluate`: AUC, log loss, GAUC, overall and for cold-start examples.
+* :func:`evaluate`: AUC, log loss, GAUC (per user and per invoice), overall
+  and for cold-start examples.
 
 Inputs are frames from :func:`ecrec.features.load_or_build_ctr_dataset`
 passed through :func:`ecrec.features.add_item_attributes`.
@@ -76,6 +77,7 @@ def make_logistic(
     max_iter: int = 300,
     n_bins: int = 8,
     hash_features: int = 2**14,
+    seed: int = 0,
 ):
     """A scikit-learn Pipeline: encoders for ``groups`` then ``LogisticRegression``.
 
@@ -87,7 +89,8 @@ def make_logistic(
     (:class:`ecrec.features.HashedCross`; a user x category cross memorises
     single purchases and ruins calibration on the test window), group
     ``text`` the TF-IDF of the description (:class:`ecrec.features.ItemTfidf`).
-    Fit it on the train split only.
+    Fit it on the train split only. ``seed`` is the ``random_state`` of
+    ``LogisticRegression`` (liblinear shuffles its coordinates).
 
     Raises:
         ValueError: unknown group, or no column of ``groups`` in ``columns``.
@@ -113,7 +116,7 @@ def make_logistic(
     return Pipeline(
         [
             ("features", ColumnTransformer(parts, sparse_threshold=1.0)),
-            ("model", LogisticRegression(C=C, max_iter=max_iter, solver="liblinear")),
+            ("model", LogisticRegression(C=C, max_iter=max_iter, solver="liblinear", random_state=seed)),
         ]
     )
 
@@ -136,8 +139,11 @@ class DnnConfig:
     id_dropout: float = 0.05  # chance to replace a user/item id by "unknown" in training
     history_len: int = 10
     seed: int = 0
+    monitor: str = "auc"  # early stopping on validation "auc" (higher is better) or "log_loss" (lower)
 
     def __post_init__(self) -> None:
+        if self.monitor not in ("auc", "log_loss"):
+            raise ValueError(f"monitor must be 'auc' or 'log_loss', got {self.monitor!r}")
         if self.emb_dim < 1 or self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
             raise ValueError(f"emb_dim, batch_size, max_epochs and patience must be >= 1: {self}")
         if not 0 <= self.dropout < 1 or not 0 <= self.id_dropout < 1:
@@ -320,7 +326,12 @@ def train_dnn(
     config: DnnConfig | None = None,
     progress: bool = False,
 ) -> TrainedDnn:
-    """Train the embedding + MLP CTR model with early stopping on validation AUC.
+    """Train the embedding + MLP CTR model with early stopping on a validation metric.
+
+    ``config.monitor`` picks the metric: ``"auc"`` (default; ranking only) or
+    ``"log_loss"`` (the training objective on held-out data: also punishes
+    over-confident probabilities). Training stops after ``patience`` epochs
+    without improvement and keeps the best epoch's weights.
 
     Args:
         train, valid: dataset frames (after :func:`ecrec.features.add_item_attributes`)
@@ -337,7 +348,7 @@ def train_dnn(
         config: :class:`DnnConfig`.
 
     Returns:
-        :class:`TrainedDnn` holding the epoch with the best validation AUC;
+        :class:`TrainedDnn` holding the epoch with the best validation ``monitor``;
         ``history`` has ``train_loss``, ``valid_loss`` and ``valid_auc`` per epoch.
 
     Raises:
@@ -391,12 +402,13 @@ def train_dnn(
             opt.step()
             total += float(loss.detach()) * len(idx)
         p_valid = 1.0 / (1.0 + np.exp(-model.predict_logits_arrays(va)))
-        auc = roc_auc(y_valid, p_valid)
+        auc, loss = roc_auc(y_valid, p_valid), log_loss(y_valid, p_valid)
         model.history["train_loss"].append(total / len(y))
-        model.history["valid_loss"].append(log_loss(y_valid, p_valid))
+        model.history["valid_loss"].append(loss)
         model.history["valid_auc"].append(auc)
-        if auc > best:
-            best, best_state, waited, model.best_epoch = auc, copy.deepcopy(net.state_dict()), 0, epoch + 1
+        score = auc if cfg.monitor == "auc" else -loss
+        if score > best:
+            best, best_state, waited, model.best_epoch = score, copy.deepcopy(net.state_dict()), 0, epoch + 1
         else:
             waited += 1
             if waited >= cfg.patience:
@@ -410,29 +422,49 @@ def train_dnn(
 
 
 def evaluate(df: pd.DataFrame, p: np.ndarray) -> dict[str, float | int | None]:
-    """AUC, log loss and GAUC (per invoice) of predictions ``p`` on ``df``, overall and by cold start.
+    """AUC, log loss and GAUC of predictions ``p`` on ``df``, overall and by cold start.
 
-    Segments: ``cold`` (user or item unseen in train), ``cold_user``,
-    ``cold_item``, ``warm`` (both seen). A segment with a single label gets
-    ``None`` for its AUC.
+    GAUC is reported two ways (:func:`ecrec.metrics.gauc`, groups weighted by
+    their rows): ``gauc`` per *user*, the standard definition (Zhu et al.,
+    2017; Zhou et al., 2018, DIN), and ``gauc_invoice`` per invoice (one
+    basket and its sampled negatives, the closest thing to an impression
+    list here). Groups with a single label have no AUC and are skipped; their
+    numbers are returned. Segments: ``cold`` (user or item cold, see
+    :mod:`ecrec.features`), ``cold_user``, ``cold_item``, ``warm`` (neither).
+    A segment with a single label gets ``None`` for its AUC.
+
+    Args:
+        df: (n rows) with ``label`` (0/1), ``user_id``, ``invoice_no``,
+            ``cold_user`` and ``cold_item`` (bool).
+        p: (n,) predicted probabilities in [0, 1].
 
     Returns:
-        dict with ``auc``, ``log_loss``, ``gauc``, ``n`` and for each
+        dict with ``auc``, ``log_loss``, ``gauc``, ``gauc_invoice``,
+        ``gauc_skipped_users``, ``gauc_skipped_invoices``, ``n`` and for each
         segment ``auc_<seg>``, ``log_loss_<seg>``, ``n_<seg>``.
 
     Raises:
-        ValueError: ``p`` and ``df`` differ in length (or bad values, from ecrec.metrics).
+        ValueError: missing columns, ``p`` and ``df`` differ in length (or
+            bad values, from ecrec.metrics).
     """
     from ecrec.metrics import gauc, log_loss, roc_auc
 
+    missing = [c for c in ("label", "user_id", "invoice_no", "cold_user", "cold_item") if c not in df.columns]
+    if missing:
+        raise ValueError(f"evaluate: df lacks columns {missing} (pass a frame of the CTR dataset)")
     p = np.asarray(p, dtype=np.float64)
     if len(p) != len(df):
         raise ValueError(f"evaluate: {len(p)} predictions for {len(df)} rows")
     y = df["label"].to_numpy()
+    g_user, skip_user = gauc(df["user_id"].to_numpy(), y, p)
+    g_inv, skip_inv = gauc(df["invoice_no"].to_numpy(), y, p)
     out: dict[str, float | int | None] = {
         "auc": roc_auc(y, p),
         "log_loss": log_loss(y, p),
-        "gauc": gauc(df["invoice_no"].to_numpy(), y, p)[0],
+        "gauc": g_user,
+        "gauc_invoice": g_inv,
+        "gauc_skipped_users": int(skip_user),
+        "gauc_skipped_invoices": int(skip_inv),
         "n": len(df),
     }
     cold_user, cold_item = df["cold_user"].to_numpy(bool), df["cold_item"].to_numpy(bool)

@@ -42,6 +42,7 @@ def test_evaluate_matches_sklearn_and_segments():
         {
             "label": [1, 0, 0, 1, 0, 1, 0, 0],
             "invoice_no": ["a", "a", "a", "b", "b", "c", "c", "c"],
+            "user_id": [1, 1, 1, 1, 1, 2, 2, 3],
             "cold_user": [False, False, False, True, True, False, False, False],
             "cold_item": [False, True, False, False, False, True, True, False],
         }
@@ -55,9 +56,16 @@ def test_evaluate_matches_sklearn_and_segments():
     assert r["n_cold"] == 5 and r["n_warm"] == 3
     assert r["auc_cold_user"] == 0.0  # hand: the one cold-user positive (0.3) is below its negative (0.6)
     # invoices a: 1.0, b: 0.0, c: 0.5; weighted by rows 3, 2, 3
-    assert r["gauc"] == pytest.approx((3 * 1.0 + 2 * 0.0 + 3 * 0.5) / 8)
+    assert r["gauc_invoice"] == pytest.approx((3 * 1.0 + 2 * 0.0 + 3 * 0.5) / 8)
+    assert r["gauc_skipped_invoices"] == 0
+    # users 1 (rows 0-4): positives .9, .3 vs negatives .2, .4, .6 -> 4 of 6 pairs; user 2: 1.0 (7 vs .1);
+    # user 3 has one label only: skipped
+    assert r["gauc"] == pytest.approx((5 * 4 / 6 + 2 * 1.0) / 7) and r["gauc_skipped_users"] == 1
     with pytest.raises(ValueError, match="predictions"):
         ctr.evaluate(df, p[:-1])
+    for col in ("cold_user", "cold_item", "user_id"):
+        with pytest.raises(ValueError, match=rf"lacks columns \['{col}'\]"):
+            ctr.evaluate(df.drop(columns=col), p)
 
 
 def test_logistic_learns_and_handles_unseen(frame):
@@ -112,3 +120,24 @@ def test_dnn_input_checks(frame):
         ctr.CtrPreprocessor(["user_id", "item_id"], ["nope"]).fit(train)
     with pytest.raises(ValueError):
         ctr.DnnConfig(dropout=1.5)
+    with pytest.raises(ValueError, match="monitor"):
+        ctr.DnnConfig(monitor="accuracy")
+
+
+def test_dnn_monitor_log_loss_keeps_the_lowest_validation_loss(frame):
+    data, _ = frame
+    train, valid, _ = _splits(data)
+    cfg = ctr.DnnConfig(max_epochs=3, patience=3, batch_size=512, seed=2, monitor="log_loss")
+    m = ctr.train_dnn(train, valid, categorical=["user_id", "item_id"], numeric=["ui_n_before"], sequence=False, config=cfg)
+    losses = m.history["valid_loss"]
+    assert len(losses) == 3 and m.best_epoch == int(np.argmin(losses)) + 1
+    p = m.predict_proba(valid)
+    from ecrec.metrics import log_loss
+
+    assert log_loss(valid["label"].to_numpy(), p) == pytest.approx(min(losses))
+
+
+def test_logistic_is_seeded(frame):
+    data, _ = frame
+    model = ctr.make_logistic(["ids"], data.columns, seed=7)
+    assert model.named_steps["model"].random_state == 7
