@@ -459,7 +459,13 @@ def mrr_at_k(retrieved, relevant, k: int, *, per_user: bool = False):
 
 
 def ndcg_at_k(
-    retrieved, relevant, k: int, *, graded: bool = False, per_user: bool = False
+    retrieved,
+    relevant,
+    k: int,
+    *,
+    graded: bool = False,
+    ideal: Literal["all", "retrieved"] = "all",
+    per_user: bool = False,
 ):
     """NDCG@K with linear gains and log2 discounts (Jarvelin and Kekalainen, 2002).
 
@@ -472,17 +478,30 @@ def ndcg_at_k(
         graded: ``False``: every relevant item has gain 1. ``True``: gains are
             the values of a sparse ``relevant`` (e.g. purchase counts); a list
             or padded array has gain 1 anyway.
+        ideal: ``"all"`` (the standard): the ideal list holds ALL relevant
+            items. ``"retrieved"``: a LOOSE variant found in the wild, whose
+            ideal list holds only the relevant items that were retrieved in
+            the top K (their gains sorted); it is inflated (one hit at rank 1
+            scores 1 however many items were missed) and is here only to
+            measure that inflation. Users with no hit score 0 in both.
         (others): as :func:`recall_at_k`.
 
     Returns:
         Mean NDCG@K in [0, 1] over users with >= 1 relevant item, or per-user.
     """
+    if ideal not in ("all", "retrieved"):
+        raise ValueError(f"ideal must be 'all' or 'retrieved', got {ideal!r}")
     r = _Ranked(retrieved, relevant, _check_k(k))
     disc = _discount(r.k)
     gains = r.gains if graded else r.hits.astype(np.float64)
-    ideal = r.ideal_gains if graded else (r.ideal_gains > 0).astype(np.float64)
+    if ideal == "all":
+        best = r.ideal_gains if graded else (r.ideal_gains > 0).astype(np.float64)
+    else:
+        best = -np.sort(-gains, axis=1)  # the retrieved gains, best first
+    idcg = best @ disc
     with np.errstate(invalid="ignore", divide="ignore"):
-        return r.finish((gains @ disc) / (ideal @ disc), per_user)
+        values = np.where(idcg > 0, (gains @ disc) / np.where(idcg > 0, idcg, 1.0), 0.0)
+        return r.finish(values, per_user)
 
 
 MAP_DENOMINATORS = ("min_k_relevant", "n_relevant")

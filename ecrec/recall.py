@@ -15,20 +15,26 @@ Protocol (:func:`build_recall_data`)
   distinct test invoices holding the item). Two settings:
 
   - ``"all"``: every test purchase, repeat purchases included;
-  - ``"new"``: only items the user never bought before ``test_start``; the
-    user's history is then EXCLUDED from the candidates of every generator
-    (recommending an already-bought item can never hit in this setting).
+  - ``"new-to-user"`` (``relevant_new``): only items the user never bought
+    before ``test_start``; the user's history is then EXCLUDED from the
+    candidates of every generator (an already-bought item can never hit).
+    Not to be confused with **cold items** (new to the shop, below).
 
 * User groups by distinct items bought before ``test_start``: ``cold`` (0),
   ``short`` (1..``short_max``), ``warm`` (more). Cold users have nothing to
   personalise on: every generator falls back to the popularity list for them.
-* Item groups: ``cold`` items (no purchase before ``test_start``, so ID models
-  know nothing about them) and ``tail`` items (outside the most popular 20%).
-  The catalogue is every product of the cleaned log with its description,
-  including items first sold in the test window (a shop knows its catalogue).
+* Item groups: ``cold`` items (new to the shop: no purchase before
+  ``test_start``, so ID models know nothing about them) and ``tail`` items
+  (outside the most popular 20%). The catalogue is every product of the
+  cleaned log with its description, including items first sold in the test
+  window (a shop knows its catalogue). Survivorship: because the catalogue
+  comes from the whole log, every cold item sells in the test window (items
+  listed but never sold are not in the log at all).
 
 Tie policy: whenever scores tie, the lower item id comes first
-(:func:`top_k`, :func:`faiss_search`), so lists are deterministic.
+(:func:`top_k`, :func:`faiss_search`; the latter holds at the cut-off when
+``tie_margin`` covers the largest group of identical item vectors), so lists
+are deterministic.
 
 Generators: :func:`popular_scores` (most popular over a recent window),
 :func:`item_cosine` (item-to-item CF from co-purchases), :func:`fit_als`
@@ -55,7 +61,8 @@ from ecrec.metrics import dedupe_rows
 __all__ = [
     "RecallData", "build_recall_data", "top_k", "popular_scores",
     "item_cosine", "fit_als", "user_vectors", "build_index", "faiss_search", "interleave",
-    "with_fallback", "encode_with_cache", "ItemTower", "sample_pairs", "train_two_tower",
+    "with_fallback", "cap_history", "encode_with_cache", "ItemTower", "sample_pairs", "train_two_tower",
+    "in_batch_eval", "target_log_q",
 ]
 
 
@@ -240,7 +247,7 @@ def top_k(scores: np.ndarray, k: int, *, exclude=None, min_score: float | None =
         scores: float (n_users, n_items); higher is better. NaN is an error.
         k: list length, >= 1 (more than n_items pads with -1).
         exclude: optional sparse (n_users, n_items); non-zero entries are
-            never returned (the user's history in the "new items" setting).
+            never returned (the user's history in the new-to-user setting).
         min_score: items scoring ``<= min_score`` are not candidates (e.g. 0
             for co-purchase scores: no co-purchase, no candidate).
 
@@ -365,6 +372,35 @@ def user_vectors(history, item_emb: np.ndarray) -> np.ndarray:
     return np.divide(u, norms, out=np.zeros_like(u), where=norms > 0).astype(np.float32)
 
 
+def cap_history(history, max_items: int) -> sp.csr_array:
+    """Keep each user's ``max_items`` most recent distinct items (largest recency weights).
+
+    The two-tower model is trained on histories of at most ``max_history``
+    items (:func:`sample_pairs`); serving must cap the same way. Ties in
+    weight keep the lower item id.
+
+    Args:
+        history: sparse (n_users, n_items) recency weights (>= 0).
+        max_items: >= 1.
+
+    Raises:
+        ValueError: ``max_items < 1``.
+    """
+    if isinstance(max_items, bool) or not isinstance(max_items, (int, np.integer)) or max_items < 1:
+        raise ValueError(f"max_items must be an integer >= 1, got {max_items!r}")
+    h = sp.csr_array(history, dtype=np.float64)
+    h.sort_indices()
+    n = h.shape[0]
+    rows = np.repeat(np.arange(n), np.diff(h.indptr))
+    order = np.lexsort((h.indices, -h.data, rows))  # per row: largest weight first, then lower id
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order)) - h.indptr[rows[order]]
+    keep = rank < max_items
+    out = sp.csr_array((h.data[keep], (rows[keep], h.indices[keep])), shape=h.shape)
+    out.sort_indices()
+    return out
+
+
 def build_index(item_emb: np.ndarray, kind: str = "flat", *, hnsw_m: int = 32, ef_construction: int = 80):
     """A FAISS inner-product index over L2-normalised item vectors (so IP = cosine).
 
@@ -415,13 +451,21 @@ def _in_sparse(mat: sp.csr_array, rows: np.ndarray, cols: np.ndarray) -> np.ndar
     return keys[pos] == q
 
 
-def faiss_search(index, queries: np.ndarray, k: int, *, exclude=None, batch_size: int = 1024) -> np.ndarray:
+def faiss_search(
+    index, queries: np.ndarray, k: int, *, exclude=None, tie_margin: int = 0, batch_size: int = 1024
+) -> np.ndarray:
     """Top ``k`` items per query from a FAISS index, ties by lower item id, -1 padded.
 
     Zero query vectors (users without history) get an all -1 row: fill them
     with :func:`with_fallback`. With ``exclude`` (sparse (n_queries, n_items)),
     each batch asks FAISS for ``k`` + (most excluded items of a row in the
     batch) results, drops the excluded ones, and keeps ``k``.
+
+    FAISS breaks ties at ITS cut-off in its own order, so an item tied with
+    the k-th one may be missing. ``tie_margin`` extra results are requested
+    and re-sorted by (score, item id) before the cut: with ``tie_margin`` >=
+    (largest group of identical item vectors - 1), e.g. identical
+    descriptions, the lower-id rule holds at the cut-off too.
 
     Returns:
         int64 (n_queries, k).
@@ -434,6 +478,8 @@ def faiss_search(index, queries: np.ndarray, k: int, *, exclude=None, batch_size
         raise ValueError(f"queries must be (n, {index.d}), got shape {q.shape}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if tie_margin < 0:
+        raise ValueError(f"tie_margin must be >= 0, got {tie_margin}")
     n = len(q)
     ex = sp.csr_array(exclude) if exclude is not None else None
     if ex is not None and ex.shape != (n, index.ntotal):
@@ -442,7 +488,7 @@ def faiss_search(index, queries: np.ndarray, k: int, *, exclude=None, batch_size
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         extra = int(np.diff(ex.indptr[start : stop + 1]).max()) if ex is not None and stop > start else 0
-        kk = min(k + extra, index.ntotal)
+        kk = min(k + extra + tie_margin, index.ntotal)
         scores, ids = index.search(q[start:stop], kk)
         ids = ids.astype(np.int64)
         valid = ids >= 0
@@ -614,12 +660,14 @@ class Pairs:
     """Training pairs (history -> next item) from purchases BEFORE a cut-off.
 
     ``hist_items``/``hist_weights``: (n_pairs, max_history), -1 / 0 padded,
-    most recent first; ``target``: (n_pairs,) item ids.
+    most recent first; ``target``: (n_pairs,) item ids; ``target_time``:
+    (n_pairs,) datetime64 of the target purchase (for leakage checks).
     """
 
     hist_items: np.ndarray
     hist_weights: np.ndarray
     target: np.ndarray
+    target_time: np.ndarray | None = None
 
 
 def sample_pairs(
@@ -630,6 +678,7 @@ def sample_pairs(
     max_history: int = 10,
     half_life_days: float = 30.0,
     new_items_only: bool = True,
+    since=None,
     seed: int = 0,
 ) -> Pairs:
     """Sample (history -> next purchased item) pairs from events strictly before ``before``.
@@ -639,13 +688,17 @@ def sample_pairs(
     invoices (most recent first, at most ``max_history``), weighted by
     recency relative to that invoice. With ``new_items_only`` the target is an
     item the user had not bought before (the harder, more useful "new items"
-    task). Nothing at or after ``before`` is read: no test leakage.
+    task). Nothing at or after ``before`` is read: no test leakage. With
+    ``since``, only purchases at or after ``since`` are targets (their
+    history may start earlier): held-out pairs from a validation window.
 
     Raises:
-        ValueError: no eligible purchase, or ``n_pairs < 1``.
+        ValueError: no eligible purchase, ``n_pairs < 1`` or ``max_history < 1``.
     """
     if n_pairs < 1:
         raise ValueError(f"n_pairs must be >= 1, got {n_pairs}")
+    if max_history < 1:
+        raise ValueError(f"max_history must be >= 1, got {max_history}")
     ev = events[events["t"] < before].sort_values(["user", "t", "invoice", "item_id"]).reset_index(drop=True)
     user = ev["user"].to_numpy()
     t = ev["t"].to_numpy()
@@ -659,6 +712,8 @@ def sample_pairs(
     if new_items_only:
         first_buy = ev.groupby(["user", "item_id"])["t"].transform("min").to_numpy()
         eligible &= first_buy == t
+    if since is not None:
+        eligible &= t >= pd.Timestamp(since).to_datetime64()
     cand = np.flatnonzero(eligible)
     if cand.size == 0:
         raise ValueError("no eligible (history -> next item) purchase before the cut-off")
@@ -674,7 +729,70 @@ def sample_pairs(
         age = (t[r] - t[keep]) / np.timedelta64(1, "D")
         hist_items[p, : len(keep)] = item[keep]
         hist_w[p, : len(keep)] = recency_weights(age, half_life_days)
-    return Pairs(hist_items, hist_w, item[chosen].astype(np.int64))
+    return Pairs(hist_items, hist_w, item[chosen].astype(np.int64), t[chosen])
+
+
+def target_log_q(pairs: Pairs, n_items: int) -> torch.Tensor:
+    """log of each item's share of the training targets (how often it is an in-batch negative).
+
+    Items never a target get a count of 1 (a small share, not log 0).
+    """
+    freq = np.bincount(pairs.target, minlength=n_items).astype(np.float64)
+    return torch.from_numpy(np.log(np.maximum(freq, 1.0) / freq.sum()).astype(np.float32))
+
+
+def _in_batch_logits(tower, states, mask, hist, w, tgt, temperature, log_q):
+    """(B, B) logits user_i . item_j / temperature (- log q_j), same-item duplicates masked."""
+    uniq = np.unique(np.r_[hist[hist >= 0], tgt])
+    vec = tower(states[uniq], mask[uniq])
+    lookup = torch.from_numpy(np.searchsorted(uniq, np.where(hist >= 0, hist, uniq[0])))
+    hv = vec[lookup] * torch.as_tensor(w)[..., None]  # padding has weight 0
+    users = torch.nn.functional.normalize(hv.sum(1), dim=-1)
+    targets = vec[torch.from_numpy(np.searchsorted(uniq, tgt))]
+    logits = users @ targets.T / temperature
+    if log_q is not None:
+        logits = logits - log_q[tgt][None, :]
+    same = torch.from_numpy(tgt[:, None] == tgt[None, :]) & ~torch.eye(len(tgt), dtype=torch.bool)
+    return logits.masked_fill(same, float("-inf"))
+
+
+def in_batch_eval(
+    tower, states, mask, pairs: Pairs, *, batch_size: int, temperature: float, log_q=None
+) -> tuple[float, float]:
+    """Held-out in-batch loss and top-1 accuracy over consecutive batches of ``pairs``.
+
+    The same objective as :func:`train_two_tower` (pass its ``log_q`` to
+    compare with the training loss), on pairs the model was not trained on,
+    e.g. targets from the validation window (``sample_pairs(..., since=...)``).
+    Accuracy = share of pairs whose own target gets the highest logit among
+    the batch's targets WITHOUT the logQ shift (what serving ranks by); a
+    random scorer gets about 1 / batch_size. An incomplete last batch is dropped.
+
+    Returns:
+        ``(mean loss, accuracy)``.
+
+    Raises:
+        ValueError: fewer pairs than one batch, ``batch_size < 2``, ``temperature <= 0``.
+    """
+    n = len(pairs.target)
+    if batch_size < 2 or temperature <= 0 or n < batch_size:
+        raise ValueError(f"need batch_size >= 2, temperature > 0 and >= batch_size pairs; got {batch_size}, "
+                         f"{temperature}, {n} pairs")
+    was = tower.training
+    tower.eval()
+    losses, correct, seen = [], 0, 0
+    with torch.inference_mode():
+        for start in range(0, n - batch_size + 1, batch_size):
+            sl = slice(start, start + batch_size)
+            tgt = pairs.target[sl]
+            raw = _in_batch_logits(tower, states, mask, pairs.hist_items[sl], pairs.hist_weights[sl], tgt,
+                                   temperature, None)
+            logits = raw - log_q[tgt][None, :] if log_q is not None else raw
+            losses.append(float(torch.nn.functional.cross_entropy(logits, torch.arange(len(tgt)))))
+            correct += int((raw.argmax(1) == torch.arange(len(tgt))).sum())
+            seen += len(tgt)
+    tower.train(was)
+    return float(np.mean(losses)), correct / seen
 
 
 def train_two_tower(
@@ -690,6 +808,9 @@ def train_two_tower(
     logq_correction: bool = True,
     seed: int = 0,
     progress: bool = True,
+    eval_pairs: Pairs | None = None,
+    eval_every: int = 0,
+    eval_log: list | None = None,
 ) -> list[float]:
     """Fine-tune the item tower with in-batch negatives (sampled softmax).
 
@@ -702,7 +823,15 @@ def train_two_tower(
     In-batch negatives are drawn in proportion to popularity, so without a
     correction the model learns to push popular items DOWN. With
     ``logq_correction`` each logit gets ``- log q_j`` (q_j = item j's share of
-    the training targets; Yi et al., 2019), which removes that bias.
+    the training targets, :func:`target_log_q`; Yi et al., 2019), which
+    removes that bias. The shifted loss is no longer ``ln B`` for a uniform
+    scorer: compare it with the held-out loss at step 0 instead.
+
+    Args:
+        eval_pairs, eval_every, eval_log: if all given, :func:`in_batch_eval`
+            on ``eval_pairs`` (same batch size, temperature and log q) runs
+            before step 1 and every ``eval_every`` steps (and after the last);
+            ``{"step", "loss", "accuracy"}`` dicts are appended to ``eval_log``.
 
     Returns:
         The loss of every step (for a loss curve).
@@ -715,34 +844,33 @@ def train_two_tower(
     if temperature <= 0 or steps < 1 or batch_size < 2:
         raise ValueError(f"need temperature > 0, steps >= 1, batch_size >= 2; got {temperature}, {steps}, {batch_size}")
     gen = np.random.default_rng(seed)
-    # log of each item's share of the targets: how often it shows up as an in-batch negative
-    freq = np.bincount(pairs.target, minlength=int(pairs.target.max()) + 1).astype(np.float64)
-    log_q = torch.from_numpy(np.log(np.maximum(freq, 1.0) / freq.sum()).astype(np.float32))
+    n_items = int(max(pairs.target.max(), states.shape[0] - 1)) + 1
+    log_q = target_log_q(pairs, n_items)
+    evaluate = eval_pairs is not None and eval_every > 0 and eval_log is not None
+
+    def record(step):
+        loss, acc = in_batch_eval(tower, states, mask, eval_pairs, batch_size=batch_size, temperature=temperature,
+                                  log_q=log_q if logq_correction else None)
+        eval_log.append({"step": step, "loss": loss, "accuracy": acc})
+
     opt = torch.optim.AdamW(tower.parameters(), lr=lr)
+    if evaluate:
+        record(0)
     tower.train()
     losses = []
     n = len(pairs.target)
-    for _ in tqdm(range(steps), disable=not progress, desc="fine-tune two-tower"):
+    for step in tqdm(range(1, steps + 1), disable=not progress, desc="fine-tune two-tower"):
         idx = gen.choice(n, size=min(batch_size, n), replace=False)
-        hist = pairs.hist_items[idx]
-        w = torch.from_numpy(pairs.hist_weights[idx])
         tgt = pairs.target[idx]
-        uniq, inv = np.unique(np.r_[hist[hist >= 0], tgt], return_inverse=True)
-        vec = tower(states[uniq], mask[uniq])
-        lookup = torch.from_numpy(np.searchsorted(uniq, np.where(hist >= 0, hist, uniq[0])))
-        hv = vec[lookup] * w[..., None]  # padding has weight 0
-        users = torch.nn.functional.normalize(hv.sum(1), dim=-1)
-        targets = vec[torch.from_numpy(np.searchsorted(uniq, tgt))]
-        logits = users @ targets.T / temperature
-        if logq_correction:
-            logits = logits - log_q[tgt][None, :]
-        same = torch.from_numpy(tgt[:, None] == tgt[None, :]) & ~torch.eye(len(tgt), dtype=torch.bool)
-        logits = logits.masked_fill(same, float("-inf"))
+        logits = _in_batch_logits(tower, states, mask, pairs.hist_items[idx], pairs.hist_weights[idx], tgt,
+                                  temperature, log_q if logq_correction else None)
         loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(tgt)))
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
+        if evaluate and (step % eval_every == 0 or step == steps):
+            record(step)
     tower.eval()
     return losses
 

@@ -214,6 +214,19 @@ def test_graded_ndcg_uses_ideal_from_all_relevant_items():
     assert M.ndcg_at_k(np.array([[1, 2]]), rel, 2) == pytest.approx(1.0)  # binary: both relevant
 
 
+def test_loose_ndcg_with_ideal_from_retrieved_items_is_inflated():
+    # user 0: one hit at rank 1 out of 3 relevant -> loose 1.0, strict 1 / (1 + 1/log2 3)
+    # user 1: its only relevant item at rank 2 -> 1/log2 3 in both; user 2: no hit -> 0 in both
+    retrieved = np.array([[1, 5], [6, 2], [7, 8]])
+    relevant = [[1, 2, 3], [2], [9]]
+    strict = M.ndcg_at_k(retrieved, relevant, 2, per_user=True)
+    loose = M.ndcg_at_k(retrieved, relevant, 2, ideal="retrieved", per_user=True)
+    np.testing.assert_allclose(strict, [1 / (1 / L2 + 1 / L3), 1 / L3, 0.0])
+    np.testing.assert_allclose(loose, [1.0, 1 / L3, 0.0])
+    with pytest.raises(ValueError, match="ideal"):
+        M.ndcg_at_k(retrieved, relevant, 2, ideal="some")
+
+
 def _random_case(seed, n_users=40, n_items=60, width=25):
     rng = np.random.default_rng(seed)
     retrieved = np.stack([rng.permutation(n_items)[:width] for _ in range(n_users)])

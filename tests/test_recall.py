@@ -210,6 +210,41 @@ def test_sample_pairs_history_is_strictly_earlier_and_before_cutoff():
     assert set(repeats.target.tolist()) == {0, 2}
     with pytest.raises(ValueError, match="no eligible"):
         R.sample_pairs(_toy_events(), pd.Timestamp("2011-01-05"), 5)
+    assert (pairs.target_time == np.datetime64("2011-01-11")).all()
+
+
+def test_sample_pairs_since_gives_held_out_targets_with_earlier_history():
+    ev = _toy_events()
+    held = R.sample_pairs(ev, pd.Timestamp("2011-02-01"), 10, new_items_only=False, since="2011-01-15", seed=0)
+    assert set(held.target.tolist()) == {0}  # only invoice c (2011-01-21) is in [since, before)
+    assert held.hist_items[0].tolist()[:3] == [2, 1, 0]  # its history starts before `since`
+    assert (held.target_time >= np.datetime64("2011-01-15")).all()
+    with pytest.raises(ValueError, match="no eligible"):
+        R.sample_pairs(ev, pd.Timestamp("2011-02-01"), 10, since="2011-01-15", seed=0)  # c only repeats item 0
+    with pytest.raises(ValueError, match="max_history"):
+        R.sample_pairs(ev, pd.Timestamp("2011-02-01"), 10, max_history=0)
+
+
+def test_cap_history_keeps_the_most_recent_items():
+    hist = sp.csr_array(np.array([[0.2, 0.9, 0.5, 0.9], [0.0, 0.0, 0.3, 0.0]]))
+    capped = R.cap_history(hist, 2).toarray()
+    # row 0: weights 0.9 (items 1 and 3, tie -> both kept as the two largest); row 1 unchanged
+    assert capped.tolist() == [[0.0, 0.9, 0.0, 0.9], [0.0, 0.0, 0.3, 0.0]]
+    assert R.cap_history(hist, 1).toarray().tolist()[0] == [0.0, 0.9, 0.0, 0.0]  # tie: lower id
+    with pytest.raises(ValueError, match="max_items"):
+        R.cap_history(hist, 0)
+
+
+def test_faiss_search_tie_margin_keeps_the_lower_id_rule_at_the_cut_off():
+    # 12 identical item vectors (same description) and one other: at k=3 the
+    # three lowest ids among the tied items must come back, whatever FAISS's order.
+    base = np.array([[1.0, 0.0]], dtype=np.float32)
+    items = np.vstack([np.array([[0.0, 1.0]], dtype=np.float32), np.repeat(base, 12, axis=0)])
+    q = np.array([[1.0, 0.0]], dtype=np.float32)
+    got = R.faiss_search(R.build_index(items), q, 3, tie_margin=11)
+    assert got.tolist() == [[1, 2, 3]]
+    with pytest.raises(ValueError, match="tie_margin"):
+        R.faiss_search(R.build_index(items), q, 3, tie_margin=-1)
 
 
 @pytest.fixture(scope="module")
@@ -248,9 +283,16 @@ def test_train_two_tower_learns_the_pairs(minilm):
     )
     torch.manual_seed(0)
     tower = R.ItemTower(model, 1)
+    log = []
     losses = R.train_two_tower(tower, states, mask, pairs, steps=15, batch_size=2, lr=1e-3,
-                               temperature=0.1, logq_correction=False, progress=False)
+                               temperature=0.1, logq_correction=False, progress=False,
+                               eval_pairs=pairs, eval_every=5, eval_log=log)
     assert np.isfinite(losses).all()
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    assert [e["step"] for e in log] == [0, 5, 10, 15]
+    assert log[-1]["loss"] < log[0]["loss"]
+    assert log[-1]["accuracy"] == 1.0  # both pairs ranked first in their batch after training
+    with pytest.raises(ValueError, match="batch_size"):
+        R.in_batch_eval(tower, states, mask, pairs, batch_size=64, temperature=0.1)
     with pytest.raises(ValueError, match="temperature"):
         R.train_two_tower(tower, states, mask, pairs, steps=1, temperature=0)
