@@ -122,6 +122,7 @@ def build_recall_data(
     tail_share: float = 0.8,
     max_users: int | None = None,
     seed: int = 0,
+    catalogue: pd.DataFrame | None = None,
 ) -> RecallData:
     """Build items, events, histories and ground truths for the recall protocol.
 
@@ -136,9 +137,14 @@ def build_recall_data(
         max_users: evaluate a random subsample of this many test users (smoke
             runs); ``None`` keeps all.
         seed: seed of that subsample.
+        catalogue: a frame with ``StockCode`` and ``Description`` to build the
+            item table from (default: ``clean`` itself). Pass the full log when
+            ``clean`` is a truncated log (a validation split) so that item ids
+            match the test split's.
 
     Raises:
-        ValueError: missing columns, no test user, or bad parameters.
+        ValueError: missing columns, no test user, an item of ``clean``
+            missing from ``catalogue``, or bad parameters.
     """
     need = {"InvoiceNo", "StockCode", "Description", "InvoiceDate", "CustomerID"}
     missing = need - set(clean.columns)
@@ -150,11 +156,16 @@ def build_recall_data(
         raise ValueError(f"test_start {test_start} must fall inside the log ({clean['InvoiceDate'].min()} .. {end})")
     if not 0 < tail_share < 1:
         raise ValueError(f"tail_share must be in (0, 1), got {tail_share}")
+    source = clean if catalogue is None else catalogue
     items = (
-        clean.groupby("StockCode", sort=True)["Description"].first().reset_index()
+        source.groupby("StockCode", sort=True)["Description"].first().reset_index()
         .rename_axis("item_id").reset_index()
     )
     item_of = pd.Series(items["item_id"].to_numpy(), index=items["StockCode"])
+    unknown = ~clean["StockCode"].isin(item_of.index)
+    if unknown.any():
+        raise ValueError(f"{int(unknown.sum())} rows of clean have a StockCode missing from catalogue, "
+                         f"e.g. {clean.loc[unknown, 'StockCode'].iloc[0]!r}")
     events = (
         clean.assign(item_id=clean["StockCode"].map(item_of).to_numpy())
         .groupby(["CustomerID", "item_id", "InvoiceNo"], sort=True)["InvoiceDate"].min()
