@@ -321,7 +321,7 @@ def item_cosine(train_matrix) -> sp.csr_array:
     Returns:
         csr_array (n_items, n_items) float64, symmetric, values in [0, 1].
     """
-    x = sp.csr_array(train_matrix, dtype=np.float64)
+    x = sp.csr_array(train_matrix, dtype=np.float64, copy=True)  # never binarise the caller's counts
     x.data[:] = 1.0
     co = sp.csr_array(x.T @ x)
     norms = np.sqrt(co.diagonal())
