@@ -1,8 +1,11 @@
-"""Chapter 05's smoke run: recorded ranges and the relations the chapter teaches.
+"""Chapter 05's smoke run: recorded ranges, leakage checks and differences beyond noise.
 
 Ranges were recorded from the smoke profile (seed 42, 400 sampled test users)
 with a margin; they catch a broken protocol (leakage pushes recall up, a lost
 history or a wrong exclusion pushes it down), not small numeric drift.
+Comparisons between generators are asserted only where the notebook's
+bootstrap interval (over users) of the difference excludes 0 by a margin;
+differences within noise (e.g. fine-tuned vs zero-shot text) are not asserted.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import pytest
 pytestmark = pytest.mark.notebook
 
 GENERATORS = ("popular", "item_cf", "als", "text_zero_shot", "text_fine_tuned", "hybrid")
+SETTINGS = ("all", "new_to_user")
 
 
 @pytest.fixture(scope="module")
@@ -19,36 +23,29 @@ def m(chapter_metrics):
     return chapter_metrics("05_recall")
 
 
-def test_every_generator_has_recall_and_ndcg_at_50_in_both_settings(m):
-    for setting in ("all", "new"):
-        for g in GENERATORS:
-            for key in ("recall@50", "ndcg@50"):
-                assert 0.0 <= m[setting][g][key] <= 1.0, (setting, g, key)
-
-
-# Recorded smoke values (seed 42): Recall@50 / NDCG@50
-#   all: popular .151/.139, item_cf .206/.181, als .273/.233, text_zero_shot .147/.138,
-#        text_fine_tuned .171/.159, hybrid .271/.230
-#   new: popular .149/.106, item_cf .134/.093, als .136/.095, text_zero_shot .070/.055,
-#        text_fine_tuned .083/.066, hybrid .140/.097
+# Recorded smoke values (seed 42), Recall@50 / NDCG@50:
+#   all:         popular .151/.139, item_cf .206/.181, als .285/.237, text_zero_shot .156/.161,
+#                text_fine_tuned .165/.164, hybrid (= 1 x als) .285/.237
+#   new_to_user: popular .149/.106, item_cf .134/.093, als .139/.096, text_zero_shot .077/.055,
+#                text_fine_tuned .078/.060, hybrid (3 x als, 1 x popular) .150/.104
 RANGES = {
-    # (setting, generator, metric): (low, high)
-    ("all", "popular", "recall@50"): (0.11, 0.19),
-    ("all", "item_cf", "recall@50"): (0.16, 0.26),
-    ("all", "als", "recall@50"): (0.22, 0.33),
-    ("all", "text_zero_shot", "recall@50"): (0.11, 0.19),
-    ("all", "text_fine_tuned", "recall@50"): (0.12, 0.23),
-    ("all", "hybrid", "recall@50"): (0.21, 0.33),
-    ("new", "popular", "recall@50"): (0.11, 0.19),
-    ("new", "item_cf", "recall@50"): (0.10, 0.17),
-    ("new", "als", "recall@50"): (0.10, 0.17),
-    ("new", "text_zero_shot", "recall@50"): (0.05, 0.09),
-    ("new", "text_fine_tuned", "recall@50"): (0.05, 0.12),
-    ("new", "hybrid", "recall@50"): (0.10, 0.18),
-    ("all", "als", "ndcg@50"): (0.18, 0.29),
-    ("all", "text_zero_shot", "ndcg@50"): (0.10, 0.18),
-    ("new", "popular", "ndcg@50"): (0.08, 0.14),
-    ("new", "text_zero_shot", "ndcg@50"): (0.035, 0.075),
+    # (setting, generator, metric): (low, high), about +-15% around the recorded value
+    ("all", "popular", "recall@50"): (0.13, 0.17),
+    ("all", "item_cf", "recall@50"): (0.18, 0.24),
+    ("all", "als", "recall@50"): (0.25, 0.32),
+    ("all", "text_zero_shot", "recall@50"): (0.13, 0.18),
+    ("all", "text_fine_tuned", "recall@50"): (0.14, 0.19),
+    ("all", "hybrid", "recall@50"): (0.25, 0.32),
+    ("new_to_user", "popular", "recall@50"): (0.13, 0.17),
+    ("new_to_user", "item_cf", "recall@50"): (0.115, 0.155),
+    ("new_to_user", "als", "recall@50"): (0.12, 0.16),
+    ("new_to_user", "text_zero_shot", "recall@50"): (0.065, 0.09),
+    ("new_to_user", "text_fine_tuned", "recall@50"): (0.065, 0.09),
+    ("new_to_user", "hybrid", "recall@50"): (0.13, 0.17),
+    ("all", "als", "ndcg@50"): (0.20, 0.27),
+    ("all", "text_zero_shot", "ndcg@50"): (0.14, 0.185),
+    ("new_to_user", "popular", "ndcg@50"): (0.09, 0.12),
+    ("new_to_user", "text_zero_shot", "ndcg@50"): (0.045, 0.065),
 }
 
 
@@ -59,51 +56,92 @@ def test_in_recorded_range(m, key):
     assert low <= m[setting][g][metric] <= high
 
 
-def test_ids_beat_text_on_repeat_purchases_and_beat_popularity(m):
-    assert m["all"]["als"]["recall@50"] > m["all"]["text_zero_shot"]["recall@50"]
-    assert m["all"]["als"]["recall@50"] > m["all"]["popular"]["recall@50"]
-    assert m["all"]["item_cf"]["recall@50"] > m["all"]["popular"]["recall@50"]
+def test_users_evaluated_and_excluded(m):
+    assert m["n_users"] == 400
+    assert m["n_users_evaluated"]["all"] == 400
+    # users whose test purchases are all repeats have nothing new to find: excluded, and counted
+    assert 360 <= m["n_users_evaluated"]["new_to_user"] < 400
+    for setting in SETTINGS:
+        assert {m[setting][g]["n_users"] for g in GENERATORS} == {m["n_users_evaluated"][setting]}
 
 
-def test_fine_tuning_helps_the_text_tower(m):
-    # Holds in the smoke run (60 steps) in both settings and on cold items.
-    for setting in ("all", "new"):
-        assert m[setting]["text_fine_tuned"]["recall@50"] > m[setting]["text_zero_shot"]["recall@50"]
-    assert m["two_tower_loss"]["last10"] < m["two_tower_loss"]["first10"]
+# (setting, "a-b"): sign of the difference; recorded intervals all exclude 0 by >= 0.03
+BEYOND_NOISE = {
+    ("all", "als-popular"): +1,
+    ("all", "item_cf-popular"): +1,
+    ("all", "als-text_zero_shot"): +1,
+    ("all", "als-item_cf"): +1,
+    ("new_to_user", "text_zero_shot-popular"): -1,
+    ("new_to_user", "text_fine_tuned-popular"): -1,
+    ("new_to_user", "als-text_zero_shot"): +1,
+}
 
 
-def test_popularity_is_hard_to_beat_on_new_items(m):
-    # A lesson of the chapter: on discovery, the ID models barely tie popularity.
-    assert m["new"]["popular"]["recall@50"] >= 0.9 * max(
-        m["new"][g]["recall@50"] for g in GENERATORS if g != "popular"
-    )
+@pytest.mark.parametrize("key", sorted(BEYOND_NOISE))
+def test_differences_beyond_noise(m, key):
+    setting, pair = key
+    c = m["bootstrap_ci_recall@50"][setting][pair]
+    assert c["low"] <= c["diff"] <= c["high"]
+    if BEYOND_NOISE[key] > 0:
+        assert c["low"] > 0, c
+    else:
+        assert c["high"] < 0, c
 
 
-def test_text_covers_more_of_the_catalogue_than_popularity(m):
-    assert m["all"]["text_zero_shot"]["coverage@50"] > 10 * m["all"]["popular"]["coverage@50"]
+def test_no_leakage(m):
+    leak = m["leakage"]
+    # the fine-tune's targets end before the validation window; held-out targets lie inside it
+    assert leak["days_from_last_ft_target_to_valid_start"] > 0
+    assert leak["days_from_first_held_out_target_to_valid_start"] >= 0
+    assert leak["days_from_last_held_out_target_to_test_start"] > 0
+    # popularity windows end exactly at their cut-off
+    assert leak["popularity_window_end_minus_test_start_days"] == 0
+    assert leak["validation_popularity_window_end_minus_valid_start_days"] == 0
+    # the ID models' training matrix and the users' histories hold exactly the events before test_start
+    assert leak["train_matrix_minus_events_before_test_start"] == 0
+    assert leak["history_minus_evaluated_users_events_before_test_start"] == 0
+    # the validation split (which chose the hybrid's mix) never sees the test window
+    assert leak["validation_split_events_at_or_after_test_start"] == 0
+    assert leak["validation_train_matrix_minus_events_before_valid_start"] == 0
 
 
-def test_definitions_hold_in_the_numbers(m):
-    for setting in ("all", "new"):
-        for g in GENERATORS:
-            r = m[setting][g]
-            assert r["recall@20"] <= r["recall@50"] <= r["recall@100"] <= r["recall@200"]
-            assert r["recall@50"] <= r["recall_capped@50"] + 1e-12  # min(K, |G|) <= |G|
-            assert r["recall@50"] <= r["hit_rate@50"] + 1e-12
+def test_new_to_user_lists_hold_no_already_bought_item(m):
+    assert set(m["already_bought_in_new_to_user_lists"]) >= set(GENERATORS) - {"hybrid"}
+    assert all(v == 0 for v in m["already_bought_in_new_to_user_lists"].values())
 
 
-def test_new_items_lists_hold_no_already_bought_item(m):
-    assert all(v == 0 for v in m["already_bought_in_new_lists"].values())
-
-
-def test_id_models_cannot_retrieve_cold_items(m):
+def test_id_models_cannot_retrieve_cold_items_text_can(m):
     cold = m["cold_items_recall@50"]
-    # ALS gives never-bought items no vector; popularity never counts them.
-    assert cold["popular"] == 0.0 and cold["item_cf"] == 0.0
-    assert cold["als"] < cold["text_zero_shot"] < cold["text_fine_tuned"]
+    # a popularity or co-purchase window reaching into the test window would make these > 0
+    assert cold["popular"] == 0.0 and cold["item_cf"] == 0.0 and cold["als"] == 0.0
+    assert cold["text_zero_shot"] > 0.02 and cold["text_fine_tuned"] > 0.02
+    assert m["item_slices_n"]["cold items"]["users"] >= 30
+    assert m["cold_items_sold_in_test_share"] == 1.0  # the survivorship the chapter states
+
+
+def test_auc_and_gauc(m):
+    for setting in SETTINGS:
+        for g, v in m["auc"][setting].items():
+            assert 0.55 < v["auc"] < 0.95 and 0.55 < v["gauc"] < 0.95, (setting, g, v)
+    assert all(v["gauc_skipped_users"] == 0 for v in m["auc"]["all"].values())
+    skipped = {v["gauc_skipped_users"] for v in m["auc"]["new_to_user"].values()}
+    assert len(skipped) == 1 and 0 < skipped.pop() < 40  # the same users, those with no new-to-user purchase
+
+
+def test_hybrid_mix_was_chosen_on_validation(m):
+    for setting in SETTINGS:
+        mix = m["hybrid_mix"][setting]
+        assert mix and set(mix) <= {"als", "text_fine_tuned", "popular"} and min(mix.values()) >= 1
+        assert 0 < m["hybrid_validation_recall@50"][setting] < 1
+
+
+def test_two_tower_improves_on_held_out_pairs(m):
+    held = m["two_tower"]["held_out"]
+    assert held[0]["step"] == 0 and held[-1]["step"] == m["settings"]["ft_steps"]
+    assert held[-1]["loss"] < held[0]["loss"] - 0.2
 
 
 def test_hnsw_converges_to_exact(m):
-    ann = m["hnsw_ann_recall@50"]
-    assert ann["256"] >= 0.95
-    assert ann["256"] >= ann["8"]
+    ann = m["hnsw_overlap@50"]
+    assert ann["256"] >= 0.99
+    assert ann["8"] < ann["64"] <= ann["256"]
