@@ -73,38 +73,47 @@ def _check_same_length(**arrays: np.ndarray) -> None:
 # --- classification --------------------------------------------------------
 
 
-def log_loss(y_true, p, eps: float = 1e-15) -> float:
+def log_loss(y_true, p, eps: float | None = None) -> float:
     """Mean binary cross-entropy of predicted probabilities, in nats.
 
     ``-mean(y * ln(p) + (1 - y) * ln(1 - p))`` with ``p`` clipped to
     ``[eps, 1 - eps]`` so that a confident wrong prediction costs
-    ``-ln(eps)`` (about 34.5 for the default) instead of infinity. This is
-    scikit-learn's ``log_loss`` for binary labels (which clips at the float
-    machine epsilon).
+    ``-ln(eps)`` instead of infinity. The default ``eps`` is the float64
+    machine epsilon (``numpy.finfo(numpy.float64).eps`` = 2.22e-16, so a
+    certain mistake costs ``-ln(2.22e-16)`` = 36.04 nats): exactly
+    scikit-learn's ``log_loss`` (>= 1.5) for binary labels, at both ends
+    (``p = 0`` and ``p = 1``). Older code and papers often clip at 1e-15
+    (34.54 nats): pass ``eps=1e-15`` to reproduce them.
 
     Args:
         y_true: (n,) labels in {0, 1} (int, float or bool).
-        p: (n,) predicted probabilities of the label 1, in [0, 1].
-        eps: clipping, 0 <= eps < 0.5.
+        p: (n,) predicted probabilities of the label 1, in [0, 1] (float64 is
+            used for the computation).
+        eps: clipping, 0 <= eps < 0.5; ``None`` (default) = float64 machine epsilon.
 
     Returns:
         The mean loss, a float >= 0.
 
     Raises:
-        ValueError: shapes differ, empty input, NaN, labels outside {0, 1},
-            probabilities outside [0, 1] (pass probabilities, not logits),
-            or ``eps`` outside [0, 0.5).
+        ValueError: shapes differ, empty input, not 1-D, NaN (its index is
+            named), labels outside {0, 1}, probabilities outside [0, 1]
+            (including +-inf; the first offending index is named; pass
+            probabilities, not logits), or ``eps`` outside [0, 0.5).
         TypeError: non-numeric input.
     """
+    if eps is None:
+        eps = float(np.finfo(np.float64).eps)
     if not 0 <= eps < 0.5:
         raise ValueError(f"eps must be in [0, 0.5), got {eps}")
     y = _check_labels(y_true)
     prob = _as_1d_float(p, "p")
     _check_same_length(y_true=y, p=prob)
-    if (prob < 0).any() or (prob > 1).any():
+    bad = (prob < 0) | (prob > 1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
         raise ValueError(
-            f"p must be probabilities in [0, 1], found range [{prob.min():.4g}, {prob.max():.4g}]; "
-            "apply a sigmoid to logits first"
+            f"p must be probabilities in [0, 1]; {int(bad.sum())} value(s) outside, first p[{i}] = {prob[i]!r} "
+            f"(range [{prob.min():.4g}, {prob.max():.4g}]); apply a sigmoid to logits first"
         )
     prob = np.clip(prob, eps, 1 - eps)
     with np.errstate(divide="ignore"):
@@ -217,13 +226,24 @@ def gauc(
 # Conventions shared by every ranking metric below.
 #
 # * ``retrieved``: (n_users, L) integer array of item ids, best first; -1 is
-#   padding (what FAISS returns when an index has fewer than L results). Only
-#   the ORDER matters: ties in the generator's scores must be broken before
-#   (``ecrec.recall.top_k`` breaks them by lower item id first, so the
-#   lists are deterministic). Negative ids other than -1 are an error.
-# * Duplicates: each row is deduplicated FIRST, keeping the first occurrence,
-#   and the remaining items are moved up; only then is the list cut to K. So a
-#   list [5, 5, 7] at K=2 is scored as [5, 7].
+#   padding (what FAISS returns when an index has fewer than L results).
+#   Negative ids other than -1 are an error.
+# * Ties (``scores``): every ranking metric takes an optional ``scores``
+#   (n_users, L) array, the generator's score of each retrieved item
+#   (non-increasing along a row; padding slots are ignored). Items of a row
+#   with EQUAL scores form a tie group, and the metric is the EXACT
+#   EXPECTATION over a uniformly random order within every tie group (not the
+#   value of one arbitrary order). So a constant scorer gets what a random
+#   one gets on average: five candidates all scored 0.5 with the relevant one
+#   listed first have Recall@1 = 1/5, not 1. Without ``scores`` the list order
+#   is taken as strict (each item its own group). Only the listed items are
+#   seen: a tie group cut by the end of the list is treated as if it had only
+#   its listed members, so ask the generator for the WHOLE tie group at its
+#   cut-off (``ecrec.recall.top_k(..., return_scores=True)`` and
+#   ``ecrec.recall.faiss_search(..., return_scores=True)`` do).
+# * Duplicates: each row is deduplicated FIRST, keeping the first occurrence
+#   (and its score), and the remaining items are moved up; only then is the
+#   list cut to K. So a list [5, 5, 7] at K=2 is scored as [5, 7].
 # * Fewer than K candidates (padding, or L < K): the missing slots are misses.
 #   Precision@K still divides by K.
 # * ``relevant``: the ground truth per user, one of
@@ -243,6 +263,42 @@ RELEVANT_HELP = (
 )
 
 
+def _as_id_matrix(retrieved) -> np.ndarray:
+    arr = np.asarray(retrieved)
+    if arr.ndim != 2:
+        raise ValueError(f"retrieved must be 2-D (n_users, K), got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"retrieved must hold integer item ids (-1 = padding), got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if arr.size and arr.min() < -1:
+        raise ValueError(f"retrieved ids must be >= 0, or -1 for padding; found {int(arr.min())}")
+    return arr
+
+
+def _dedupe_source(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(deduplicated ids, column of each kept id in ``arr`` or -1): first occurrences moved left."""
+    n, width = arr.shape
+    if width == 0:
+        return arr.copy(), np.zeros((n, 0), dtype=np.int64)
+    order = np.argsort(arr, axis=1, kind="stable")  # equal ids: first column first
+    srt = np.take_along_axis(arr, order, axis=1)
+    dup_sorted = np.zeros_like(srt, dtype=bool)
+    dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
+    dup = np.empty_like(dup_sorted)
+    np.put_along_axis(dup, order, dup_sorted, axis=1)
+    keep = (arr >= 0) & ~dup
+    move = np.argsort(~keep, axis=1, kind="stable")  # kept items first, in their order
+    kept = np.take_along_axis(keep, move, axis=1)
+    out = np.where(kept, np.take_along_axis(arr, move, axis=1), -1)
+    return out, np.where(kept, move, -1)
+
+
+def _pad(x: np.ndarray, width: int, value) -> np.ndarray:
+    if x.shape[1] >= width:
+        return x[:, :width]
+    return np.hstack([x, np.full((x.shape[0], width - x.shape[1]), value, dtype=x.dtype)])
+
+
 def dedupe_rows(retrieved, k: int | None = None) -> np.ndarray:
     """Deduplicate each row keeping first occurrences, shift items left, pad with -1, cut to ``k``.
 
@@ -258,33 +314,13 @@ def dedupe_rows(retrieved, k: int | None = None) -> np.ndarray:
         TypeError: not an integer array.
         ValueError: not 2-D, ids below -1, or ``k < 1``.
     """
-    arr = np.asarray(retrieved)
-    if arr.ndim != 2:
-        raise ValueError(f"retrieved must be 2-D (n_users, K), got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"retrieved must hold integer item ids (-1 = padding), got dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
-    if arr.size and arr.min() < -1:
-        raise ValueError(f"retrieved ids must be >= 0, or -1 for padding; found {int(arr.min())}")
-    n, width = arr.shape
+    arr = _as_id_matrix(retrieved)
     if k is None:
-        k = width
+        k = arr.shape[1]
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if width == 0:
-        return np.full((n, k), -1, dtype=np.int64)
-    order = np.argsort(arr, axis=1, kind="stable")  # equal ids: first column first
-    srt = np.take_along_axis(arr, order, axis=1)
-    dup_sorted = np.zeros_like(srt, dtype=bool)
-    dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
-    dup = np.empty_like(dup_sorted)
-    np.put_along_axis(dup, order, dup_sorted, axis=1)
-    keep = (arr >= 0) & ~dup
-    move = np.argsort(~keep, axis=1, kind="stable")  # kept items first, in their order
-    out = np.take_along_axis(np.where(keep, arr, -1), move, axis=1)
-    if k <= width:
-        return out[:, :k]
-    return np.hstack([out, np.full((n, k - width), -1, dtype=np.int64)])
+    out, _ = _dedupe_source(arr)
+    return _pad(out, k, -1)
 
 
 def as_relevance_csr(relevant, n_users: int):
@@ -338,31 +374,100 @@ def as_relevance_csr(relevant, n_users: int):
     return mat
 
 
-class _Ranked:
-    """Per-user gains of the top-K list and of the ideal list (shared by all metrics)."""
+def _log_comb(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """log C(a, b), -inf where b < 0 or b > a."""
+    from scipy.special import gammaln
 
-    def __init__(self, retrieved, relevant, k: int):
-        top = dedupe_rows(retrieved, k)
-        n = top.shape[0]
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    ok = (b >= 0) & (b <= a)
+    a_, b_ = np.where(ok, a, 0.0), np.where(ok, b, 0.0)
+    return np.where(ok, gammaln(a_ + 1) - gammaln(b_ + 1) - gammaln(a_ - b_ + 1), -np.inf)
+
+
+class _Ranked:
+    """Expected per-position gains of the ranked lists and of the ideal list (shared by all metrics).
+
+    Every quantity is per position ``i`` (0-based) of the deduplicated list,
+    as an expectation over random orders within tie groups (see the module
+    notes); without scores every group is a single item and the expectations
+    are the realised values.
+    """
+
+    def __init__(self, retrieved, relevant, k: int, scores=None):
+        arr = _as_id_matrix(retrieved)
+        n = arr.shape[0]
+        top, src = _dedupe_source(arr)
+        width = max(top.shape[1], k)
+        top, src = _pad(top, width, -1), _pad(src, width, -1)
         rel = as_relevance_csr(relevant, n)
         self.k = k
-        self.top = top
+        self.top = top[:, :k]
         self.n_relevant = np.diff(rel.indptr).astype(np.float64)
         self.valid = self.n_relevant > 0
         if not self.valid.any():
             raise ValueError("no user has a relevant item: ranking metrics are undefined")
-        # Look up (user, item) pairs: keys user * width + item are sorted in CSR order.
-        width = max(int(rel.shape[1]), int(top.max()) + 1, 1)
+        # Look up (user, item) pairs: keys user * span + item are sorted in CSR order.
+        span = max(int(rel.shape[1]), int(top.max()) + 1, 1)
         rel_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(rel.indptr))
-        rel_keys = rel_rows * width + rel.indices.astype(np.int64)
-        keys = np.arange(n, dtype=np.int64)[:, None] * width + np.maximum(top, 0)
+        rel_keys = rel_rows * span + rel.indices.astype(np.int64)
+        keys = np.arange(n, dtype=np.int64)[:, None] * span + np.maximum(top, 0)
         pos = np.searchsorted(rel_keys, keys)
         pos_c = np.minimum(pos, max(len(rel_keys) - 1, 0))
         found = (top >= 0) & (len(rel_keys) > 0)
         if len(rel_keys):
             found &= rel_keys[pos_c] == keys
-        self.hits = found  # (n, k) bool
-        self.gains = np.where(found, rel.data[pos_c] if len(rel_keys) else 0.0, 0.0)
+        hit = found.astype(np.float64)
+        gain = np.where(found, rel.data[pos_c] if len(rel_keys) else 0.0, 0.0)
+        idx = np.arange(width)
+        # tie groups: a new group starts where the score changes (or at padding)
+        new = np.ones((n, width), dtype=bool)
+        if scores is not None:
+            sc = np.asarray(scores, dtype=np.float64)
+            if sc.shape != arr.shape:
+                raise ValueError(f"scores must have the shape of retrieved {arr.shape}, got {sc.shape}")
+            real = arr >= 0
+            if np.isnan(sc[real]).any():
+                r, c = np.argwhere(np.isnan(sc) & real)[0]
+                raise ValueError(f"scores contain NaN for a retrieved item, e.g. row {r}, column {c}")
+            masked = np.where(real, sc, np.nan)
+            filled = np.where(real, sc, np.inf)
+            run_min = np.minimum.accumulate(filled, axis=1)
+            rising = real[:, 1:] & (masked[:, 1:] > run_min[:, :-1])
+            if rising.any():
+                r, c = np.argwhere(rising)[0]
+                raise ValueError(
+                    f"scores must be non-increasing along each row (best first); row {r} rises at column {c + 1}"
+                )
+            s = np.take_along_axis(sc, np.maximum(src, 0), axis=1)
+            new[:, 1:] = (top[:, 1:] < 0) | (top[:, :-1] < 0) | (s[:, 1:] != s[:, :-1])
+        start = np.maximum.accumulate(np.where(new, idx, 0), axis=1)
+        group = np.cumsum(new, axis=1) - 1  # group number within the row
+        rows = np.broadcast_to(np.arange(n)[:, None], (n, width))
+        gid = (rows * width + group).ravel()
+        size = np.bincount(gid, minlength=n * width).reshape(n, width)
+        g_hits = np.bincount(gid, weights=hit.ravel(), minlength=n * width).reshape(n, width)
+        g_gain = np.bincount(gid, weights=gain.ravel(), minlength=n * width).reshape(n, width)
+        g = np.take_along_axis(size, group, axis=1).astype(np.float64)
+        h = np.take_along_axis(g_hits, group, axis=1)
+        self.m_hit = h / g  # expected hit at each position
+        self.m_gain = np.take_along_axis(g_gain, group, axis=1) / g
+        cum_excl = np.concatenate([np.zeros((n, 1)), np.cumsum(hit, axis=1)], axis=1)
+        h_before = np.take_along_axis(cum_excl, start, axis=1)  # hits in the groups before
+        j = idx[None, :] - start  # offset within the group
+        # HitRate with the cut right after position i: P(at least one hit in positions <= i)
+        s_in = j + 1
+        p_none = np.exp(_log_comb(g - h, s_in) - _log_comb(g, s_in))
+        self.hit_upto = np.where(h_before > 0, 1.0, 1.0 - p_none)
+        # MRR: the first hit lies in the first group holding one; P(first hit at offset j)
+        first_grp = (h_before == 0) & (h > 0)
+        p_first = np.exp(_log_comb(g - 1 - j, h - 1) - _log_comb(g, h))
+        self.rr_terms = np.where(first_grp, p_first / (idx[None, :] + 1), 0.0)
+        # AP: E[rel_i * hits(<= i)] / (i + 1)
+        pair = np.where(g > 1, h * (h - 1) / np.maximum(g * (g - 1), 1), 0.0)
+        self.ap_terms = (self.m_hit * (1 + h_before) + j * pair) / (idx[None, :] + 1)
+        # inclusion probability of each listed item in the top K (for coverage): needs start and size
+        self.start, self.size, self.full_top = start, g, top
         # Ideal ranking: ALL relevant items by decreasing gain, cut to k.
         order = np.lexsort((-rel.data, rel_rows))
         rank_in_row = np.arange(len(order)) - rel.indptr[rel_rows[order]]
@@ -370,11 +475,47 @@ class _Ranked:
         self.ideal_gains = np.zeros((n, k))
         self.ideal_gains[rel_rows[order][keep], rank_in_row[keep]] = rel.data[order][keep]
 
+    @property
+    def hits(self) -> np.ndarray:
+        """(n, k) expected hit at each position of the top k."""
+        return self.m_hit[:, : self.k]
+
+    @property
+    def gains(self) -> np.ndarray:
+        return self.m_gain[:, : self.k]
+
+    def expected_hits(self, k: int) -> np.ndarray:
+        return self.m_hit[:, :k].sum(1)
+
+    def inclusion(self, k: int) -> np.ndarray:
+        """(n, width) probability that the item listed at each position is in the top ``k``."""
+        idx = np.arange(self.full_top.shape[1])[None, :]
+        end = self.start + self.size
+        p = np.where(end <= k, 1.0, np.where(self.start < k, (k - self.start) / self.size, 0.0))
+        return np.where((self.full_top >= 0) & (idx >= 0), p, 0.0)
+
     def finish(self, values: np.ndarray, per_user: bool):
         values = np.where(self.valid, values, np.nan)
         if per_user:
             return values
         return float(np.nanmean(values))
+
+
+def _expected_coverage(r: _Ranked, n_items: int, k: int) -> float:
+    """Expected share of the catalogue in at least one top K (independent tie orders per user)."""
+    p = r.inclusion(k)
+    items = r.full_top
+    ok = (items >= 0) & (p > 0)
+    if ok.any() and items[ok].max() >= n_items:
+        raise ValueError(f"retrieved holds item id {int(items[ok].max())} >= n_items={n_items}")
+    certain = np.zeros(n_items, dtype=bool)
+    sure = ok & (p >= 1.0)
+    certain[items[sure]] = True
+    log_miss = np.zeros(n_items)
+    part = ok & ~sure
+    np.add.at(log_miss, items[part], np.log1p(-p[part]))
+    covered = np.where(certain, 1.0, 1.0 - np.exp(log_miss))
+    return float(covered.sum() / n_items)
 
 
 def _check_k(k: int) -> int:
@@ -387,75 +528,88 @@ def _discount(k: int) -> np.ndarray:
     return 1.0 / np.log2(np.arange(2, k + 2))
 
 
-def recall_at_k(retrieved, relevant, k: int, *, per_user: bool = False):
-    """Recall@K = |relevant items in the top K| / |relevant items|.
-
-    The denominator is the number of ALL the user's relevant items, so a user
-    with 300 purchases cannot reach 1 at K=50 (see :func:`recall_capped_at_k`
-    for the min(K, |relevant|) variant). Conventions (deduplication, padding,
-    excluded users): see the module notes above.
-
+_RANKING_ARGS = """
     Args:
         retrieved: (n_users, L) int item ids, best first, -1 padding.
         relevant: sparse (n_users, n_items), list of id sequences, or padded array.
-        k: cut-off, >= 1.
+        k: cut-off, a positive integer.
+        scores: optional (n_users, L) float scores of the retrieved items,
+            non-increasing along each row: tied items count as the expectation
+            over random orders within the tie (module notes). ``None``: the
+            list order is strict.
         per_user: return the (n_users,) values (NaN for users without relevant items).
 
     Returns:
         Mean over users with >= 1 relevant item (float in [0, 1]), or per-user array.
 
     Raises:
-        ValueError / TypeError: malformed inputs, see :func:`dedupe_rows`,
-            :func:`as_relevance_csr`; no user with a relevant item.
+        ValueError: ``retrieved`` not 2-D or with ids below -1, ``k`` not a
+            positive integer, ``relevant`` with a wrong number of rows,
+            negative/NaN gains or ids below -1, ``scores`` of another shape,
+            with NaN for a retrieved item or increasing along a row, or no user
+            with a relevant item.
+        TypeError: ``retrieved`` not integer, or ``relevant`` of an unsupported type.
+"""
+
+
+def recall_at_k(retrieved, relevant, k: int, *, scores=None, per_user: bool = False):
+    """Recall@K = |relevant items in the top K| / |relevant items|.
+
+    The denominator is the number of ALL the user's relevant items, so a user
+    with 300 purchases cannot reach 1 at K=50 (see :func:`recall_capped_at_k`
+    for the min(K, |relevant|) variant). Conventions (deduplication, padding,
+    ties, excluded users): see the module notes above.
     """
-    r = _Ranked(retrieved, relevant, _check_k(k))
+    k = _check_k(k)
+    r = _Ranked(retrieved, relevant, k, scores)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return r.finish(r.hits.sum(1) / r.n_relevant, per_user)
+        return r.finish(r.expected_hits(k) / r.n_relevant, per_user)
 
 
-def recall_capped_at_k(retrieved, relevant, k: int, *, per_user: bool = False):
+def recall_capped_at_k(retrieved, relevant, k: int, *, scores=None, per_user: bool = False):
     """Capped recall@K = hits@K / min(K, |relevant|) (the "R-precision-like" variant).
 
     Reaches 1 whenever the top K is full of relevant items, even if the user
     has more than K of them. Used e.g. by Liang et al. (2018, "Variational
-    Autoencoders for Collaborative Filtering"). Same inputs, conventions and
-    errors as :func:`recall_at_k`.
+    Autoencoders for Collaborative Filtering"). Same conventions as :func:`recall_at_k`.
     """
     k = _check_k(k)
-    r = _Ranked(retrieved, relevant, k)
+    r = _Ranked(retrieved, relevant, k, scores)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return r.finish(r.hits.sum(1) / np.minimum(k, r.n_relevant), per_user)
+        return r.finish(r.expected_hits(k) / np.minimum(k, r.n_relevant), per_user)
 
 
-def precision_at_k(retrieved, relevant, k: int, *, per_user: bool = False):
+def precision_at_k(retrieved, relevant, k: int, *, scores=None, per_user: bool = False):
     """Precision@K = hits@K / K: the share of the K slots holding a relevant item.
 
     The denominator is K even when fewer than K candidates were returned (an
-    empty slot is a miss). Same inputs, conventions and errors as :func:`recall_at_k`.
+    empty slot is a miss). Same conventions as :func:`recall_at_k`.
     """
     k = _check_k(k)
-    r = _Ranked(retrieved, relevant, k)
-    return r.finish(r.hits.sum(1) / k, per_user)
+    r = _Ranked(retrieved, relevant, k, scores)
+    return r.finish(r.expected_hits(k) / k, per_user)
 
 
-def hit_rate_at_k(retrieved, relevant, k: int, *, per_user: bool = False):
+def hit_rate_at_k(retrieved, relevant, k: int, *, scores=None, per_user: bool = False):
     """HitRate@K: 1 if at least one relevant item is in the top K, else 0, averaged over users.
 
-    Same inputs, conventions and errors as :func:`recall_at_k`.
+    With ties at the cut-off it is the probability of at least one hit
+    (hypergeometric over the tied group). Same conventions as :func:`recall_at_k`.
     """
-    r = _Ranked(retrieved, relevant, _check_k(k))
-    return r.finish(r.hits.any(1).astype(np.float64), per_user)
+    k = _check_k(k)
+    r = _Ranked(retrieved, relevant, k, scores)
+    return r.finish(r.hit_upto[:, k - 1], per_user)
 
 
-def mrr_at_k(retrieved, relevant, k: int, *, per_user: bool = False):
+def mrr_at_k(retrieved, relevant, k: int, *, scores=None, per_user: bool = False):
     """MRR@K: 1 / rank of the FIRST relevant item in the top K (1-based), 0 if none.
 
-    Same inputs, conventions and errors as :func:`recall_at_k`.
+    With ties: the expectation of that reciprocal rank over random orders of
+    the tied items. Same conventions as :func:`recall_at_k`.
     """
-    r = _Ranked(retrieved, relevant, _check_k(k))
-    first = np.argmax(r.hits, axis=1)
-    values = np.where(r.hits.any(1), 1.0 / (first + 1), 0.0)
-    return r.finish(values, per_user)
+    k = _check_k(k)
+    r = _Ranked(retrieved, relevant, k, scores)
+    return r.finish(r.rr_terms[:, :k].sum(1), per_user)
 
 
 def ndcg_at_k(
@@ -465,6 +619,7 @@ def ndcg_at_k(
     *,
     graded: bool = False,
     ideal: Literal["all", "retrieved"] = "all",
+    scores=None,
     per_user: bool = False,
 ):
     """NDCG@K with linear gains and log2 discounts (Jarvelin and Kekalainen, 2002).
@@ -472,7 +627,9 @@ def ndcg_at_k(
     ``DCG@K = sum_{i=1..K} gain_i / log2(i + 1)``; ``IDCG@K`` is the DCG of the
     ideal list built from ALL the user's relevant items sorted by decreasing
     gain (not only those that were retrieved), cut to K. This is scikit-learn's
-    ``ndcg_score`` (linear gains, not 2^gain - 1) on untied scores.
+    ``ndcg_score`` (linear gains, not 2^gain - 1), including its treatment of
+    ties (``ignore_ties=False``: the gains of a tied group are averaged over
+    its positions, which is the expectation over random tie orders).
 
     Args:
         graded: ``False``: every relevant item has gain 1. ``True``: gains are
@@ -483,17 +640,25 @@ def ndcg_at_k(
             ideal list holds only the relevant items that were retrieved in
             the top K (their gains sorted); it is inflated (one hit at rank 1
             scores 1 however many items were missed) and is here only to
-            measure that inflation. Users with no hit score 0 in both.
+            measure that inflation. Users with no hit score 0 in both. Not
+            defined with ``scores`` (a ratio of random quantities).
         (others): as :func:`recall_at_k`.
 
     Returns:
         Mean NDCG@K in [0, 1] over users with >= 1 relevant item, or per-user.
+
+    Raises:
+        ValueError: unknown ``ideal``, ``ideal="retrieved"`` with ``scores``,
+            and everything :func:`recall_at_k` raises.
+        TypeError: as :func:`recall_at_k`.
     """
     if ideal not in ("all", "retrieved"):
         raise ValueError(f"ideal must be 'all' or 'retrieved', got {ideal!r}")
-    r = _Ranked(retrieved, relevant, _check_k(k))
+    if ideal == "retrieved" and scores is not None:
+        raise ValueError("ideal='retrieved' is not defined with scores (ties); use ideal='all'")
+    r = _Ranked(retrieved, relevant, _check_k(k), scores)
     disc = _discount(r.k)
-    gains = r.gains if graded else r.hits.astype(np.float64)
+    gains = r.gains if graded else r.hits
     if ideal == "all":
         best = r.ideal_gains if graded else (r.ideal_gains > 0).astype(np.float64)
     else:
@@ -513,6 +678,7 @@ def map_at_k(
     k: int,
     *,
     denominator: Literal["min_k_relevant", "n_relevant"] = "min_k_relevant",
+    scores=None,
     per_user: bool = False,
 ):
     """MAP@K: mean over users of AP@K = (1/D) * sum_{i<=K} Precision@i * rel_i.
@@ -524,36 +690,50 @@ def map_at_k(
     * ``"n_relevant"``: D = |relevant|, truncated TREC average precision;
       cannot reach 1 when |relevant| > K.
 
-    Same inputs, conventions and errors as :func:`recall_at_k`.
+    With ties: the exact expectation over random tie orders. Same
+    conventions as :func:`recall_at_k`.
+
+    Raises:
+        ValueError: unknown ``denominator``, and everything :func:`recall_at_k` raises.
+        TypeError: as :func:`recall_at_k`.
     """
     if denominator not in MAP_DENOMINATORS:
         raise ValueError(f"denominator must be one of {MAP_DENOMINATORS}, got {denominator!r}")
     k = _check_k(k)
-    r = _Ranked(retrieved, relevant, k)
-    hits = r.hits.astype(np.float64)
-    prec_at_i = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
+    r = _Ranked(retrieved, relevant, k, scores)
     d = np.minimum(k, r.n_relevant) if denominator == "min_k_relevant" else r.n_relevant
     with np.errstate(invalid="ignore", divide="ignore"):
-        return r.finish((prec_at_i * hits).sum(1) / d, per_user)
+        return r.finish(r.ap_terms[:, :k].sum(1) / d, per_user)
 
 
-def catalogue_coverage(retrieved, n_items: int, k: int) -> float:
+for _f in (recall_at_k, recall_capped_at_k, precision_at_k, hit_rate_at_k, mrr_at_k):
+    _f.__doc__ += _RANKING_ARGS
+
+
+def catalogue_coverage(retrieved, n_items: int, k: int, *, scores=None) -> float:
     """Share of the catalogue that appears in at least one user's top K.
 
     ``|union of top-K items over ALL rows| / n_items``; rows are deduplicated
     first and -1 padding is ignored. All users count (relevance plays no role).
+    With ``scores``, the expectation over random orders within tie groups
+    (independently per user): an item tied at a user's cut-off counts with
+    its probability of making that top K.
 
     Raises:
-        ValueError: ``n_items < 1`` or an item id ``>= n_items``.
+        ValueError: ``n_items < 1``, ``k`` not a positive integer, an item id
+            ``>= n_items`` in the top K, malformed ``retrieved`` or ``scores``
+            (see :func:`recall_at_k`).
+        TypeError: ``retrieved`` not integer.
     """
     k = _check_k(k)
     if n_items < 1:
         raise ValueError(f"n_items must be >= 1, got {n_items}")
-    top = dedupe_rows(retrieved, k)
-    items = np.unique(top[top >= 0])
-    if items.size and items[-1] >= n_items:
-        raise ValueError(f"retrieved holds item id {int(items[-1])} >= n_items={n_items}")
-    return float(items.size / n_items)
+    arr = _as_id_matrix(retrieved)
+    # relevance plays no role: a dummy "relevant" column keeps _Ranked's checks
+    r = _Ranked(arr, [[0]] * arr.shape[0], k, scores) if arr.shape[0] else None
+    if r is None:
+        return 0.0
+    return _expected_coverage(r, n_items, k)
 
 
 RANKING_METRICS = (
@@ -567,6 +747,7 @@ def ranking_metrics(
     ks,
     *,
     n_items: int | None = None,
+    scores=None,
     per_user: bool = False,
 ):
     """All ranking metrics at several cut-offs from ONE lookup (for curves and tables).
@@ -575,10 +756,12 @@ def ranking_metrics(
     :func:`precision_at_k`, :func:`hit_rate_at_k`, :func:`mrr_at_k`,
     :func:`ndcg_at_k` (binary, and ``graded=True`` as ``ndcg_graded``) and
     :func:`map_at_k` (default denominator) at each K, and
-    :func:`catalogue_coverage` when ``n_items`` is given.
+    :func:`catalogue_coverage` when ``n_items`` is given, all with the same
+    ``scores`` (tie handling, see the module notes).
 
     Args:
         ks: iterable of cut-offs >= 1.
+        scores: optional (n_users, L) scores of the retrieved items.
         per_user: if True, return ``{metric: (n_users, len(ks)) array}`` (NaN
             for users without relevant items; coverage omitted).
 
@@ -586,22 +769,25 @@ def ranking_metrics(
         ``pandas.DataFrame`` indexed by K with one column per metric (means over
         users with >= 1 relevant item, plus ``n_users`` evaluated), or the
         per-user dict.
+
+    Raises:
+        ValueError: ``ks`` empty or holding a non-positive integer, an item id
+            ``>= n_items``, and everything :func:`recall_at_k` raises.
+        TypeError: as :func:`recall_at_k`.
     """
     ks = sorted({_check_k(k) for k in ks})
     if not ks:
         raise ValueError("ks is empty")
     kmax = ks[-1]
-    r = _Ranked(retrieved, relevant, kmax)
-    hits = r.hits.astype(np.float64)
+    r = _Ranked(retrieved, relevant, kmax, scores)
     disc = _discount(kmax)
-    positions = np.arange(1, kmax + 1)
-    cum_hits = np.cumsum(hits, axis=1)
-    dcg = np.cumsum(hits * disc, axis=1)
+    cum_hits = np.cumsum(r.hits, axis=1)
+    dcg = np.cumsum(r.hits * disc, axis=1)
     dcg_g = np.cumsum(r.gains * disc, axis=1)
     idcg = np.cumsum((r.ideal_gains > 0) * disc, axis=1)
     idcg_g = np.cumsum(r.ideal_gains * disc, axis=1)
-    ap_num = np.cumsum(cum_hits / positions * hits, axis=1)
-    first = np.where(r.hits.any(1), np.argmax(r.hits, axis=1) + 1, np.iinfo(np.int64).max)
+    ap_num = np.cumsum(r.ap_terms[:, :kmax], axis=1)
+    rr = np.cumsum(r.rr_terms[:, :kmax], axis=1)
     out: dict[str, list] = {m: [] for m in RANKING_METRICS}
     nrel = r.n_relevant
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -610,8 +796,8 @@ def ranking_metrics(
             out["recall"].append(cum_hits[:, c] / nrel)
             out["recall_capped"].append(cum_hits[:, c] / np.minimum(k, nrel))
             out["precision"].append(cum_hits[:, c] / k)
-            out["hit_rate"].append((cum_hits[:, c] > 0).astype(np.float64))
-            out["mrr"].append(np.where(first <= k, 1.0 / np.minimum(first, k + 1), 0.0))
+            out["hit_rate"].append(r.hit_upto[:, c])
+            out["mrr"].append(rr[:, c])
             out["ndcg"].append(dcg[:, c] / idcg[:, c])
             out["ndcg_graded"].append(dcg_g[:, c] / idcg_g[:, c])
             out["map"].append(ap_num[:, c] / np.minimum(k, nrel))
@@ -620,13 +806,6 @@ def ranking_metrics(
         return per
     table = pd.DataFrame({m: np.nanmean(v, axis=0) for m, v in per.items()}, index=pd.Index(ks, name="K"))
     if n_items is not None:
-        # Coverage at every K from one pass: the best rank at which each item appears.
-        if r.top.max() >= n_items:
-            raise ValueError(f"retrieved holds item id {int(r.top.max())} >= n_items={n_items}")
-        best = np.full(n_items, kmax, dtype=np.int64)
-        cols = np.broadcast_to(np.arange(kmax), r.top.shape)
-        ok = r.top >= 0
-        np.minimum.at(best, r.top[ok], cols[ok])
-        table["coverage"] = [float((best < k).sum() / n_items) for k in ks]
+        table["coverage"] = [_expected_coverage(r, n_items, k) for k in ks]
     table["n_users"] = int(r.valid.sum())
     return table

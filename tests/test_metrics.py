@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -331,3 +332,104 @@ def test_ranking_bad_input(retrieved, relevant, k, err, match):
 def test_map_rejects_unknown_denominator():
     with pytest.raises(ValueError, match="denominator"):
         M.map_at_k(np.array([[1]]), [[1]], 1, denominator="k")
+
+
+# --- ties in the scores (issue 10, item 1) ---------------------------------
+
+
+def test_log_loss_clips_like_sklearn_at_both_ends():
+    # scikit-learn clips at the float64 machine epsilon: -ln(2.220446e-16) = 36.0437 nats
+    eps = np.finfo(np.float64).eps
+    assert M.log_loss([1], [0.0]) == pytest.approx(-math.log(eps), rel=1e-12)
+    assert M.log_loss([1], [0.0]) == pytest.approx(36.04365338911715, rel=1e-12)
+    assert M.log_loss([0], [1.0]) == pytest.approx(-math.log(eps), rel=1e-12)
+    assert M.log_loss([1], [1.0]) == pytest.approx(-math.log1p(-eps), rel=1e-9)
+    for y, p in (([1], [0.0]), ([0], [1.0]), ([1, 0], [1.0, 0.0]), ([1, 0, 1], [0.0, 1.0, 0.5])):
+        assert M.log_loss(y, p) == pytest.approx(skm.log_loss(y, p, labels=[0, 1]), rel=1e-12)
+    # the older 1e-15 convention stays available and is named
+    assert M.log_loss([1], [0.0], eps=1e-15) == pytest.approx(-math.log(1e-15))
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf])
+def test_log_loss_names_a_non_finite_probability(bad):
+    with pytest.raises(ValueError, match=r"p\[1\]"):
+        M.log_loss([0, 1], [0.5, bad])
+
+
+def test_constant_scores_count_as_random_order_hand_computed():
+    # five candidates all scored 0.5, the relevant one listed first: every metric at K=1 is 1/5
+    retrieved = np.array([[0, 1, 2, 3, 4]])
+    scores = np.full((1, 5), 0.5)
+    for fn in (M.recall_at_k, M.recall_capped_at_k, M.precision_at_k, M.hit_rate_at_k, M.mrr_at_k,
+               M.ndcg_at_k, M.map_at_k):
+        assert fn(retrieved, [[0]], 1, scores=scores) == pytest.approx(0.2), fn.__name__
+        assert fn(retrieved, [[0]], 1) == 1.0, fn.__name__  # without scores the order is strict
+    # K=2: recall 2/5; hit rate 1 - C(4,2)/C(5,2) = 2/5; MRR (1/5)(1) + (1/5)(1/2) = 0.3
+    assert M.recall_at_k(retrieved, [[0]], 2, scores=scores) == pytest.approx(0.4)
+    assert M.hit_rate_at_k(retrieved, [[0]], 2, scores=scores) == pytest.approx(0.4)
+    assert M.mrr_at_k(retrieved, [[0]], 2, scores=scores) == pytest.approx(0.3)
+    # two relevant among the five, K=1: hit rate 2/5, recall (2/5)/2
+    assert M.hit_rate_at_k(retrieved, [[0, 3]], 1, scores=scores) == pytest.approx(0.4)
+    assert M.recall_at_k(retrieved, [[0, 3]], 1, scores=scores) == pytest.approx(0.2)
+    table = M.ranking_metrics(retrieved, [[0]], [1, 2, 5], scores=scores, n_items=5)
+    assert table.loc[1, "recall"] == pytest.approx(0.2)
+    assert table.loc[1, "coverage"] == pytest.approx(0.2)  # each item has probability 1/5
+    assert table.loc[5, "coverage"] == pytest.approx(1.0)
+    assert M.catalogue_coverage(retrieved, 5, 2, scores=scores) == pytest.approx(0.4)
+
+
+def _tie_orders(row, scores):
+    """Every order of ``row`` that permutes items within equal scores (the oracle's sample space)."""
+    groups = [list(g) for _, g in itertools.groupby(zip(row, scores, strict=True), key=lambda x: x[1])]
+    for perms in itertools.product(*[itertools.permutations([i for i, _ in g]) for g in groups]):
+        yield [i for p in perms for i in p]
+
+
+def test_tie_expectations_equal_brute_force_enumeration():
+    # the oracle: the independent plain loop above, averaged over every order of the tied items
+    rng = np.random.default_rng(11)
+    n_users, width = 25, 7
+    retrieved = np.stack([rng.permutation(12)[:width] for _ in range(n_users)])
+    scores = -np.sort(-rng.integers(0, 3, (n_users, width)).astype(float), axis=1)  # many ties
+    relevant = [list(np.flatnonzero(rng.random(12) < 0.3)) + [0] for _ in range(n_users)]
+    ks = [1, 2, 4, 7]
+    got = M.ranking_metrics(retrieved, relevant, ks, scores=scores, per_user=True)
+    for u in range(n_users):
+        orders = list(_tie_orders(retrieved[u], scores[u]))
+        for c, k in enumerate(ks):
+            per_order = [_loop_reference([o], [relevant[u]], k) for o in orders]
+            for name in per_order[0]:
+                expected = np.mean([v[name] for v in per_order])
+                assert got[name][u, c] == pytest.approx(expected, rel=1e-10, abs=1e-12), (name, u, k)
+
+
+def test_tied_ndcg_matches_sklearn_tie_averaging():
+    rng = np.random.default_rng(5)
+    n_users, n_items = 30, 20
+    item_scores = rng.integers(0, 4, (n_users, n_items)).astype(float)  # heavy ties
+    gains = (rng.random((n_users, n_items)) < 0.25) * rng.integers(1, 4, (n_users, n_items))
+    gains[:, 1] += 1
+    order = np.argsort(-item_scores, axis=1, kind="stable")
+    listed = np.take_along_axis(item_scores, order, axis=1)
+    rel = sp.csr_array(gains.astype(float))
+    for k in (1, 3, 10, 20):
+        assert M.ndcg_at_k(order, rel, k, graded=True, scores=listed) == pytest.approx(
+            skm.ndcg_score(gains, item_scores, k=k), rel=1e-10
+        )
+        assert M.ndcg_at_k(order, rel, k, scores=listed) == pytest.approx(
+            skm.ndcg_score(gains > 0, item_scores, k=k), rel=1e-10
+        )
+
+
+def test_scores_are_checked():
+    retrieved = np.array([[0, 1, 2]])
+    with pytest.raises(ValueError, match="non-increasing"):
+        M.recall_at_k(retrieved, [[0]], 1, scores=[[0.1, 0.5, 0.2]])
+    with pytest.raises(ValueError, match="shape"):
+        M.recall_at_k(retrieved, [[0]], 1, scores=[[0.1, 0.5]])
+    with pytest.raises(ValueError, match="NaN"):
+        M.recall_at_k(retrieved, [[0]], 1, scores=[[np.nan, 0.5, 0.2]])
+    with pytest.raises(ValueError, match="retrieved"):
+        M.ndcg_at_k(retrieved, [[0]], 1, ideal="retrieved", scores=[[1.0, 1.0, 1.0]])
+    # padding slots are ignored, whatever their score
+    assert M.recall_at_k(np.array([[0, -1]]), [[0]], 1, scores=[[0.3, 9.0]]) == 1.0
