@@ -124,9 +124,60 @@ def make_logistic(
 # --- the DNN ------------------------------------------------------------------
 
 
+def bce_with_logits(logits, labels):
+    """Mean binary cross-entropy from logits (torch), with the limits for infinite logits.
+
+    ``softplus(-z)`` for label 1 and ``softplus(z)`` for label 0: the same
+    numbers as ``torch.nn.BCEWithLogitsLoss`` for finite logits, and the
+    package's rule for infinite ones (:func:`ecrec.mlp.log_loss_from_logits`):
+    ``y = 1, z = +inf`` costs 0 (torch's own loss gives ``nan``),
+    ``y = 0, z = +inf`` costs ``+inf``.
+
+    Args:
+        logits: (n,) float tensor.
+        labels: (n,) tensor of 0/1 labels.
+
+    Returns:
+        A 0-d tensor (differentiable).
+
+    Raises:
+        ValueError: shapes differ, or NaN in ``logits`` (the first rows are named).
+    """
+    import torch
+
+    if logits.shape != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} differ in shape")
+    nan = torch.isnan(logits.detach())
+    if bool(nan.any()):
+        rows = torch.nonzero(nan).flatten()[:5].tolist()
+        raise ValueError(f"logits contain NaN at rows {rows} ({int(nan.sum())} in all)")
+    sp = torch.nn.functional.softplus
+    return torch.where(labels > 0.5, sp(-logits), sp(logits)).mean()
+
+
+def _check_finite_loss(loss, logits, where: str) -> None:
+    """Stop training with an error naming the rows whose logits made the loss infinite."""
+    import torch
+
+    if bool(torch.isfinite(loss.detach())):
+        return
+    bad = ~torch.isfinite(logits.detach())
+    rows = torch.nonzero(bad).flatten()[:5].tolist()
+    raise FloatingPointError(
+        f"{where}: the loss is {float(loss):g}; non-finite logits at batch rows {rows} "
+        f"({int(bad.sum())} in all). Training diverged: lower the learning rate or check the inputs."
+    )
+
+
+
 @dataclass
 class DnnConfig:
-    """Hyper-parameters of :func:`train_dnn` (sizes in units, rates per step)."""
+    """Hyper-parameters of :func:`train_dnn` (sizes in units, rates per step).
+
+    Raises:
+        ValueError: unknown ``monitor``, ``emb_dim``/``batch_size``/``max_epochs``/
+            ``patience`` below 1, or ``dropout``/``id_dropout`` outside [0, 1).
+    """
 
     emb_dim: int = 16
     hidden: tuple[int, ...] = (128, 64)
@@ -159,6 +210,12 @@ class CtrPreprocessor:
     ``num`` (n, m) float32, and when enabled ``hist`` (n, history_len)
     int64 (0 unknown, ``n_items`` padding) and ``text`` (n,) int64 (row of
     the text table; the last row is the zero "no text" vector).
+
+    Raises:
+        ValueError: ``sequence=True`` without ``item_id`` among ``categorical``
+            (constructor); columns missing from the frame (``fit``; ``transform``
+            raises pandas' ``KeyError`` for them).
+        RuntimeError: ``transform`` before ``fit``.
     """
 
     def __init__(
@@ -309,9 +366,15 @@ class TrainedDnn:
         return out
 
     def predict_proba(self, df: pd.DataFrame, batch_size: int = 8192) -> np.ndarray:
-        """Click (purchase) probability of each row of ``df``; unseen ids use the unknown bucket."""
-        logits = self.predict_logits_arrays(self.preprocessor.transform(df), batch_size)
-        return 1.0 / (1.0 + np.exp(-logits))
+        """Click (purchase) probability of each row of ``df``; unseen ids use the unknown bucket.
+
+        Raises:
+            RuntimeError: the preprocessor is not fitted.
+            ValueError: columns the model needs are missing from ``df``.
+        """
+        from scipy.special import expit
+
+        return expit(self.predict_logits_arrays(self.preprocessor.transform(df), batch_size))
 
 
 def train_dnn(
@@ -352,7 +415,12 @@ def train_dnn(
         ``history`` has ``train_loss``, ``valid_loss`` and ``valid_auc`` per epoch.
 
     Raises:
-        ValueError: missing columns, or a split without both labels.
+        ValueError: missing columns, a split without both labels, ``sequence``
+            without ``item_id`` among ``categorical``, NaN logits during
+            training (:func:`bce_with_logits`), or NaN validation predictions
+            (from :func:`ecrec.metrics.roc_auc`).
+        FloatingPointError: the training loss became infinite (the error
+            names the batch rows with non-finite logits).
     """
     import torch
 
@@ -380,7 +448,6 @@ def train_dnn(
     y_valid = valid["label"].to_numpy()
     id_cols = [i for i, c in enumerate(categorical) if c in ("user_id", "item_id")]
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
     gen = torch.Generator().manual_seed(cfg.seed)
     best, best_state, waited = -np.inf, None, 0
     from tqdm.auto import tqdm
@@ -396,12 +463,16 @@ def train_dnn(
                 drop = torch.rand(len(idx), len(id_cols), generator=gen) < cfg.id_dropout
                 cat = cat.clone()
                 cat[:, id_cols] = cat[:, id_cols].masked_fill(drop, 0)
-            loss = loss_fn(net(cat, num, hist, txt), y[idx])
+            logits = net(cat, num, hist, txt)
+            loss = bce_with_logits(logits, y[idx])
+            _check_finite_loss(loss, logits, f"train_dnn epoch {epoch + 1}")
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
-        p_valid = 1.0 / (1.0 + np.exp(-model.predict_logits_arrays(va)))
+        from scipy.special import expit
+
+        p_valid = expit(model.predict_logits_arrays(va))
         auc, loss = roc_auc(y_valid, p_valid), log_loss(y_valid, p_valid)
         model.history["train_loss"].append(total / len(y))
         model.history["valid_loss"].append(loss)

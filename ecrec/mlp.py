@@ -140,23 +140,32 @@ def log_loss_from_logits(y_true, logits, reduction: str = "mean"):
 
     Equal to ``-[y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))]`` but finite
     for every finite logit (``z = 1000, y = 0`` costs 1000, not ``inf``); the
-    same quantity as ``torch.nn.BCEWithLogitsLoss``.
+    same quantity as ``torch.nn.BCEWithLogitsLoss``. Computed as
+    ``softplus(-z)`` for ``y = 1`` and ``softplus(z)`` for ``y = 0`` (the same
+    numbers for finite ``z``), so that infinite logits get their limits, the
+    mathematically right values, instead of ``inf - inf = nan``:
+    ``y = 1, z = +inf`` costs 0 and ``y = 0, z = +inf`` costs ``+inf``
+    (mirror for ``-inf``). ``torch.nn.BCEWithLogitsLoss`` returns ``nan`` for
+    the first case. Every loss of the package follows this rule (limits for
+    infinite logits, an error for NaN); training loops stop with an error
+    naming the rows when a loss becomes infinite.
 
     Args:
         y_true: (n,) labels in {0, 1}.
-        logits: (n,) real logits ``z``.
+        logits: (n,) real logits ``z``; +-inf allowed.
         reduction: ``"mean"`` (a float), ``"sum"`` (a float) or ``"none"``
             (the (n,) per-example losses).
 
     Raises:
-        ValueError: shapes differ, empty input, NaN, labels outside {0, 1},
-            unknown ``reduction``.
+        ValueError: shapes differ, empty input, not 1-D, NaN (its index is
+            named), labels outside {0, 1}, unknown ``reduction``.
+        TypeError: non-numeric input.
     """
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     z = _check_logits(logits)
-    y = _check_labels(y_true, len(z)).astype(z.dtype)
-    loss = softplus(z) - y * z
+    y = _check_labels(y_true, len(z))
+    loss = np.where(y == 1, softplus(-z), softplus(z))
     if reduction == "none":
         return loss
     return float(loss.sum() if reduction == "sum" else loss.mean())
@@ -167,7 +176,8 @@ def log_loss_grad(y_true, logits, reduction: str = "mean") -> np.ndarray:
 
     ``dL/dz_i = (sigmoid(z_i) - y_i) / n`` for ``"mean"`` (without the
     ``1/n`` for ``"sum"`` and ``"none"``). Always in [-1, 1]: a confidently
-    wrong prediction gets the largest push, never ``inf`` or ``nan``.
+    wrong prediction gets the largest push, never ``inf`` or ``nan`` (also
+    for infinite logits: ``sigmoid(+inf) = 1``).
 
     Args:
         y_true: (n,) labels in {0, 1}.
@@ -179,6 +189,7 @@ def log_loss_grad(y_true, logits, reduction: str = "mean") -> np.ndarray:
 
     Raises:
         ValueError: as :func:`log_loss_from_logits`.
+        TypeError: non-numeric input.
     """
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")

@@ -141,3 +141,28 @@ def test_logistic_is_seeded(frame):
     data, _ = frame
     model = ctr.make_logistic(["ids"], data.columns, seed=7)
     assert model.named_steps["model"].random_state == 7
+
+
+# --- non-finite logits (issue 10, item 3): the package's loss rule in torch ----
+
+
+def test_bce_with_logits_matches_torch_and_takes_limits_for_inf():
+    import torch
+
+    z = torch.tensor([0.3, -2.0, 40.0, -40.0], dtype=torch.float64)
+    y = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(z, y)
+    assert float(ctr.bce_with_logits(z, y)) == pytest.approx(float(ref), rel=1e-12)
+    inf = torch.tensor([float("inf"), float("-inf")], dtype=torch.float64)
+    assert float(ctr.bce_with_logits(inf, torch.tensor([1.0, 0.0], dtype=torch.float64))) == 0.0
+    assert float(ctr.bce_with_logits(inf[:1], torch.tensor([0.0], dtype=torch.float64))) == float("inf")
+    with pytest.raises(ValueError, match=r"NaN at rows \[1\]"):
+        ctr.bce_with_logits(torch.tensor([0.0, float("nan")]), torch.tensor([1.0, 0.0]))
+
+
+def test_infinite_training_loss_names_the_rows():
+    import torch
+
+    logits = torch.tensor([0.0, float("inf"), 1.0])
+    with pytest.raises(FloatingPointError, match=r"rows \[1\]"):
+        ctr._check_finite_loss(ctr.bce_with_logits(logits, torch.tensor([1.0, 0.0, 1.0])), logits, "test")

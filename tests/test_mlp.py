@@ -348,3 +348,39 @@ def test_gradient_descent_logistic_regression_matches_sklearn():
     sk = LogisticRegression(C=C, tol=1e-12, max_iter=10_000).fit(X, y)
     np.testing.assert_allclose(params[0][0], sk.coef_[0], atol=1e-6)
     np.testing.assert_allclose(params[1], sk.intercept_, atol=1e-6)
+
+
+# --- non-finite logits (issue 10, item 3) ----------------------------------
+
+
+def test_infinite_logits_get_the_limits_of_the_loss():
+    y = np.array([1, 0, 0, 1])
+    z = np.array([np.inf, np.inf, -np.inf, -np.inf])
+    # hand-computed limits: y=1, z->+inf costs 0; y=0, z->+inf costs +inf; mirrored for -inf
+    np.testing.assert_array_equal(log_loss_from_logits(y, z, "none"), [0.0, np.inf, 0.0, np.inf])
+    assert log_loss_from_logits([1], [np.inf]) == 0.0
+    assert log_loss_from_logits([0], [np.inf]) == np.inf
+    assert log_loss_from_logits([0], [-np.inf]) == 0.0
+    np.testing.assert_array_equal(log_loss_grad(y, z, "none"), [0.0, 1.0, 0.0, -1.0])
+    # the limit is what torch gives just before overflow (torch itself returns nan for y=1, z=+inf)
+    big = np.array([1e4, 1e4, -1e4, -1e4])
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.tensor(big), torch.tensor(y, dtype=torch.float64), reduction="none").numpy()
+    np.testing.assert_allclose(log_loss_from_logits(y, big, "none"), ref, rtol=1e-12, atol=0)
+    assert log_loss_from_logits(y[[0, 2]], z[[0, 2]]) == 0.0
+
+
+def test_finite_logits_unchanged_and_match_torch():
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 30, 200)
+    y = rng.integers(0, 2, 200)
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.tensor(z), torch.tensor(y, dtype=torch.float64), reduction="none").numpy()
+    # both forms are exact up to the rounding of z itself (about 1e-14 here)
+    np.testing.assert_allclose(log_loss_from_logits(y, z, "none"), ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(log_loss_from_logits(y, z, "none"), softplus(z) - y * z, rtol=1e-12, atol=1e-12)
+
+
+def test_nan_logits_are_named():
+    with pytest.raises(ValueError, match=r"NaN at index \(1,\)"):
+        log_loss_from_logits([1, 0], [0.0, np.nan])
