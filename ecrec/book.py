@@ -7,8 +7,21 @@ the runner
    ``parameters`` and that every parameter passed in is defined there
    (papermill itself only warns about unknown names);
 2. executes it with papermill on the ``python3`` kernel, failing on the first
-   cell error, and keeps the executed notebook, error or not;
-3. leaves ``metrics.json`` where the notebook's ``output_dir`` says.
+   cell error or on a cell that runs longer than ``--cell-timeout`` seconds
+   (default 1800), and keeps the executed notebook, error or not, with the
+   outcome in its metadata (``metadata.ecrec``);
+3. tidies the executed notebook's text streams: a progress bar leaves one
+   line, its final state, instead of one output per refresh
+   (:func:`tidy_streams`);
+4. leaves ``metrics.json`` where the notebook's ``output_dir`` says.
+
+The kernels run offline (``HF_HUB_OFFLINE``), with ``PYTHONHASHSEED=0`` so
+that ``hash()`` of a string, and the order of a set of strings, is the same
+in every run, with tqdm refreshing only at the start and the end of a loop
+(``TQDM_MININTERVAL``), and without tqdm's "IProgress not found" warning.
+
+``build`` refuses to build from a failed run: it names the failed chapters
+and exits non-zero.
 
 Layout of a run (``--output``, default ``_output``)::
 
@@ -18,9 +31,13 @@ Layout of a run (``--output``, default ``_output``)::
 
 Command line (the README's main job is ``python -m ecrec.book all``)::
 
-    python -m ecrec.book run   [--profile auto] [--only 01 03] [-p name=value ...]
+    python -m ecrec.book run   [--profile auto] [--only 01 03] [-p name=value ...] [--cell-timeout 1800]
     python -m ecrec.book build [--profile auto]
-    python -m ecrec.book all   [--profile auto]
+    python -m ecrec.book all   [--profile auto] [-p name=value ...]
+    python -m ecrec.book sync-colab   # after changing repository.url in book/_config.yml
+
+A ``-p name=value`` goes to every chapter that defines ``name`` in its
+parameters cell; a name that no chapter (of those run) defines is an error.
 """
 
 from __future__ import annotations
@@ -29,6 +46,7 @@ import argparse
 import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +59,25 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 BOOK_SRC = ROOT / "book"
 KERNEL = "python3"
+DEFAULT_CELL_TIMEOUT = 1800.0  # seconds; the longest smoke cell takes well under a minute
+
+# The environment of every chapter's kernel (only where the caller has not set it).
+KERNEL_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    # hash() of str is seeded at interpreter start-up: fix it for the kernel.
+    "PYTHONHASHSEED": "0",
+    # tqdm >= 4.66 reads TQDM_<ARG> as the default of <arg>: draw a bar when it
+    # starts and when it ends, not every 0.1 s (the executed notebook stores
+    # every refresh as an output; tidy_streams keeps the last).
+    "TQDM_MININTERVAL": "1e9",
+    "TQDM_MAXINTERVAL": "1e9",
+}
+# tqdm.auto warns that ipywidgets is missing and falls back to text bars,
+# which are what a static book shows anyway.
+KERNEL_WARNING_FILTERS = ("ignore:IProgress not found",)
 
 
 class NotebookError(RuntimeError):
@@ -49,6 +86,8 @@ class NotebookError(RuntimeError):
 
 @dataclass
 class RunResult:
+    """The outcome of executing one chapter (``ok`` False: ``error`` says why)."""
+
     name: str
     executed: Path
     output_dir: Path
@@ -58,7 +97,11 @@ class RunResult:
 
 
 def discover(only: list[str] | None = None, notebooks_dir: Path = NOTEBOOKS) -> list[Path]:
-    """The chapter sources ``NN_slug.py``, sorted; ``only`` filters by prefix ("01", "03_features")."""
+    """The chapter sources ``NN_slug.py``, sorted; ``only`` filters by prefix ("01", "03_features").
+
+    Raises:
+        NotebookError: a prefix in ``only`` matches no chapter.
+    """
     paths = sorted(p for p in notebooks_dir.glob("[0-9][0-9]_*.py"))
     if only:
         wanted = [p for p in paths if any(p.stem.startswith(o) for o in only)]
@@ -70,7 +113,11 @@ def discover(only: list[str] | None = None, notebooks_dir: Path = NOTEBOOKS) -> 
 
 
 def read_notebook(path: Path):
-    """Read a percent ``.py`` (or ``.ipynb``) as an nbformat notebook with the python3 kernel."""
+    """Read a percent ``.py`` (or ``.ipynb``) as an nbformat notebook with the python3 kernel.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+    """
     import jupytext
 
     nb = jupytext.read(path)
@@ -81,8 +128,11 @@ def read_notebook(path: Path):
 def parameters_cell(nb, source: str = "notebook") -> dict[str, Any]:
     """Names and default values assigned in the one cell tagged ``parameters``.
 
+    A value that is not a Python literal (e.g. ``Path("x")``) is read as ``None``.
+
     Raises:
         NotebookError: no cell, or more than one cell, carries the tag.
+        SyntaxError: the parameters cell is not valid Python.
     """
     cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
@@ -104,12 +154,41 @@ def parameters_cell(nb, source: str = "notebook") -> dict[str, Any]:
 
 
 def check_parameters(given: dict[str, Any], defined: dict[str, Any], source: str) -> None:
-    """Raise :class:`NotebookError` for a parameter name the notebook does not define."""
+    """Check that every name in ``given`` is defined in the notebook's parameters cell.
+
+    Raises:
+        NotebookError: a name in ``given`` is not in ``defined``.
+    """
     unknown = sorted(set(given) - set(defined))
     if unknown:
         raise NotebookError(
             f"{source}: unknown parameter(s) {unknown}; this notebook accepts {sorted(defined)}."
         )
+
+
+def _kernel_env() -> dict[str, str]:
+    """``os.environ`` with :data:`KERNEL_ENV` filled in and tqdm's widget warning silenced."""
+    env = dict(os.environ)
+    for key, value in KERNEL_ENV.items():
+        env.setdefault(key, value)
+    filters = [f for f in env.get("PYTHONWARNINGS", "").split(",") if f]
+    env["PYTHONWARNINGS"] = ",".join(filters + [f for f in KERNEL_WARNING_FILTERS if f not in filters])
+    return env
+
+
+def _first_line(source: str) -> str:
+    lines = [line for line in source.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    text = lines[0].strip() if lines else source.strip()[:60]
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _timed_out_cell(nb) -> str:
+    """Name the cell a timeout stopped: the last code cell that started, as "In [n]: first line"."""
+    started = [c for c in nb.cells if c.cell_type == "code" and c.get("execution_count") is not None]
+    if not started:
+        return "an unknown cell"
+    cell = started[-1]
+    return f"cell In [{cell.execution_count}] ({_first_line(cell.source)!r})"
 
 
 def execute(
@@ -118,17 +197,29 @@ def execute(
     parameters: dict[str, Any] | None = None,
     *,
     progress: bool = True,
+    cell_timeout: float | None = DEFAULT_CELL_TIMEOUT,
+    requested_profile: str | None = None,
 ) -> RunResult:
     """Execute one chapter into ``run_dir``; never raises for a cell error, see ``RunResult.ok``.
 
     ``output_dir`` is set to ``run_dir/<stem>`` unless given in ``parameters``.
+    A cell that runs longer than ``cell_timeout`` seconds (``None`` or 0: no
+    limit) stops the chapter; ``RunResult.error`` names the cell. The outcome is
+    also written into the executed notebook's ``metadata.ecrec`` (``ok``,
+    ``error``, ``requested_profile``, ``cell_timeout``), where :func:`build`
+    reads it, and its streams are tidied with :func:`tidy_streams`.
 
     Raises:
-        NotebookError: malformed parameters cell or unknown parameter name.
+        NotebookError: malformed parameters cell, unknown parameter name, or a
+            negative ``cell_timeout``.
     """
     import nbformat
     import papermill
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
+    if cell_timeout is not None and cell_timeout < 0:
+        raise NotebookError(f"cell_timeout must be >= 0 seconds (0: no limit), got {cell_timeout}")
+    timeout = cell_timeout or None
     nb = read_notebook(path)
     defined = parameters_cell(nb, str(path))
     parameters = dict(parameters or {})
@@ -143,12 +234,11 @@ def execute(
     source_ipynb = executed_dir / f".{path.stem}.input.ipynb"
     nbformat.write(nb, source_ipynb)
     executed = executed_dir / f"{path.stem}.ipynb"
+    executed.unlink(missing_ok=True)  # never leave an older run's notebook behind a failed start
     started = time.time()
     env_before = dict(os.environ)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    os.environ.clear()
+    os.environ.update(_kernel_env())  # the kernel inherits the runner's environment
     try:
         papermill.execute_notebook(
             str(source_ipynb),
@@ -158,15 +248,201 @@ def execute(
             cwd=str(NOTEBOOKS),
             progress_bar=progress,
             log_output=False,
+            execution_timeout=timeout,
         )
         ok, error = True, ""
     except papermill.PapermillExecutionError as exc:
         ok, error = False, f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})"
+    except CellTimeoutError:
+        cell = _timed_out_cell(nbformat.read(executed, as_version=4)) if executed.is_file() else "a cell"
+        ok, error = False, (f"{cell} did not finish within {timeout:g} s (--cell-timeout); "
+                            "the chapter was stopped there")
+    except DeadKernelError as exc:
+        ok, error = False, f"the kernel died (out of memory?): {exc}"
     finally:
         os.environ.clear()
         os.environ.update(env_before)
         source_ipynb.unlink(missing_ok=True)
-    return RunResult(path.stem, executed, output_dir, ok, time.time() - started, error)
+    seconds = time.time() - started
+    if executed.is_file():
+        from ecrec.io import atomic_write_text
+
+        done = nbformat.read(executed, as_version=4)
+        tidy_streams(done)
+        done.metadata["ecrec"] = {
+            "ok": ok, "error": error, "seconds": round(seconds, 1),
+            "requested_profile": requested_profile or parameters.get("profile"),
+            "cell_timeout": timeout,
+        }
+        atomic_write_text(executed, nbformat.writes(done))
+    elif ok:  # pragma: no cover - papermill always writes its output
+        ok, error = False, "papermill wrote no executed notebook"
+    return RunResult(path.stem, executed, output_dir, ok, seconds, error)
+
+
+# --- tidying the executed notebooks' text streams ---------------------------
+
+
+def _collapse_carriage_returns(text: str) -> str:
+    r"""What a terminal shows: on each line, only the text after the last ``\r`` that has any."""
+    lines = []
+    for line in text.split("\n"):
+        pieces = [p for p in line.split("\r") if p]
+        lines.append(pieces[-1] if pieces else "")
+    return "\n".join(lines)
+
+
+def tidy_streams(nb) -> int:
+    r"""Make each code cell's ``stdout``/``stderr`` outputs read as a terminal would show them.
+
+    A progress bar redraws its line with ``\r``; a kernel sends each redraw as
+    its own stream output, so an executed notebook stores one output per
+    refresh (hundreds of grey blocks in the book). Per cell and per stream,
+    this
+
+    * drops an unfinished line (no ``\n`` yet) that a later output of the
+      same stream overwrites with ``\r``, even across other outputs between
+      them (a loop that prints while its bar runs), and moves a lone
+      ``\n`` that finishes such a line back onto it;
+    * merges consecutive outputs of the same stream;
+    * keeps, on each line, the text after the last ``\r``; and drops outputs
+      left empty or blank (a bar with ``leave=False`` clears itself).
+
+    It is idempotent and changes nothing else. Returns how many outputs it removed.
+    """
+    removed = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code" or not cell.get("outputs"):
+            continue
+        new: list = []
+        open_line: dict[str, Any] = {}  # stream name -> the output holding its unfinished line
+        had_cr: set[int] = set()
+        for out in cell.outputs:
+            if out.get("output_type") != "stream":
+                new.append(out)
+                continue
+            name, text = out.get("name", "stdout"), out.get("text", "")
+            if isinstance(text, list):
+                text = "".join(text)
+            holder = open_line.get(name)
+            if holder is not None and holder is not (new[-1] if new else None):
+                if text.startswith("\r"):
+                    cut = holder["text"].rfind("\n")
+                    holder["text"] = holder["text"][: cut + 1]
+                elif text.startswith("\n"):
+                    holder["text"] += "\n"
+                    text = text[1:]
+                    open_line.pop(name)
+            prev = new[-1] if new else None
+            if prev is not None and prev.get("output_type") == "stream" and prev.get("name") == name:
+                prev["text"] += text
+                target = prev
+            else:
+                target = out
+                target["text"] = text
+                new.append(target)
+            if "\r" in text:
+                had_cr.add(id(target))
+            open_line[name] = None if target["text"].endswith("\n") else target
+        kept = []
+        for out in new:
+            if out.get("output_type") == "stream":
+                if "\r" in out["text"]:
+                    had_cr.add(id(out))
+                out["text"] = _collapse_carriage_returns(out["text"])
+                if not out["text"] or (id(out) in had_cr and not out["text"].strip()):
+                    continue
+                last = kept[-1] if kept else None
+                if last is not None and last.get("output_type") == "stream" and last.get("name") == out["name"]:
+                    last["text"] += out["text"]  # neighbours again once what stood between is gone
+                    continue
+            kept.append(out)
+        removed += len(cell.outputs) - len(kept)
+        cell.outputs = kept
+    return removed
+
+
+# --- what a chapter shows that it did not mean to ----------------------------
+
+ALLOW_TAGS = frozenset({"raises-exception", "show-warnings"})
+FLOOD_LINES = 20  # more progress-bar lines than this in one cell is a flood
+_WARNING = re.compile(r"(\b\w*Warning\b:|^WARNING\b|^\[W[ \d:]|^W\d{4} )", re.MULTILINE)
+_PROGRESS = re.compile(r"\d+%\|.*\|\s*\d+(\.\d+)?[kMG]?/")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something a chapter shows that a reader should not see: ``kind`` is
+    "warning", "traceback", "error" or "progress-flood"; ``cell`` is "In [n]"."""
+
+    kind: str
+    cell: str
+    text: str
+
+
+def stderr_findings(nb) -> list[Finding]:
+    """Warnings, tracebacks, error outputs and progress-bar floods in an executed notebook.
+
+    A cell tagged ``raises-exception`` or ``show-warnings`` means to show its
+    warnings and errors and is skipped for those (never for floods). A flood is
+    a cell with more than :data:`FLOOD_LINES` progress-bar lines, or a stream
+    that still redraws its line with ``\\r`` (run :func:`tidy_streams`).
+    """
+    found: list[Finding] = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        where = f"In [{cell.get('execution_count')}]" if cell.get("execution_count") else f"cell {index}"
+        allowed = bool(ALLOW_TAGS & set(cell.get("metadata", {}).get("tags", [])))
+        bars = 0
+        for out in cell.get("outputs", []):
+            kind = out.get("output_type")
+            if kind == "error" and not allowed:
+                found.append(Finding("error", where, f"{out.get('ename')}: {out.get('evalue')}"))
+            if kind != "stream":
+                continue
+            text = _ANSI.sub("", out.get("text", "") if isinstance(out.get("text"), str) else "".join(out["text"]))
+            bars += sum(1 for line in text.split("\n") for piece in line.split("\r") if _PROGRESS.search(piece))
+            if re.search(r"\r[^\n]", text):
+                found.append(Finding("progress-flood", where, "a stream still redraws its line with \\r"))
+            if out.get("name") != "stderr" or allowed:
+                continue
+            if "Traceback (most recent call last)" in text:
+                found.append(Finding("traceback", where, _first_line(text[text.index("Traceback"):])))
+            for match in _WARNING.finditer(text):
+                start = text.rfind("\n", 0, match.start()) + 1
+                end = text.find("\n", match.end())
+                found.append(Finding("warning", where, text[start: end if end >= 0 else None].strip()))
+        if bars > FLOOD_LINES:
+            found.append(Finding("progress-flood", where, f"{bars} progress-bar lines in one cell"))
+    return found
+
+
+def run_failures(nb) -> list[str]:
+    """Why an executed notebook does not count as a successful run ([] if it does).
+
+    Reasons: the runner recorded a failure (``metadata.ecrec.ok`` false), a
+    cell shows an error (except cells tagged ``raises-exception``), or a
+    non-empty code cell never ran (the run stopped early).
+    """
+    reasons = []
+    record = nb.metadata.get("ecrec", {})
+    if record.get("ok") is False:
+        reasons.append(record.get("error") or "the runner recorded a failure")
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        tags = set(cell.get("metadata", {}).get("tags", []))
+        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        if errors and "raises-exception" not in tags:
+            reasons.append(f"cell In [{cell.get('execution_count')}] raised "
+                           f"{errors[0].get('ename')}: {errors[0].get('evalue')}")
+            break
+        if cell.source.strip() and cell.get("execution_count") is None:
+            reasons.append(f"cell {index} ({_first_line(cell.source)!r}) never ran")
+            break
+    return list(dict.fromkeys(reasons))
 
 
 def _is_below(path: Path, parent: Path) -> bool:
@@ -177,35 +453,86 @@ def _is_below(path: Path, parent: Path) -> bool:
         return False
 
 
+def plan_parameters(
+    paths: list[Path], parameters: dict[str, Any] | None = None
+) -> dict[Path, dict[str, Any]]:
+    """Which of ``parameters`` each chapter gets: those its parameters cell defines.
+
+    A name that none of ``paths`` defines is an error, so that a typo is never
+    silently ignored; ``output_dir`` and ``sizes`` differ per chapter and are
+    refused when more than one chapter runs.
+
+    Raises:
+        NotebookError: a name no chapter defines, ``output_dir`` or ``sizes``
+            given for several chapters, or a malformed parameters cell.
+    """
+    params = dict(parameters or {})
+    defined = {path: parameters_cell(read_notebook(path), str(path)) for path in paths}
+    nobody = sorted(name for name in params if not any(name in d for d in defined.values()))
+    if nobody:
+        accepted = sorted({name for d in defined.values() for name in d})
+        raise NotebookError(
+            f"unknown parameter(s) {nobody}: no chapter of {[p.stem for p in paths]} defines it; "
+            f"they accept {accepted}."
+        )
+    per_chapter = [name for name in ("output_dir", "sizes") if name in params]
+    if per_chapter and len(paths) > 1:
+        raise NotebookError(
+            f"-p {', '.join(per_chapter)} differs per chapter: pass it with --only NN (one chapter)."
+        )
+    return {path: {k: v for k, v in params.items() if k in defined[path]} for path in paths}
+
+
 def run(
     profile: str = "auto",
     only: list[str] | None = None,
     output: Path = ROOT / "_output",
     parameters: dict[str, Any] | None = None,
+    *,
+    cell_timeout: float | None = DEFAULT_CELL_TIMEOUT,
+    progress: bool = True,
 ) -> list[RunResult]:
     """Execute every chapter (or ``only`` those) in order with ``profile``; returns one result each.
 
     Every chapter runs even if an earlier one failed, so that one error does
-    not hide the state of the others.
+    not hide the state of the others. Each chapter gets the ``parameters`` its
+    parameters cell defines (:func:`plan_parameters`); ``cell_timeout`` is the
+    limit per cell in seconds (``None`` or 0: none). Writes
+    ``run_summary.json`` beside the executed notebooks.
+
+    Raises:
+        NotebookError: unknown profile or chapter, a parameter no chapter
+            defines, ``-p profile``, or a malformed parameters cell (all
+            checked before anything runs).
     """
+    from ecrec.profiles import PROFILES
+
+    if profile not in PROFILES:
+        raise NotebookError(f"unknown profile {profile!r}; use one of {PROFILES}")
+    params = dict(parameters or {})
+    if "profile" in params:
+        raise NotebookError("pass the profile with --profile, not -p profile=...")
     run_dir = Path(output) / profile
     paths = discover(only)
-    params = dict(parameters or {})
-    params["profile"] = profile
-    # Validate every notebook's parameters before spending time executing any.
-    for path in paths:
-        check_parameters(params, parameters_cell(read_notebook(path), str(path)), str(path))
+    plan = plan_parameters(paths, {**params, "profile": profile})
+    for name in sorted(params):
+        takers = [p.stem for p in paths if name in plan[p]]
+        if len(takers) < len(paths):
+            print(f"[ecrec] -p {name} applies to {', '.join(takers)}", flush=True)
     results = []
     for path in paths:
         print(f"[ecrec] executing {path.name} (profile={profile})", flush=True)
-        result = execute(path, run_dir, params)
+        result = execute(path, run_dir, plan[path], progress=progress, cell_timeout=cell_timeout,
+                         requested_profile=profile)
         status = "ok" if result.ok else f"FAILED: {result.error}"
         print(f"[ecrec] {path.stem}: {status} in {result.seconds:.0f} s -> {result.executed}", flush=True)
         results.append(result)
-    summary = {r.name: {"ok": r.ok, "seconds": round(r.seconds, 1), "error": r.error} for r in results}
+    summary_path = run_dir / "run_summary.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    summary.update({r.name: {"ok": r.ok, "seconds": round(r.seconds, 1), "error": r.error} for r in results})
     from ecrec.io import atomic_write_text
 
-    atomic_write_text(run_dir / "run_summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(summary_path, json.dumps(summary, indent=2, sort_keys=True))
     return results
 
 
@@ -215,44 +542,123 @@ def _book_config() -> dict[str, Any]:
     return yaml.safe_load((BOOK_SRC / "_config.yml").read_text(encoding="utf-8"))
 
 
+def repository_url() -> str:
+    """The book's GitHub repository: ``repository.url`` in ``book/_config.yml``.
+
+    That line is the one source of truth: the book's Colab links are built from
+    it, and every chapter's Colab set-up cell clones it (``python -m ecrec.book
+    sync-colab`` copies it there; a test checks that they agree).
+
+    Raises:
+        NotebookError: ``repository.url`` is missing or not a github.com address.
+    """
+    url = str((_book_config().get("repository") or {}).get("url", "")).rstrip("/")
+    if not re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url):
+        raise NotebookError(f"book/_config.yml: repository.url must be https://github.com/OWNER/REPO, got {url!r}")
+    return url
+
+
 def colab_url(stem: str) -> str:
-    """The Colab address of ``notebooks/<stem>.ipynb`` on the repository's main branch."""
-    repo = _book_config()["repository"]["url"].rstrip("/")
-    path = repo.split("github.com/", 1)[1]
+    """The Colab address of ``notebooks/<stem>.ipynb`` on the repository's main branch.
+
+    Raises:
+        NotebookError: see :func:`repository_url`.
+    """
+    path = repository_url().split("github.com/", 1)[1]
     return f"https://colab.research.google.com/github/{path}/blob/main/notebooks/{stem}.ipynb"
+
+
+_CLONE_URL = re.compile(r'("git",\s*"clone",[^\n]*?")(https://github\.com/[^"]+)(")')
+
+
+def colab_clone_urls(path: Path) -> list[str]:
+    """The repository addresses that a chapter's Colab set-up cell clones."""
+    return [m.group(2) for m in _CLONE_URL.finditer(Path(path).read_text(encoding="utf-8"))]
+
+
+def sync_colab(notebooks_dir: Path = NOTEBOOKS) -> list[Path]:
+    """Write :func:`repository_url` into every chapter's Colab set-up cell and its ``.ipynb`` pair.
+
+    Returns the ``.py`` files it changed (their pairs are rewritten with jupytext).
+
+    Raises:
+        NotebookError: see :func:`repository_url`, or a chapter has no set-up cell that clones.
+    """
+    import jupytext
+
+    url = repository_url()
+    changed = []
+    for path in discover(notebooks_dir=notebooks_dir):
+        source = path.read_text(encoding="utf-8")
+        if not _CLONE_URL.search(source):
+            raise NotebookError(f"{path}: no Colab set-up cell with `\"git\", \"clone\", ..., \"<url>\"`")
+        updated = _CLONE_URL.sub(lambda m: m.group(1) + url + m.group(3), source)
+        if updated != source:
+            path.write_text(updated, encoding="utf-8")
+            jupytext.write(jupytext.read(path), path.with_suffix(".ipynb"), fmt="ipynb")
+            changed.append(path)
+    return changed
+
+
+def profile_that_ran(run_dir: Path, stem: str) -> str | None:
+    """The profile a chapter actually ran with (``profile`` in its ``metrics.json``), or None."""
+    try:
+        return json.loads((Path(run_dir) / stem / "metrics.json").read_text(encoding="utf-8")).get("profile")
+    except (OSError, ValueError):
+        return None
 
 
 def build(profile: str = "auto", output: Path = ROOT / "_output") -> Path:
     """Build the HTML book from the executed notebooks of ``profile``; returns the html folder.
 
+    Refuses to build from a failed run: every chapter's executed notebook is
+    checked with :func:`run_failures` first. Each chapter's header says which
+    profile actually ran (``metrics.json``), e.g. ``smoke (requested auto)``.
+
     Raises:
-        NotebookError: a chapter has no executed notebook yet, or the build failed.
+        NotebookError: a chapter has no executed notebook yet, a chapter's run
+            failed (all failed chapters are named), or the build failed.
     """
     import nbformat
 
     run_dir = Path(output) / profile
+    notebooks, missing, failed = {}, [], []
+    for path in discover():
+        executed = run_dir / "executed" / f"{path.stem}.ipynb"
+        if not executed.is_file():
+            missing.append(path.stem)
+            continue
+        nb = nbformat.read(executed, as_version=4)
+        reasons = run_failures(nb)
+        if reasons:
+            failed.append(f"{path.stem}: {'; '.join(reasons)} (see {executed})")
+        notebooks[path.stem] = nb
+    if missing:
+        raise NotebookError(
+            f"no executed notebook for {missing} in {run_dir / 'executed'}: "
+            f"run `python -m ecrec.book run --profile {profile}` first."
+        )
+    if failed:
+        raise NotebookError(
+            "refusing to build the book from a failed run; failed chapters:\n  " + "\n  ".join(failed)
+            + f"\nFix them and run `python -m ecrec.book run --profile {profile} --only NN` again."
+        )
     book_dir = run_dir / "book"
     if book_dir.exists():
         shutil.rmtree(book_dir)
     shutil.copytree(BOOK_SRC, book_dir, ignore=shutil.ignore_patterns("_build"))
     chapters = []
-    for path in discover():
-        executed = run_dir / "executed" / f"{path.stem}.ipynb"
-        if not executed.is_file():
-            raise NotebookError(
-                f"{executed} is missing: run `python -m ecrec.book run --profile {profile}` first."
-            )
-        nb = nbformat.read(executed, as_version=4)
-        link = nbformat.v4.new_markdown_cell(
-            f"[Open this chapter in Colab]({colab_url(path.stem)}) · "
-            f"executed with profile `{profile}`"
-        )
+    for stem, nb in notebooks.items():
+        tidy_streams(nb)
+        ran = profile_that_ran(run_dir, stem) or profile
+        said = f"`{ran}`" + (f" (requested `{profile}`)" if ran != profile else "")
+        link = nbformat.v4.new_markdown_cell(f"[Open this chapter in Colab]({colab_url(stem)}) · executed with profile {said}")
         # After the title cell, so that the title stays the page's first heading.
         title_first = nb.cells and nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
         nb.cells.insert(1 if title_first else 0, link)
         (book_dir / "chapters").mkdir(exist_ok=True)
-        nbformat.write(nb, book_dir / "chapters" / f"{path.stem}.ipynb")
-        chapters.append(f"chapters/{path.stem}")
+        nbformat.write(nb, book_dir / "chapters" / f"{stem}.ipynb")
+        chapters.append(f"chapters/{stem}")
     toc = ["format: jb-book", "root: intro", "chapters:"]
     toc += [f"- file: {c}" for c in chapters]
     toc += ["- file: credits"]
@@ -309,16 +715,33 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status.
+
+    0: done; 1: a chapter failed while running; 2: nothing ran or the book was
+    not built (bad parameter, unknown chapter, a failed run given to ``build``,
+    a failed ``jupyter-book build``). Errors are printed, never raised.
+    """
+    from ecrec.profiles import PROFILES
+
     parser = argparse.ArgumentParser(prog="python -m ecrec.book", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["run", "build", "all"])
-    parser.add_argument("--profile", default="auto", choices=["auto", "smoke", "full"])
+    parser.add_argument("command", choices=["run", "build", "all", "sync-colab"])
+    parser.add_argument("--profile", default="auto", choices=list(PROFILES))
     parser.add_argument("--only", nargs="*", help="chapter prefixes, e.g. 01 03")
     parser.add_argument("--output", type=Path, default=ROOT / "_output")
-    parser.add_argument("-p", "--param", action="append", default=[], help="name=value, passed to every notebook")
+    parser.add_argument("-p", "--param", action="append", default=[],
+                        help="name=value, passed to every chapter that defines name")
+    parser.add_argument("--cell-timeout", type=float, default=DEFAULT_CELL_TIMEOUT, metavar="SECONDS",
+                        help=f"stop a chapter whose cell runs longer (default {DEFAULT_CELL_TIMEOUT:g}; 0: no limit)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "sync-colab":
+            changed = sync_colab()
+            print(f"[ecrec] Colab set-up cells now clone {repository_url()}; changed: "
+                  f"{[str(p) for p in changed] or 'nothing'}", flush=True)
+            return 0
         if args.command in ("run", "all"):
-            results = run(args.profile, args.only, args.output, _parse_params(args.param))
+            results = run(args.profile, args.only, args.output, _parse_params(args.param),
+                          cell_timeout=args.cell_timeout)
             failed = [r for r in results if not r.ok]
             if failed:
                 for r in failed:

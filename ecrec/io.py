@@ -11,7 +11,9 @@ import json
 import math
 import os
 import platform
+import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from importlib import metadata
@@ -24,15 +26,49 @@ KEY_LIBRARIES = (
 )
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's file-creation mask.
+
+    Read from ``/proc/self/status`` where Linux offers it; elsewhere by setting
+    the mask and putting it back at once (under a lock).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` then move ``tmp_path`` onto ``path`` atomically.
 
     ``write`` receives a temporary path in the same folder (so the final rename
     never crosses file systems). On any error the temporary file is removed and
     ``path`` is left as it was.
+
+    The file gets the permissions an ordinary ``open(path, "w")`` would give it:
+    those of the file it replaces, or ``0o666`` less the umask for a new file
+    (the temporary file's private ``0o600`` is not kept).
+
+    Raises:
+        OSError: the folder cannot be created or written, or the rename fails.
+        Exception: whatever ``write`` raises (re-raised after clean-up).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~current_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -40,6 +76,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         write(tmp_path)
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -48,7 +85,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`).
+
+    Raises:
+        OSError: the file cannot be written.
+        UnicodeEncodeError: ``text`` holds lone surrogates.
+    """
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
@@ -92,6 +134,8 @@ def write_metrics(
 
     Raises:
         ValueError: a metric is NaN or infinite.
+        TypeError: a metric is not JSON-serialisable.
+        OSError: ``metrics.json`` cannot be written.
     """
     if device is None:
         from ecrec.profiles import device_name
@@ -109,5 +153,10 @@ def write_metrics(
 
 
 def read_metrics(output_dir: str | Path) -> dict[str, Any]:
-    """Read back what :func:`write_metrics` wrote."""
+    """Read back what :func:`write_metrics` wrote.
+
+    Raises:
+        FileNotFoundError: there is no ``metrics.json`` in ``output_dir``.
+        json.JSONDecodeError: the file is not valid JSON.
+    """
     return json.loads((Path(output_dir) / "metrics.json").read_text(encoding="utf-8"))

@@ -14,9 +14,18 @@ import numpy as np
 
 
 def save(fig, output_dir: str | Path, name: str, dpi: int = 110) -> Path:
-    """Save ``fig`` as ``output_dir/name.png`` atomically and return the path."""
+    """Save ``fig`` as ``output_dir/name.png`` atomically and return the path.
+
+    The file honours the umask like any other (see :func:`ecrec.io.atomic_write`).
+
+    Raises:
+        ValueError: ``name`` is empty or holds a path separator.
+        OSError: the file cannot be written.
+    """
     from ecrec.io import atomic_write
 
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise ValueError(f"name must be a plain file name without extension, got {name!r}")
     path = Path(output_dir) / f"{name}.png"
     return atomic_write(path, lambda p: fig.savefig(p, dpi=dpi, bbox_inches="tight", format="png"))
 
@@ -38,6 +47,10 @@ def reliability(
 
     Returns:
         The matplotlib Axes.
+
+    Raises:
+        ValueError: (from scikit-learn) labels that are not binary, probabilities
+            outside [0, 1], or lengths that differ from ``y_true``'s.
     """
     from sklearn.calibration import calibration_curve
 
@@ -55,7 +68,10 @@ def reliability(
 
 
 def loss_curves(history: Mapping[str, Sequence[float]], ax=None, xlabel: str = "epoch", ylabel: str = "log loss"):
-    """One line per named series (e.g. {"train": [...], "valid": [...]})."""
+    """One line per named series (e.g. {"train": [...], "valid": [...]}); returns the Axes.
+
+    Raises nothing of its own; matplotlib raises for values it cannot plot.
+    """
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
     for name, values in history.items():

@@ -46,25 +46,142 @@ def test_write_metrics_refuses_nan(tmp_path):
 
 
 def test_resolve_profile(monkeypatch):
+    assert "cpu" in profiles.PROFILES
     monkeypatch.setattr(profiles, "has_cuda", lambda: False)
     assert profiles.resolve_profile("auto") == "smoke"
     assert profiles.resolve_profile("auto", ("smoke", "cpu", "full")) == "cpu"
     assert profiles.resolve_profile("full") == "full"
+    # an explicit cpu on a chapter without cpu sizes runs its smoke sizes
+    assert profiles.resolve_profile("cpu") == "smoke"
+    assert profiles.resolve_profile("cpu", ("smoke", "cpu", "full")) == "cpu"
     monkeypatch.setattr(profiles, "has_cuda", lambda: True)
     assert profiles.resolve_profile("auto", ("smoke", "cpu", "full")) == "full"
+    assert profiles.resolve_profile("cpu") == "smoke"  # cpu means CPU sizes, GPU or not
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
         profiles.resolve_profile("fast")
+    with pytest.raises(ValueError, match="resolves to 'smoke', which this notebook does not define"):
+        profiles.resolve_profile("cpu", ("full",))
 
 
-def test_pick_sizes(monkeypatch):
+def test_explain_profile_says_why(monkeypatch):
+    monkeypatch.setattr(profiles, "has_cuda", lambda: False)
+    assert profiles.explain_profile("auto", ("smoke", "cpu", "full")) == (
+        "cpu", "no CUDA GPU; this chapter has cpu sizes")
+    assert profiles.explain_profile("cpu")[0] == "smoke"
+    assert "no cpu sizes" in profiles.explain_profile("cpu")[1]
+    assert profiles.explain_profile("smoke") == ("smoke", "")
+
+
+def test_pick_sizes(monkeypatch, capsys):
     monkeypatch.setattr(profiles, "has_cuda", lambda: False)
     sizes = {"smoke": {"n": 10, "epochs": 1}, "full": {"n": 1000, "epochs": 5}}
     assert profiles.pick_sizes("auto", sizes) == ("smoke", {"n": 10, "epochs": 1})
+    assert capsys.readouterr().out.splitlines() == [
+        "profile: auto -> smoke (no CUDA GPU; this chapter has no cpu sizes, its smoke sizes are its CPU run)"]
     assert profiles.pick_sizes("full", sizes, {"epochs": 2}) == ("full", {"n": 1000, "epochs": 2})
+    assert capsys.readouterr().out.splitlines() == ["profile: full", "sizes overridden: {'epochs': 2}"]
+    assert profiles.pick_sizes("full", sizes, verbose=False) == ("full", {"n": 1000, "epochs": 5})
+    assert capsys.readouterr().out == ""
     with pytest.raises(ValueError, match=r"unknown size\(s\) \['batch'\]"):
         profiles.pick_sizes("smoke", sizes, {"batch": 4})
     with pytest.raises(ValueError, match="same sizes"):
         profiles.pick_sizes("smoke", {"smoke": {"n": 1}, "full": {"m": 2}})
+
+
+def test_pick_sizes_prints_the_estimate_and_never_returns_it(monkeypatch, capsys):
+    monkeypatch.setattr(profiles, "has_cuda", lambda: False)
+    sizes = {
+        "smoke": {"n": 10, "_minutes": 3},
+        "cpu": {"n": 100, "_minutes": (10, 12)},
+        "full": {"n": 1000},  # an estimate is optional, per profile
+    }
+    assert profiles.pick_sizes("auto", sizes) == ("cpu", {"n": 100})
+    assert capsys.readouterr().out.splitlines() == [
+        "profile: auto -> cpu (no CUDA GPU; this chapter has cpu sizes)", "expected wall time: about 10-12 min"]
+    assert profiles.pick_sizes("smoke", sizes, {"n": 5}) == ("smoke", {"n": 5})
+    assert capsys.readouterr().out.splitlines()[-1] == "expected wall time: about 3 min for the unmodified sizes"
+    assert profiles.pick_sizes("full", sizes) == ("full", {"n": 1000})
+    assert "expected" not in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"unknown size\(s\) \['_minutes'\]"):
+        profiles.pick_sizes("smoke", sizes, {"_minutes": 1})
+    with pytest.raises(ValueError, match="must be minutes"):
+        profiles.pick_sizes("smoke", {"smoke": {"n": 1, "_minutes": "soon"}, "full": {"n": 2}})
+
+
+def test_seed_everything_does_what_it_says(monkeypatch):
+    import random
+
+    import torch
+
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        draws = []
+        for _ in range(2):
+            profiles.seed_everything(123)
+            draws.append((random.random(), np.random.rand(), torch.rand(1).item()))
+        assert draws[0] == draws[1]
+        profiles.seed_everything(124)
+        assert (random.random(), np.random.rand(), torch.rand(1).item()) != draws[0]
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        # it promises nothing about hash(): it leaves PYTHONHASHSEED alone
+        assert "PYTHONHASHSEED" not in __import__("os").environ
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        profiles.seed_everything(1.5)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        profiles.seed_everything(True)
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*32\)"):
+        profiles.seed_everything(-1)
+
+
+@pytest.fixture
+def umask():
+    import os
+
+    old = os.umask(0o022)
+    os.umask(old)
+
+    def set_mask(mask):
+        os.umask(mask)
+
+    yield set_mask
+    os.umask(old)
+
+
+def test_atomic_write_honours_the_umask(tmp_path, umask):
+    import os
+    import stat
+
+    def mode(path):
+        return stat.S_IMODE(os.stat(path).st_mode)
+
+    umask(0o022)
+    assert io.current_umask() == 0o022
+    assert mode(io.atomic_write_text(tmp_path / "a.json", "{}")) == 0o644
+    umask(0o077)
+    assert io.current_umask() == 0o077
+    assert mode(io.atomic_write_text(tmp_path / "b.json", "{}")) == 0o600
+    # replacing a file keeps that file's mode
+    os.chmod(tmp_path / "a.json", 0o640)
+    io.atomic_write_text(tmp_path / "a.json", "[]")
+    assert mode(tmp_path / "a.json") == 0o640 and (tmp_path / "a.json").read_text() == "[]"
+    # figures too
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ecrec import plots
+
+    umask(0o002)
+    fig, _ = plt.subplots()
+    assert mode(plots.save(fig, tmp_path, "fig")) == 0o664
+    plt.close(fig)
+    with pytest.raises(ValueError, match="plain file name"):
+        plots.save(fig, tmp_path, "../escape")
 
 
 @pytest.fixture(scope="module")
