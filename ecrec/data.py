@@ -317,6 +317,7 @@ class CleaningReport:
     rows_in: int
     removed: dict[str, int] = field(default_factory=dict)
     descriptions_unified: int = 0  # stock codes whose description was changed
+    whitespace_normalised: int = 0  # distinct raw descriptions changed by collapsing/trimming whitespace
     rows_out: int = 0
 
     def to_frame(self) -> pd.DataFrame:
@@ -339,15 +340,32 @@ def is_non_product(df: pd.DataFrame) -> pd.Series:
     return df["StockCode"].str.strip().str.fullmatch(NON_PRODUCT_CODE).fillna(False).astype(bool)
 
 
-def canonical_descriptions(df: pd.DataFrame) -> pd.Series:
-    """One description per StockCode: the most frequent stripped spelling.
+def normalise_whitespace(text: pd.Series) -> pd.Series:
+    """Trim and collapse every run of whitespace (spaces, tabs, newlines) to one space.
 
-    Ties go to the alphabetically first spelling, so the result is deterministic.
+    "SET OF 3 COLOURED  FLYING DUCKS " becomes "SET OF 3 COLOURED FLYING DUCKS",
+    so one product has one spelling. Missing values stay missing.
+
+    Returns:
+        Series of the same index and text dtype.
+    """
+    return text.str.replace(r"\s+", " ", regex=True).str.strip()
+
+
+def canonical_descriptions(df: pd.DataFrame) -> pd.Series:
+    """One description per StockCode: the most frequent whitespace-normalised spelling.
+
+    Spellings are compared after :func:`normalise_whitespace` (trimmed, inner
+    runs of whitespace collapsed). Ties go to the alphabetically first
+    spelling, so the result is deterministic.
 
     Returns:
         Series indexed by StockCode, text values.
+
+    Raises:
+        KeyError: ``df`` lacks StockCode or Description.
     """
-    text = df["Description"].str.strip()
+    text = normalise_whitespace(df["Description"])
     counts = (
         pd.DataFrame({"StockCode": df["StockCode"], "Description": text})
         .dropna()
@@ -369,9 +387,12 @@ def clean_online_retail(df: pd.DataFrame) -> tuple[pd.DataFrame, CleaningReport]
     3. ``non_product``: stock codes in :data:`NON_PRODUCT_CODE`.
     4. ``exact_duplicates``: rows identical in every column (keep the first).
     5. ``non_positive_price``: UnitPrice <= 0 (free samples, corrections).
-    6. canonical description: each StockCode gets one stripped description
-       (:func:`canonical_descriptions`); removes no rows, the report counts the
-       stock codes it changed.
+    6. canonical description: whitespace is normalised (trimmed, inner runs
+       collapsed to one space, :func:`normalise_whitespace`; the report's
+       ``whitespace_normalised`` counts the distinct raw descriptions this
+       changed), then each StockCode gets one description
+       (:func:`canonical_descriptions`); removes no rows, the report's
+       ``descriptions_unified`` counts the stock codes it changed.
 
     Args:
         df: frame with the schema of :func:`load_online_retail`.
@@ -395,16 +416,23 @@ def clean_online_retail(df: pd.DataFrame) -> tuple[pd.DataFrame, CleaningReport]
         drop = np.asarray(rule(df), dtype=bool)
         report.removed[name] = int(drop.sum())
         df = df.loc[~drop]
+    normalised = normalise_whitespace(df["Description"])
+    ws_changed = df["Description"].ne(normalised) & df["Description"].notna()
+    report.whitespace_normalised = int(df.loc[ws_changed, "Description"].nunique())
     canon = canonical_descriptions(df)
     new = df["StockCode"].map(canon)
     changed = df["Description"].ne(new) & new.notna()
     report.descriptions_unified = int(df.loc[changed, "StockCode"].nunique())
-    df = df.assign(Description=new.fillna(df["Description"].str.strip()))
+    df = df.assign(Description=new.fillna(normalised))
     df = df.reset_index(drop=True)
     report.rows_out = len(df)
     return df, report
 
 
 def load_clean_online_retail(path: str | Path | None = None) -> tuple[pd.DataFrame, CleaningReport]:
-    """:func:`load_online_retail` then :func:`clean_online_retail`."""
+    """:func:`load_online_retail` then :func:`clean_online_retail`.
+
+    Raises:
+        DataFileError, SchemaError: as :func:`load_online_retail`.
+    """
     return clean_online_retail(load_online_retail(path))

@@ -32,6 +32,7 @@ from ecrec.data import (
     load_clean_online_retail,
     load_online_retail,
     load_reviews,
+    normalise_whitespace,
 )
 
 
@@ -406,7 +407,9 @@ def test_cleaning_report_on_the_bundled_data(cleaned):
         "exact_duplicates": 5_187,
         "non_positive_price": 33,
     }
-    assert report.descriptions_unified == 851
+    # 851 before whitespace was collapsed inside descriptions (issue 10, item 4)
+    assert report.descriptions_unified == 955
+    assert report.whitespace_normalised == 866
     assert report.rows_out == len(clean) == 391_150
     assert report.rows_in - sum(report.removed.values()) == report.rows_out
     check_schema(clean, ONLINE_RETAIL_SCHEMA, "clean")
@@ -422,6 +425,7 @@ def test_clean_data_satisfies_every_rule_by_plain_pandas(cleaned, retail):
     assert clean["Description"].notna().all()
     assert (clean.groupby("StockCode")["Description"].nunique() == 1).all()
     assert (clean["Description"] == clean["Description"].str.strip()).all()
+    assert not clean["Description"].str.contains(r"\s\s|[\t\n]", regex=True).any()
     # Oracle: the same rows from plain pandas masks on the raw frame.
     keep = (
         ~retail["InvoiceNo"].str.startswith("C")
@@ -445,3 +449,23 @@ def test_cleaning_is_deterministic(retail, cleaned):
     again, report2 = load_clean_online_retail()
     pd.testing.assert_frame_equal(clean, again)
     assert report == report2
+
+
+def test_inner_whitespace_is_collapsed_and_counted():
+    # issue 10, item 4: one product, two spellings that differ only by a double space
+    rows = [
+        ("1", "22", "SET OF 3 COLOURED  FLYING DUCKS", 1, 1.0, 1),
+        ("2", "22", "SET OF 3 COLOURED FLYING DUCKS", 1, 1.0, 2),
+        ("3", "23", " RED\tBAG ", 1, 1.0, 3),
+        ("4", "24", "BLUE BAG", 1, 1.0, 4),
+    ]
+    df = pd.DataFrame(rows, columns=["InvoiceNo", "StockCode", "Description", "Quantity", "UnitPrice", "CustomerID"])
+    df = df.assign(InvoiceDate=pd.Timestamp("2011-01-01"), Country="UK")[list(ONLINE_RETAIL_SCHEMA)]
+    df = df.astype({"CustomerID": "Int64", "InvoiceDate": "datetime64[us]"})
+    clean, report = clean_online_retail(df)
+    assert clean["Description"].tolist() == [
+        "SET OF 3 COLOURED FLYING DUCKS", "SET OF 3 COLOURED FLYING DUCKS", "RED BAG", "BLUE BAG",
+    ]
+    assert report.whitespace_normalised == 2  # the double space and the tab/edges; "BLUE BAG" untouched
+    assert report.descriptions_unified == 2  # stock codes 22 and 23
+    assert normalise_whitespace(pd.Series(["  A \n B  ", None])).tolist()[0] == "A B"
