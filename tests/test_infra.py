@@ -208,3 +208,68 @@ def test_encode_texts_rejects_non_strings(minilm):
     tokenizer, model = minilm
     with pytest.raises(TypeError, match="element 1 is float"):
         text.encode_texts(["ok", float("nan")], tokenizer=tokenizer, model=model)
+
+
+# --- declared dependencies ------------------------------------------------------
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def _norm(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirement_names(path) -> dict[str, str]:
+    """name -> the whole line, for each requirement or constraint line of ``path``."""
+    import re
+
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        out[_norm(re.match(r"[A-Za-z0-9_.\-]+", line).group(0))] = line
+    return out
+
+
+def test_every_imported_package_is_declared():
+    import ast
+    import sys
+    from importlib import metadata
+
+    local = {"ecrec", "conftest", "tests", "benchmarks"} | {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
+    imported = set()
+    for folder in ("ecrec", "tests", "benchmarks", "notebooks"):
+        for path in (ROOT / folder).glob("**/*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    imported |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported.add(node.module.split(".")[0])
+    third_party = sorted(imported - set(sys.stdlib_module_names) - local - {"__future__"})
+    dists = metadata.packages_distributions()
+    declared = _requirement_names(ROOT / "requirements.txt")
+    missing = {m: dists.get(m) for m in third_party if not any(_norm(d) in declared for d in dists.get(m, []))}
+    assert not missing, f"imported but not declared in requirements.txt: {missing}"
+
+
+def test_constraints_pin_every_requirement_and_torch_is_a_series():
+    required = _requirement_names(ROOT / "requirements.txt")
+    pinned = _requirement_names(ROOT / "constraints.txt")
+    assert not [n for n in required if n not in pinned], "requirements without a constraint"
+    loose = [line for n, line in pinned.items() if n != "torch" and "==" not in line]
+    assert not loose, f"constraints must pin exact versions: {loose}"
+    torch_spec = pinned["torch"]
+    assert "==" not in torch_spec, "torch is a series (a CPU or CUDA build of it must satisfy it), not a pin"
+    from importlib import metadata
+
+    from packaging.specifiers import SpecifierSet
+
+    assert metadata.version("torch") in SpecifierSet(torch_spec.removeprefix("torch"), prereleases=True)
+    # the README's CPU-only install names the same series
+    readme = (ROOT / "README.md").read_text()
+    assert f'pip install "{torch_spec}" --index-url https://download.pytorch.org/whl/cpu' in readme
+    assert "pip install -r requirements.txt -c constraints.txt" in readme
+    assert "pip install -r requirements.txt -c constraints.txt" in (ROOT / ".ci" / "run").read_text()
