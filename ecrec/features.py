@@ -78,7 +78,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-FORMAT_VERSION = 3  # 3: negatives from the basket + trailing window, whole-log cold flags; bump when the columns or their meaning change: invalidates caches
+FORMAT_VERSION = 4  # 4: a basket is all of a user's invoices at one moment; 3: negatives from the basket + trailing window, whole-log cold flags; bump when the columns or their meaning change: invalidates caches
 SPLITS = ("train", "valid", "test")
 NEGATIVE_SAMPLING = ("uniform", "popularity")
 HIST_DTYPE = pd.ArrowDtype(pa.list_(pa.string()))
@@ -137,6 +137,18 @@ def purchase_events(clean: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["ts", "user_id", "item_id", "invoice_no"], kind="stable").reset_index(drop=True)
 
 
+def _datetime_index(ts, where: str) -> pd.DatetimeIndex:
+    """Timestamps as a DatetimeIndex, keeping a time zone if they have one (naive stays naive)."""
+    if isinstance(ts, (pd.Series, pd.Index)):
+        out = pd.DatetimeIndex(pd.to_datetime(ts))
+    else:
+        arr = np.asarray(ts)
+        out = pd.DatetimeIndex(pd.to_datetime(arr)) if arr.dtype != object else pd.DatetimeIndex(list(arr))
+    if out.hasnans:
+        raise ValueError(f"{where}: timestamps contain NaT")
+    return out
+
+
 def split_dates(ts, valid_days: int = 30, test_days: int = 30) -> tuple[pd.Timestamp, pd.Timestamp]:
     """Global time split: the last ``test_days`` whole days are test, the ``valid_days`` before are validation.
 
@@ -145,29 +157,37 @@ def split_dates(ts, valid_days: int = 30, test_days: int = 30) -> tuple[pd.Times
     ``valid_start = test_start - valid_days``. Everything before
     ``valid_start`` is train. Use with :func:`assign_split`.
 
+    Time zones: naive timestamps (the Online Retail log) are read as local
+    wall-clock time. Time-zone-aware timestamps are handled in their own
+    zone: the boundaries are local midnights, stepped in calendar days
+    (``pandas.DateOffset``), so a window across a daylight-saving change
+    (Europe/London, 30 October 2011) still starts at 00:00 local, not 01:00;
+    the boundaries are returned aware, in that zone.
+
     Args:
         ts: timestamps (Series, DatetimeIndex or array of datetime64), e.g.
-            the ``ts`` column of :func:`purchase_events`.
+            the ``ts`` column of :func:`purchase_events`; naive or aware
+            (one zone).
         valid_days, test_days: window lengths in days, >= 1.
 
     Returns:
-        ``(valid_start, test_start)`` as :class:`pandas.Timestamp` (midnight).
+        ``(valid_start, test_start)`` as :class:`pandas.Timestamp` (midnight;
+        aware in ``ts``'s zone when ``ts`` is aware).
 
     Raises:
         ValueError: empty ``ts``, NaT values, non-positive window lengths, or
-            windows so long that the train window would be empty.
+            windows so long that the train window would be empty (also for
+            non-integer window lengths).
     """
     for name, days in (("valid_days", valid_days), ("test_days", test_days)):
         if not isinstance(days, (int, np.integer)) or isinstance(days, bool) or days < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {days!r}")
-    ts = pd.DatetimeIndex(pd.to_datetime(np.asarray(ts)))
     if len(ts) == 0:
         raise ValueError("split_dates: no timestamps")
-    if ts.hasnans:
-        raise ValueError("split_dates: timestamps contain NaT")
-    end = ts.max().normalize() + pd.Timedelta(days=1)
-    test_start = end - pd.Timedelta(days=int(test_days))
-    valid_start = test_start - pd.Timedelta(days=int(valid_days))
+    ts = _datetime_index(ts, "split_dates")
+    end = ts.max().normalize() + pd.DateOffset(days=1)
+    test_start = end - pd.DateOffset(days=int(test_days))
+    valid_start = test_start - pd.DateOffset(days=int(valid_days))
     if valid_start <= ts.min():
         raise ValueError(
             f"split_dates: valid_days={valid_days} + test_days={test_days} cover all the data "
@@ -182,20 +202,27 @@ def assign_split(ts, valid_start, test_start) -> np.ndarray:
     Args:
         ts: n timestamps (Series, DatetimeIndex or datetime64 array).
         valid_start, test_start: from :func:`split_dates` (or any timestamps
-            with ``valid_start <= test_start``).
+            with ``valid_start <= test_start``); aware exactly when ``ts`` is
+            (aware instants compare correctly across zones).
 
     Returns:
         (n,) object array of str.
 
     Raises:
-        ValueError: ``valid_start > test_start`` or NaT in ``ts``.
+        ValueError: ``valid_start > test_start``, NaT in ``ts``, or naive
+            timestamps mixed with aware ones (which instant a naive time means
+            is ambiguous).
     """
     valid_start, test_start = pd.Timestamp(valid_start), pd.Timestamp(test_start)
+    ts = _datetime_index(ts, "assign_split")
+    aware = {"ts": ts.tz is not None, "valid_start": valid_start.tz is not None, "test_start": test_start.tz is not None}
+    if len(set(aware.values())) > 1:
+        raise ValueError(
+            f"assign_split: naive and time-zone-aware timestamps mixed ({aware}); localise them to one zone "
+            "(Series.dt.tz_localize) or pass naive times throughout"
+        )
     if valid_start > test_start:
         raise ValueError(f"assign_split: valid_start {valid_start} is after test_start {test_start}")
-    ts = pd.DatetimeIndex(pd.to_datetime(np.asarray(ts)))
-    if ts.hasnans:
-        raise ValueError("assign_split: timestamps contain NaT")
     out = np.full(len(ts), "test", dtype=object)
     out[ts < test_start] = "valid"
     out[ts < valid_start] = "train"
@@ -214,15 +241,25 @@ class CtrDatasetConfig:
         neg_ratio: negatives drawn per positive (>= 1).
         negatives: ``"uniform"`` over the items sold in the ``neg_window_days``
             days before the example's ``ts``, or ``"popularity"``:
-            proportional to their sales in that window. Only the items of
-            the positive's own invoice (basket) are excluded
-            (:func:`sample_negatives`).
+            proportional to their sales in that window. The items of the
+            positive's basket (all of the user's invoices at that moment)
+            are excluded (:func:`sample_negatives`).
         history_len: length cap of ``hist_items`` (>= 1).
         max_users: keep a seeded random sample of this many customers
             (``None``: all 4,334).
         valid_days, test_days: see :func:`split_dates`.
         pop_windows: trailing windows in days for ``i_pop_<w>d``.
         neg_window_days: trailing window of the negative candidates, days.
+        neg_exclude_bought_in_split: also exclude, as negatives, the items
+            the same user bought at any time in the positive's split window
+            (``False``, the default: only the basket; see
+            :func:`sample_negatives` for the trade-off).
+
+    Raises:
+        ValueError: unknown ``negatives``, a count or window below 1 or not
+            an integer, ``max_users`` not ``None`` or >= 1, ``pop_windows``
+            empty, repeated or below 1, or ``neg_exclude_bought_in_split``
+            not a bool.
     """
 
     seed: int = 42
@@ -234,8 +271,11 @@ class CtrDatasetConfig:
     test_days: int = 30
     pop_windows: tuple[int, ...] = field(default=(7, 30))
     neg_window_days: int = 30
+    neg_exclude_bought_in_split: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.neg_exclude_bought_in_split, (bool, np.bool_)):
+            raise ValueError(f"neg_exclude_bought_in_split must be a bool, got {self.neg_exclude_bought_in_split!r}")
         if self.negatives not in NEGATIVE_SAMPLING:
             raise ValueError(f"negatives must be one of {NEGATIVE_SAMPLING}, got {self.negatives!r}")
         for name in ("neg_ratio", "history_len", "valid_days", "test_days", "neg_window_days"):
@@ -250,6 +290,14 @@ class CtrDatasetConfig:
         object.__setattr__(self, "pop_windows", windows)
 
 
+def _sorted_member(keys_sorted: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Whether each query key is in the sorted array (one searchsorted, no re-sort)."""
+    if keys_sorted.size == 0:
+        return np.zeros(q.shape, dtype=bool)
+    pos = np.minimum(np.searchsorted(keys_sorted, q), keys_sorted.size - 1)
+    return keys_sorted[pos] == q
+
+
 def sample_negatives(
     positives: pd.DataFrame,
     events: pd.DataFrame,
@@ -259,14 +307,22 @@ def sample_negatives(
     seed: int,
     window_days: int = 30,
     max_rounds: int = 50,
+    exclude_bought_in_split: bool = False,
 ) -> pd.DataFrame:
     """Draw ``neg_ratio`` items per positive: on sale just before its ``ts``, not in its basket.
 
-    A negative is "an item the customer did not buy in this basket": only the
-    items of the positive's own invoice are excluded. Excluding everything the
+    A negative is "an item the customer did not buy in this basket". The
+    basket is everything the customer bought at that moment: all of the
+    user's invoices with the same ``ts`` are ONE basket (a customer with two
+    invoices in the same minute did not "not buy" the items of the other
+    one). By default only the basket is excluded: excluding everything the
     customer bought anywhere in a long window (as a first version did) makes
     "bought this item before" a perfect positive signal in train but not in
-    test, a label shortcut that inflates AUC and breaks calibration.
+    test, a label shortcut that inflates AUC and breaks calibration. With
+    ``exclude_bought_in_split=True`` an item the same user bought at ANY time
+    in the positive's split window (train, valid or test) is excluded too:
+    no negative is a purchase of the same user in the same window, at the
+    price of that shortcut (chapter 03 measures what it changes).
 
     Candidates are the items sold (by anyone) in the ``window_days`` days
     strictly before the positive's ``ts``: items on sale at that moment, never
@@ -274,29 +330,40 @@ def sample_negatives(
     with equal probability (rejection sampling against the item's sale
     times), ``"popularity"`` proportionally to its purchase events in that
     window (a uniformly drawn event of the window). Vectorised over all
-    positives; a rejected draw (in the basket, or for ``"uniform"`` not sold
-    in the window) is redrawn up to ``max_rounds`` times, then dropped. An
-    item drawn twice for the same invoice is kept once. A positive with no
-    sale at all in its window (the first moments of the log) gets no
-    negative. Sampled negatives are not impressions: items the customer
-    probably never saw.
+    positives: the exclusion keys are sorted once and every round looks its
+    draws up with one :func:`numpy.searchsorted`. A rejected draw (excluded,
+    or for ``"uniform"`` not sold in the window) is redrawn, up to
+    ``max_rounds`` times. Draws that CANNOT succeed (every item sold in the
+    window is excluded) are detected exactly once few draws remain, and
+    dropped at once instead of using up the rounds; draws still rejected
+    after ``max_rounds`` are dropped too. An item drawn twice for the same
+    invoice is kept once. A positive with no sale at all in its window (the
+    first moments of the log) gets no negative. Sampled negatives are not
+    impressions: items the customer probably never saw.
 
     Args:
         positives: rows of :func:`purchase_events` with a ``split`` column
             (the users whose examples are wanted).
-        events: all purchase events (``invoice_no``, ``item_id``, ``ts``):
-            the candidate pool, the popularity and the baskets. Must contain
-            the positives' invoices.
+        events: all purchase events (``invoice_no``, ``user_id``,
+            ``item_id``, ``ts``; plus ``split`` with
+            ``exclude_bought_in_split``): the candidate pool, the popularity
+            and the baskets. Must contain the positives' purchases.
         neg_ratio: negatives drawn per positive (integer >= 1).
         method: ``"uniform"`` or ``"popularity"``.
         seed: seeds the generator; same inputs and seed give the same frame.
         window_days: length of the trailing candidate window (integer >= 1).
         max_rounds: redraw rounds before a rejected draw is dropped (>= 1).
+        exclude_bought_in_split: also exclude the user's purchases anywhere
+            in the positive's split window (see above).
 
     Returns:
         Frame with ``invoice_no``, ``user_id``, ``item_id``, ``ts``,
         ``country``, ``split`` (one row per negative), same dtypes as
-        ``positives``.
+        ``positives``. ``attrs["negative_sampling"]`` reports the draws:
+        ``requested``, ``no_window`` (empty candidate window), ``impossible``
+        (every candidate excluded), ``exhausted`` (still rejected after
+        ``max_rounds``), ``duplicates`` (same item twice for an invoice),
+        ``kept`` and ``rounds`` run.
 
     Raises:
         ValueError: unknown ``method``, ``neg_ratio``/``window_days``/
@@ -307,9 +374,10 @@ def sample_negatives(
     for name, value in (("neg_ratio", neg_ratio), ("window_days", window_days), ("max_rounds", max_rounds)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise ValueError(f"sample_negatives: {name} must be an integer >= 1, got {value!r}")
+    ev_cols = ["invoice_no", "user_id", "item_id", "ts"] + (["split"] if exclude_bought_in_split else [])
     for frame, name, cols in (
         (positives, "positives", ["invoice_no", "user_id", "item_id", "ts", "country", "split"]),
-        (events, "events", ["invoice_no", "item_id", "ts"]),
+        (events, "events", ev_cols),
     ):
         missing = [c for c in cols if c not in frame.columns]
         if missing:
@@ -320,27 +388,63 @@ def sample_negatives(
     items = pd.Index(np.sort(events["item_id"].astype(str).unique()))
     n_items = len(items)
     ev_item = items.get_indexer(events["item_id"].astype(str).to_numpy()).astype(np.int64)
-    ev_t = _seconds(events["ts"])
-    t0 = int(min(ev_t.min(), _seconds(positives["ts"]).min())) - (window_days + 1) * _DAY_S if len(ev_t) else 0
-    ev_t = ev_t - t0
-    # baskets: (invoice, item) pairs of the whole log
-    invoices = pd.Index(np.unique(np.concatenate([events["invoice_no"].astype(str).to_numpy(), positives["invoice_no"].astype(str).to_numpy()])))
-    basket = np.unique(invoices.get_indexer(events["invoice_no"].astype(str).to_numpy()).astype(np.int64) * n_items + ev_item)
+    ev_secs, pos_secs = _seconds(events["ts"]), _seconds(positives["ts"])
+    t0 = int(min(ev_secs.min(), pos_secs.min())) - (window_days + 1) * _DAY_S if len(ev_secs) else 0
+    ev_t = ev_secs - t0
+    # baskets: one per (user, moment), over the events and the positives together
+    both = pd.DataFrame({
+        "u": np.concatenate([events["user_id"].to_numpy(np.int64), positives["user_id"].to_numpy(np.int64)]),
+        "t": np.concatenate([ev_secs, pos_secs]),
+    })
+    basket_of = pd.MultiIndex.from_frame(both).factorize()[0].astype(np.int64)
+    ev_basket, pos_basket = basket_of[: len(events)], basket_of[len(events) :]
+    excluded = np.unique(ev_basket * n_items + ev_item)  # sorted once
+    if exclude_bought_in_split:
+        split_code = {name: i for i, name in enumerate(SPLITS)}
+        users = pd.Index(np.unique(both["u"].to_numpy()))
+        ev_us = users.get_indexer(events["user_id"].to_numpy()) * len(SPLITS) + events["split"].map(split_code).to_numpy()
+        user_split_keys = np.unique(ev_us.astype(np.int64) * n_items + ev_item)
+        pos_us = (users.get_indexer(positives["user_id"].to_numpy()) * len(SPLITS)
+                  + positives["split"].map(split_code).to_numpy()).astype(np.int64)
     # events by time (popularity draws) and by (item, time) (uniform: was the item sold in the window?)
     by_time = np.argsort(ev_t, kind="stable")
     t_sorted, item_by_time = ev_t[by_time], ev_item[by_time]
     rep = np.repeat(np.arange(len(positives)), neg_ratio)
-    t = _seconds(positives["ts"])[rep] - t0
+    t = pos_secs[rep] - t0
     span = int(max(ev_t.max() if len(ev_t) else 0, t.max() if len(t) else 0)) + 1
     item_keys = np.sort(ev_item * span + ev_t)
     w_start = t - window_days * _DAY_S
     lo, hi = np.searchsorted(t_sorted, w_start, "left"), np.searchsorted(t_sorted, t, "left")
-    inv = invoices.get_indexer(positives["invoice_no"].astype(str).to_numpy())[rep].astype(np.int64)
+    bas = pos_basket[rep]
+    us = pos_us[rep] if exclude_bought_in_split else None
+
+    def is_excluded(idx: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        out = _sorted_member(excluded, bas[idx] * n_items + cand)
+        if exclude_bought_in_split:
+            out |= _sorted_member(user_split_keys, us[idx] * n_items + cand)
+        return out
+
+    def feasible(idx: np.ndarray) -> np.ndarray:
+        """Exactly: does some item sold in the window escape the exclusions? (one check per window)"""
+        ok = np.zeros(len(idx), dtype=bool)
+        key = pd.MultiIndex.from_arrays([bas[idx], lo[idx], hi[idx]] + ([us[idx]] if us is not None else []))
+        codes, uniq = key.factorize()
+        for c in range(len(uniq)):
+            first = idx[np.flatnonzero(codes == c)[0]]
+            window_items = np.unique(item_by_time[lo[first] : hi[first]])
+            reps = np.full(len(window_items), first)
+            ok[codes == c] = (~is_excluded(reps, window_items)).any()
+        return ok
+
     drawn = np.full(len(rep), -1, dtype=np.int64)
     todo = np.flatnonzero(hi > lo)  # an empty window: nothing on sale yet, no negative
+    report = {"requested": int(len(rep)), "no_window": int(len(rep) - len(todo)), "impossible": 0,
+              "exhausted": 0, "duplicates": 0, "kept": 0, "rounds": 0}
+    checked = False
     for _ in range(max_rounds):
         if len(todo) == 0:
             break
+        report["rounds"] += 1
         if method == "popularity":
             j = lo[todo] + np.floor(rng.random(len(todo)) * (hi[todo] - lo[todo])).astype(np.int64)
             cand = item_by_time[np.minimum(j, hi[todo] - 1)]
@@ -350,15 +454,26 @@ def sample_negatives(
             ok = np.searchsorted(item_keys, cand * span + t[todo], "left") > np.searchsorted(
                 item_keys, cand * span + w_start[todo], "left"
             )
-        ok &= ~np.isin(inv[todo] * n_items + cand, basket)
+        ok &= ~is_excluded(todo, cand)
         drawn[todo[ok]] = cand[ok]
         todo = todo[~ok]
+        stalled = ok.mean() < 0.1 if len(ok) else False
+        if not checked and 0 < len(todo) and (len(todo) <= 2000 or (stalled and len(todo) <= 20000)):
+            checked = True  # few left: find, once, the draws that can never be accepted
+            can = feasible(todo)
+            report["impossible"] = int((~can).sum())
+            todo = todo[can]
+    report["exhausted"] = int(len(todo))
     keep = drawn >= 0
     cols = ["invoice_no", "user_id", "ts", "country", "split"]
     neg = positives[cols].iloc[rep[keep]].reset_index(drop=True)
     neg.insert(2, "item_id", np.asarray(items)[drawn[keep]])
     neg["item_id"] = neg["item_id"].astype(positives["item_id"].dtype)
-    return neg.drop_duplicates(["invoice_no", "item_id"]).reset_index(drop=True)
+    out = neg.drop_duplicates(["invoice_no", "item_id"]).reset_index(drop=True)
+    report["duplicates"] = int(len(neg) - len(out))
+    report["kept"] = int(len(out))
+    out.attrs["negative_sampling"] = report
+    return out
 
 
 # --- point-in-time features ---------------------------------------------------
@@ -555,7 +670,7 @@ def build_ctr_dataset(clean: pd.DataFrame, config: CtrDatasetConfig | None = Non
     positives = events[events["user_id"].isin(keep_users)].reset_index(drop=True)
     negatives = sample_negatives(
         positives, events, neg_ratio=config.neg_ratio, method=config.negatives, seed=config.seed + 1,
-        window_days=config.neg_window_days,
+        window_days=config.neg_window_days, exclude_bought_in_split=bool(config.neg_exclude_bought_in_split),
     )
     cols = ["invoice_no", "user_id", "item_id", "ts", "country", "split"]
     examples = pd.concat(
@@ -579,6 +694,7 @@ def build_ctr_dataset(clean: pd.DataFrame, config: CtrDatasetConfig | None = Non
     front = ["user_id", "item_id", "ts", "invoice_no", "label", "split", "cold_user", "cold_item", "country"]
     out = out[front + [c for c in out.columns if c not in front]]
     out["split"] = out["split"].astype(str)
+    out.attrs["negative_sampling"] = negatives.attrs.get("negative_sampling", {})
     return out
 
 
@@ -648,6 +764,7 @@ def load_or_build_ctr_dataset(
         "rows": len(df),
         "rows_by_split": df["split"].value_counts().to_dict(),
         "positives": int(df["label"].sum()),
+        "negative_sampling": df.attrs.get("negative_sampling", {}),
     }
     atomic_write_text(cache_dir / f"ctr_{key}.json", json.dumps(summary, indent=2, default=int))
     return _read_dataset(path)

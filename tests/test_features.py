@@ -90,7 +90,8 @@ def _window_toy(n_invoices=2000):
     past = [("h1", 1, "X", "2011-02-01 10:00"), ("h2", 1, "X", "2011-02-02 10:00"), ("h3", 1, "X", "2011-02-03 10:00"),
             ("h4", 1, "Y", "2011-02-04 10:00"), ("h0", 1, "OLD", "2010-12-15 10:00"), ("h9", 1, "NEW", "2011-03-01 10:00")]
     baskets = [(f"b{k}", 2, "P", "2011-02-15 12:00") for k in range(n_invoices)]
-    baskets += [("bx", 2, "P", "2011-02-15 12:00"), ("bx", 2, "X", "2011-02-15 12:00")]  # X is in this basket
+    # X is in this basket (another user: user 2's invoices at 12:00 are one basket with bx otherwise)
+    baskets += [("bx", 4, "P", "2011-02-15 12:00"), ("bx", 4, "X", "2011-02-15 12:00")]
     baskets += [("first", 3, "P", "2010-12-15 10:00")]  # same moment as the first sale: nothing on sale before
     ev = _events(past + baskets)
     return ev, ev[ev["user_id"] != 1].reset_index(drop=True)
@@ -357,3 +358,110 @@ def test_add_item_attributes_counts_same_category():
     out = F.add_item_attributes(df, cat)
     assert out["seq_same_category"].tolist() == [2.0, 1.0, 0.0]
     assert out["category"].tolist() == ["MUG", "BAG", "UNKNOWN"]
+
+
+# --- time zones in the split (issue 10, item 6) ------------------------------
+
+
+def test_split_dates_naive_and_aware_across_daylight_saving():
+    # Europe/London leaves summer time on 30 October 2011 (02:00 BST -> 01:00 GMT)
+    naive = pd.Series(pd.date_range("2011-08-01", "2011-11-15 18:00", freq="6h"))
+    vs, ts = F.split_dates(naive, valid_days=30, test_days=30)
+    assert (vs, ts) == (pd.Timestamp("2011-09-17"), pd.Timestamp("2011-10-17"))
+    aware = naive.dt.tz_localize("Europe/London")
+    vs_a, ts_a = F.split_dates(aware, valid_days=30, test_days=30)
+    # hand-computed: local midnights, although 30 days of 24 h would land at 01:00 BST
+    assert vs_a == pd.Timestamp("2011-09-17 00:00", tz="Europe/London")
+    assert ts_a == pd.Timestamp("2011-10-17 00:00", tz="Europe/London")
+    assert (vs_a.hour, ts_a.hour) == (0, 0)
+    # a window that crosses the change: test = the last 20 days (26 Oct .. 15 Nov)
+    _, t20 = F.split_dates(aware, valid_days=10, test_days=20)
+    assert t20 == pd.Timestamp("2011-10-27 00:00", tz="Europe/London") and t20.hour == 0
+    end = pd.Timestamp("2011-11-16 00:00", tz="Europe/London")
+    assert (end - t20) == pd.Timedelta(days=20, hours=1)  # 20 calendar days hold 481 hours here
+    # the first hour of the test start day is test, the last hour before it is valid
+    labels = F.assign_split(
+        pd.Series(pd.to_datetime(["2011-10-27 00:30", "2011-10-26 23:30"])).dt.tz_localize("Europe/London"),
+        *F.split_dates(aware, valid_days=10, test_days=20),
+    )
+    assert labels.tolist() == ["test", "valid"]
+    # the same instants in UTC get the same labels
+    utc = aware.dt.tz_convert("UTC")
+    assert (F.assign_split(utc, vs_a, ts_a) == F.assign_split(aware, vs_a, ts_a)).all()
+    # naive labels equal the aware ones read as wall-clock time
+    assert (F.assign_split(naive, vs, ts) == F.assign_split(aware, vs_a, ts_a)).all()
+
+
+def test_assign_split_refuses_naive_mixed_with_aware():
+    aware = pd.Series(pd.to_datetime(["2011-10-01"])).dt.tz_localize("Europe/London")
+    with pytest.raises(ValueError, match="naive and time-zone-aware"):
+        F.assign_split(aware, pd.Timestamp("2011-09-01"), pd.Timestamp("2011-09-15"))
+
+
+# --- negatives that are positives (issue 10, item 5) ---------------------------
+
+
+def _same_minute_toy():
+    # user 7 has two invoices at the same minute (like customer 17850, 2010-12-02 09:44): i1 holds A, i2 holds B
+    rows = [("h1", 1, "A", "2011-02-01 10:00"), ("h2", 1, "B", "2011-02-02 10:00"), ("h3", 1, "C", "2011-02-03 10:00"),
+            ("i1", 7, "A", "2011-02-15 12:00"), ("i2", 7, "B", "2011-02-15 12:00"),
+            ("j1", 7, "C", "2011-02-10 09:00")]  # C: bought by user 7 earlier in the same split window
+    ev = _events(rows)
+    return ev, ev[ev["invoice_no"].isin(["i1", "i2"])].reset_index(drop=True)
+
+
+@pytest.mark.parametrize("method", F.NEGATIVE_SAMPLING)
+def test_invoices_at_one_moment_are_one_basket(method):
+    ev, pos = _same_minute_toy()
+    neg = F.sample_negatives(pos, ev, neg_ratio=3, method=method, seed=0)
+    # candidates in the window: A, B, C; A and B are the user's basket at 12:00 -> only C remains
+    assert set(neg["item_id"]) == {"C"}
+    assert sorted(neg["invoice_no"]) == ["i1", "i2"]
+    # the policy option: C was bought by the same user in the same split window -> nothing can be drawn
+    strict = F.sample_negatives(pos, ev, neg_ratio=3, method=method, seed=0, exclude_bought_in_split=True)
+    assert strict.empty
+    rep = strict.attrs["negative_sampling"]
+    # hand count: 2 positives x 3 draws, every one impossible, found without running all 50 rounds
+    assert rep["requested"] == 6 and rep["impossible"] == 6 and rep["exhausted"] == 0 and rep["kept"] == 0
+    assert rep["rounds"] == 1
+    # C bought in ANOTHER split window does not count
+    other = ev.assign(split=np.where(ev["invoice_no"] == "j1", "valid", "train"))
+    pos_o = other[other["invoice_no"].isin(["i1", "i2"])].reset_index(drop=True)
+    again = F.sample_negatives(pos_o, other, neg_ratio=3, method=method, seed=0, exclude_bought_in_split=True)
+    assert set(again["item_id"]) == {"C"}
+
+
+def test_negative_sampling_report_counts_every_draw():
+    ev, pos = _window_toy(200)
+    neg = F.sample_negatives(pos, ev, neg_ratio=2, method="uniform", seed=0)
+    rep = neg.attrs["negative_sampling"]
+    assert rep["requested"] == 2 * len(pos)
+    assert rep["no_window"] == 2  # the "first" invoice: nothing on sale before it
+    assert rep["requested"] == rep["no_window"] + rep["impossible"] + rep["exhausted"] + rep["duplicates"] + rep["kept"]
+    assert rep["kept"] == len(neg)
+
+
+def test_sample_negatives_matches_a_plain_loop_oracle(real):
+    # every drawn negative: sold in the trailing window, not in the user's basket at that moment
+    events = F.purchase_events(real)
+    vs, ts = F.split_dates(events["ts"])
+    events["split"] = F.assign_split(events["ts"], vs, ts)
+    pos = events[events["user_id"].isin(events["user_id"].unique()[:40])].reset_index(drop=True)
+    for strict in (False, True):
+        neg = F.sample_negatives(pos, events, neg_ratio=2, method="uniform", seed=3, exclude_bought_in_split=strict)
+        basket = events.groupby(["user_id", "ts"])["item_id"].agg(set)
+        bought = events.groupby(["user_id", "split"])["item_id"].agg(set)
+        for row in neg.sample(200, random_state=0).itertuples():
+            assert row.item_id not in basket[(row.user_id, row.ts)]
+            if strict:
+                assert row.item_id not in bought[(row.user_id, row.split)]
+            sold = events[(events["item_id"] == row.item_id) & (events["ts"] < row.ts)
+                          & (events["ts"] >= row.ts - pd.Timedelta(days=30))]
+            assert len(sold) > 0
+
+
+def test_config_exposes_the_negative_policy():
+    assert F.CtrDatasetConfig().neg_exclude_bought_in_split is False
+    assert F.CtrDatasetConfig(neg_exclude_bought_in_split=True).neg_exclude_bought_in_split is True
+    with pytest.raises(ValueError, match="neg_exclude_bought_in_split"):
+        F.CtrDatasetConfig(neg_exclude_bought_in_split="yes")
