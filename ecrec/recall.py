@@ -61,7 +61,7 @@ from ecrec.metrics import dedupe_rows
 __all__ = [
     "RecallData", "build_recall_data", "top_k", "popular_scores",
     "item_cosine", "fit_als", "user_vectors", "build_index", "faiss_search", "interleave",
-    "with_fallback", "cap_history", "encode_with_cache", "ItemTower", "sample_pairs", "train_two_tower",
+    "with_fallback", "cap_history", "ShortResultWarning", "encode_with_cache", "ItemTower", "sample_pairs", "train_two_tower",
     "in_batch_eval", "target_log_q",
 ]
 
@@ -151,7 +151,7 @@ def build_recall_data(
     if missing:
         raise ValueError(f"clean is missing columns {sorted(missing)}")
     test_start = pd.Timestamp(test_start)
-    end = clean["InvoiceDate"].max().normalize() + pd.Timedelta(days=1)
+    end = clean["InvoiceDate"].max().normalize() + pd.DateOffset(days=1)  # calendar day, also across DST
     if not clean["InvoiceDate"].min() < test_start < end:
         raise ValueError(f"test_start {test_start} must fall inside the log ({clean['InvoiceDate'].min()} .. {end})")
     if not 0 < tail_share < 1:
@@ -251,8 +251,18 @@ def _exclusion_mask(exclude, n_rows: int, n_cols: int) -> np.ndarray:
     return ex.toarray() != 0
 
 
-def top_k(scores: np.ndarray, k: int, *, exclude=None, min_score: float | None = None) -> np.ndarray:
+def top_k(
+    scores: np.ndarray, k: int, *, exclude=None, min_score: float | None = None, return_scores: bool = False
+):
     """Top ``k`` item ids per row of a dense score matrix; ties: lower item id first.
+
+    Tie policy (shared with :mod:`ecrec.metrics`): a list alone cannot say
+    which items were tied, so the plain result lists tied items by lower id
+    (deterministic). For evaluation pass ``return_scores=True`` and give the
+    scores to the metrics (``scores=``): they then count every tie as the
+    expectation over random orders. In that mode the list also holds the
+    WHOLE group tied with the ``k``-th item (so it may be longer than ``k``),
+    because a metric at K = ``k`` needs every member of the tie at its cut-off.
 
     Args:
         scores: float (n_users, n_items); higher is better. NaN is an error.
@@ -261,18 +271,25 @@ def top_k(scores: np.ndarray, k: int, *, exclude=None, min_score: float | None =
             never returned (the user's history in the new-to-user setting).
         min_score: items scoring ``<= min_score`` are not candidates (e.g. 0
             for co-purchase scores: no co-purchase, no candidate).
+        return_scores: also return the scores of the listed items, with the
+            complete tie group at the cut-off (see above).
 
     Returns:
-        int64 (n_users, k), -1 where fewer than ``k`` candidates remain.
+        int64 (n_users, k), -1 where fewer than ``k`` candidates remain; with
+        ``return_scores``, ``(ids (n_users, k + e), scores float64 (n_users,
+        k + e))`` where ``e`` is the largest number of items tied with a
+        row's ``k``-th item beyond it (padding: id -1, score -inf).
 
     Raises:
-        ValueError: not 2-D, NaN, ``k < 1``, or ``exclude`` of another shape.
+        ValueError: not 2-D, NaN (the first entry is named), ``k < 1``, or
+            ``exclude`` of another shape.
     """
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 2:
         raise ValueError(f"scores must be 2-D (n_users, n_items), got shape {s.shape}")
     if np.isnan(s).any():
-        raise ValueError("scores contain NaN")
+        r, c = np.argwhere(np.isnan(s))[0]
+        raise ValueError(f"scores contain NaN, e.g. row {r}, item {c}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     n, m = s.shape
@@ -284,12 +301,24 @@ def top_k(scores: np.ndarray, k: int, *, exclude=None, min_score: float | None =
     s = np.where(dropped, -np.inf, s)
     kk = min(k, m)
     # A stable sort of -score keeps equal scores in item-id order.
-    order = np.argsort(-s, axis=1, kind="stable")[:, :kk]
+    order = np.argsort(-s, axis=1, kind="stable")
     best = np.take_along_axis(s, order, axis=1)
-    out = np.where(best > -np.inf, order, -1).astype(np.int64)
-    if k > kk:
-        out = np.hstack([out, np.full((n, k - kk), -1, dtype=np.int64)])
-    return out
+    width = kk
+    if return_scores and kk < m and n:
+        kth = best[:, kk - 1]
+        tied = (best[:, kk:] == kth[:, None]) & (kth[:, None] > -np.inf)
+        width = kk + int(tied.sum(1).max())
+    ids = np.where(best[:, :width] > -np.inf, order[:, :width], -1).astype(np.int64)
+    vals = np.where(ids >= 0, best[:, :width], -np.inf)
+    if return_scores and width > kk:  # only the tie groups reach past k
+        kth = best[:, kk - 1][:, None]
+        beyond = np.arange(width)[None, :] >= kk
+        off = beyond & (vals != kth)
+        ids, vals = np.where(off, -1, ids), np.where(off, -np.inf, vals)
+    if k > width:
+        ids = np.hstack([ids, np.full((n, k - width), -1, dtype=np.int64)])
+        vals = np.hstack([vals, np.full((n, k - width), -np.inf)])
+    return (ids, vals) if return_scores else ids
 
 
 def popular_scores(events: pd.DataFrame, n_items: int, since, until) -> np.ndarray:
@@ -462,27 +491,83 @@ def _in_sparse(mat: sp.csr_array, rows: np.ndarray, cols: np.ndarray) -> np.ndar
     return keys[pos] == q
 
 
+class ShortResultWarning(UserWarning):
+    """A search returned fewer than ``k`` items for some queries although the index holds more."""
+
+
+def _search_params(index, kk: int):
+    """Search parameters with a breadth >= ``kk`` results (HNSW efSearch, IVF nprobe), or None.
+
+    Returns ``(params, description)``; the index's own settings are left untouched.
+    """
+    import faiss
+
+    if not isinstance(index, faiss.Index):
+        return None, "exact"  # a stand-in object: searched as it is
+    base = faiss.downcast_index(index)
+    if isinstance(base, faiss.IndexHNSW):
+        ef = max(int(base.hnsw.efSearch), kk)
+        return faiss.SearchParametersHNSW(efSearch=ef), f"efSearch={ef}"
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None, "exact"
+    # the smallest nprobe lists must together hold >= kk vectors: then every query sees >= kk candidates
+    sizes = np.sort([ivf.invlists.list_size(i) for i in range(ivf.nlist)])
+    enough = int(np.searchsorted(np.cumsum(sizes), kk)) + 1
+    nprobe = min(max(int(ivf.nprobe), enough), int(ivf.nlist))
+    return faiss.SearchParametersIVF(nprobe=nprobe), f"nprobe={nprobe}"
+
+
 def faiss_search(
-    index, queries: np.ndarray, k: int, *, exclude=None, tie_margin: int = 0, batch_size: int = 1024
-) -> np.ndarray:
+    index,
+    queries: np.ndarray,
+    k: int,
+    *,
+    exclude=None,
+    tie_margin: int = 0,
+    return_scores: bool = False,
+    max_batch_bytes: int = 1 << 28,
+):
     """Top ``k`` items per query from a FAISS index, ties by lower item id, -1 padded.
 
-    Zero query vectors (users without history) get an all -1 row: fill them
-    with :func:`with_fallback`. With ``exclude`` (sparse (n_queries, n_items)),
-    each batch asks FAISS for ``k`` + (most excluded items of a row in the
-    batch) results, drops the excluded ones, and keeps ``k``.
+    Zero query vectors (users without history) get an all -1 row and are not
+    searched: fill them with :func:`with_fallback`. With ``exclude`` (sparse
+    (n_queries, n_items)), FAISS is asked for ``k`` + (most excluded items of
+    a row) results, the excluded ones are dropped, and ``k`` are kept.
 
-    FAISS breaks ties at ITS cut-off in its own order, so an item tied with
-    the k-th one may be missing. ``tie_margin`` extra results are requested
-    and re-sorted by (score, item id) before the cut: with ``tie_margin`` >=
-    (largest group of identical item vectors - 1), e.g. identical
-    descriptions, the lower-id rule holds at the cut-off too.
+    One ``index.search`` call for all queries (split only if its result
+    arrays would exceed ``max_batch_bytes``), so the wrapper costs about
+    what raw FAISS costs (``benchmarks/bench_recall.py``).
+
+    Breadth: an approximate index is searched with a breadth at least as
+    large as the number of results asked for (HNSW ``efSearch``, IVF
+    ``nprobe`` such that the probed lists hold that many vectors), set per
+    call through FAISS search parameters (the index itself is not changed);
+    a larger setting on the index is kept. If some non-zero queries still
+    get fewer than ``k`` items while the index holds enough that are not
+    excluded (an HNSW graph near many duplicate vectors can do that), a
+    :class:`ShortResultWarning` says how many; the missing slots are -1,
+    never an item.
+
+    Ties: FAISS breaks ties at ITS cut-off in its own order, so an item tied
+    with the k-th one may be missing. ``tie_margin`` extra results are
+    requested and re-sorted by (score, item id) before the cut: with
+    ``tie_margin`` >= (largest group of identical item vectors - 1), e.g.
+    identical descriptions, the lower-id rule holds at the cut-off too. With
+    ``return_scores`` the scores come back as well and the lists hold the
+    whole group tied with the k-th item (up to what the margin fetched), so
+    that :mod:`ecrec.metrics` (``scores=``) can count ties as the expectation
+    over random orders, as for :func:`top_k`.
 
     Returns:
-        int64 (n_queries, k).
+        int64 (n_queries, k); with ``return_scores``, ``(ids (n_queries, k +
+        e), scores float64 (n_queries, k + e))`` (padding: -1, -inf).
 
     Raises:
-        ValueError: query dimension differs from the index's, or ``k < 1``.
+        ValueError: queries not 2-D or of another dimension than the index,
+            ``k < 1``, ``tie_margin < 0``, or ``exclude`` of another shape
+            than (n_queries, index.ntotal).
     """
     q = np.ascontiguousarray(queries, dtype=np.float32)
     if q.ndim != 2 or q.shape[1] != index.d:
@@ -495,37 +580,89 @@ def faiss_search(
     ex = sp.csr_array(exclude) if exclude is not None else None
     if ex is not None and ex.shape != (n, index.ntotal):
         raise ValueError(f"exclude has shape {ex.shape}, expected {(n, index.ntotal)}")
-    out = np.full((n, k), -1, dtype=np.int64)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        extra = int(np.diff(ex.indptr[start : stop + 1]).max()) if ex is not None and stop > start else 0
-        kk = min(k + extra + tie_margin, index.ntotal)
-        scores, ids = index.search(q[start:stop], kk)
-        ids = ids.astype(np.int64)
-        valid = ids >= 0
-        if ex is not None:
-            sub = ex[start:stop]
-            rows = np.broadcast_to(np.arange(stop - start)[:, None], ids.shape)
-            valid &= ~_in_sparse(sub, rows, np.maximum(ids, 0))
-        scores = np.where(valid, scores, -np.inf)
-        ids = np.where(valid, ids, -1)
-        order = np.lexsort((np.where(valid, ids, np.iinfo(np.int64).max), -scores), axis=1)
-        ranked = np.take_along_axis(ids, order, axis=1)
-        zero = ~np.any(q[start:stop] != 0, axis=1)
-        ranked[zero] = -1
-        out[start:stop] = dedupe_rows(ranked, k)
-    return out
+    n_ex = np.diff(ex.indptr) if ex is not None else np.zeros(n, dtype=np.int64)
+    rows_q = np.flatnonzero(np.any(q != 0, axis=1))  # zero queries: nothing to search
+    kk = min(k + (int(n_ex[rows_q].max()) if ex is not None and len(rows_q) else 0) + tie_margin, index.ntotal)
+    ids_all = np.full((n, max(kk, 1)), -1, dtype=np.int64)
+    sc_all = np.full((n, max(kk, 1)), -np.inf, dtype=np.float32)
+    if len(rows_q) and kk > 0:
+        params, _ = _search_params(index, kk)
+        step = max(1, int(max_batch_bytes // (12 * kk)))
+        for s0 in range(0, len(rows_q), step):
+            sel = rows_q[s0 : s0 + step]
+            d_, i_ = index.search(q[sel], kk, params=params) if params is not None else index.search(q[sel], kk)
+            ids_all[sel], sc_all[sel] = i_, d_
+    ids = ids_all
+    valid = ids >= 0
+    if ex is not None:
+        rows = np.broadcast_to(np.arange(n)[:, None], ids.shape)
+        valid &= ~_in_sparse(ex, rows, np.maximum(ids, 0))
+    scores = np.where(valid, sc_all.astype(np.float64), -np.inf)
+    ids = np.where(valid, ids, -1)
+    order = np.lexsort((np.where(valid, ids, np.iinfo(np.int64).max), -scores), axis=1)
+    ranked = np.take_along_axis(ids, order, axis=1)
+    ranked_s = np.take_along_axis(scores, order, axis=1)
+    found = (ranked >= 0).sum(1)
+    available = np.minimum(k, index.ntotal - n_ex)
+    short = np.zeros(n, dtype=bool)
+    short[rows_q] = found[rows_q] < available[rows_q]
+    if short.any():
+        import warnings
+
+        _, what = _search_params(index, kk)
+        warnings.warn(
+            f"faiss_search: {int(short.sum())} of {len(rows_q)} queries got fewer than k={k} items "
+            f"(fewest: {int(found[short].min())}) although the index holds enough ({what}); the missing "
+            "slots are -1. Raise the search breadth or use an exact index.",
+            ShortResultWarning,
+            stacklevel=2,
+        )
+    width = min(k, ranked.shape[1])
+    if return_scores and ranked.shape[1] > k:
+        kth = ranked_s[:, k - 1 : k]
+        tied = (ranked_s[:, k:] == kth) & (ranked[:, k:] >= 0)
+        width = k + int(tied.sum(1).max())
+    out = ranked[:, :width].copy()
+    out_s = ranked_s[:, :width].copy()
+    if return_scores and width > k:
+        off = (np.arange(width)[None, :] >= k) & (out_s != ranked_s[:, k - 1 : k])
+        out[off], out_s[off] = -1, -np.inf
+    if width < k:
+        out = np.hstack([out, np.full((n, k - width), -1, dtype=np.int64)])
+        out_s = np.hstack([out_s, np.full((n, k - width), -np.inf)])
+    return (out, out_s) if return_scores else out
 
 
-def with_fallback(retrieved: np.ndarray, use_fallback: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+def with_fallback(retrieved: np.ndarray, use_fallback: np.ndarray, fallback: np.ndarray, *, pad=-1) -> np.ndarray:
     """Rows where ``use_fallback`` is True are replaced by the fallback list (e.g. popularity).
 
+    Works for id lists and for their scores alike (pass ``pad=-np.inf`` for
+    scores); lists of different widths are padded with ``pad`` to the wider one.
+
     Args:
-        retrieved, fallback: int (n_users, K); ``fallback`` may also be one row (K,).
+        retrieved, fallback: (n_users, K) and (n_users, K') arrays; ``fallback``
+            may also be one row (K',).
         use_fallback: bool (n_users,).
+        pad: the padding value (-1 for ids, -inf for scores).
+
+    Returns:
+        (n_users, max(K, K')) array.
+
+    Raises:
+        ValueError: ``use_fallback`` not of shape (n_users,).
     """
     r = np.asarray(retrieved)
-    f = np.broadcast_to(np.asarray(fallback), r.shape)
+    f = np.asarray(fallback)
+    f = f[None, :] if f.ndim == 1 else f
+    width = max(r.shape[1], f.shape[1])
+
+    def widen(x):
+        if x.shape[1] == width:
+            return x
+        return np.hstack([x, np.full((x.shape[0], width - x.shape[1]), pad, dtype=np.result_type(x, pad))])
+
+    r, f = widen(r), widen(f)
+    f = np.broadcast_to(f, r.shape)
     mask = np.asarray(use_fallback, dtype=bool)
     if mask.shape != (r.shape[0],):
         raise ValueError(f"use_fallback must have shape ({r.shape[0]},), got {mask.shape}")
