@@ -90,7 +90,7 @@ TEMPERATURE = 0.1  # softmax temperature of the two-tower fine-tune
 MAX_HISTORY = 10  # user tower: the most recent MAX_HISTORY items, in training AND serving
 K_MAX, K_EVAL = 200, 50
 KS = list(range(10, K_MAX + 1, 10))
-EF_SEARCHES = [8, 16, 32, 64, 128, 256]
+EF_SEARCHES = [K_EVAL, 64, 128, 256]  # faiss_search never searches narrower than the k it is asked for
 N_BOOT = 1000  # bootstrap resamples of users for confidence intervals
 HYBRID_PARTS = ("als", "text_fine_tuned", "popular")
 HYBRID_GRID = range(0, 4)  # weight of each part, chosen on the validation window
@@ -171,6 +171,14 @@ pd.DataFrame(
 #   by the user's number of scored items) and must skip users whose labels are
 #   all one class.
 #
+# **Ties.** Popularity counts and identical descriptions give many equal
+# scores. A list alone would break them by item id and could flatter a
+# generator (a constant scorer would "find" whatever has the lowest id). Every
+# generator here returns its scores with its list, including the whole tie
+# group at its cut-off, and every metric counts tied items as the exact
+# expectation over a random order among them (`scores=` in `ecrec.metrics`).
+# The hybrid is a merge of lists by position: it has no ties.
+#
 # Users with $G = \emptyset$ are excluded (0/0): we report how many. Everything
 # is vectorised over users (`ecrec.metrics`, checked against scikit-learn and a plain loop).
 
@@ -246,16 +254,23 @@ def text_user_vectors(d, item_emb):
 
 
 def retrieve(name, d, m, exclude, fallback, text=None):
-    """K_MAX items per user; ``fallback`` (the popularity list) replaces cold users' rows."""
+    """K_MAX items per user and their scores; ``fallback`` (the popularity list, scores) replaces cold users' rows.
+
+    The lists hold the whole group of items tied with the K_MAX-th one, so that the metrics
+    (``scores=``) count ties as the expectation over random orders: a constant score earns no credit.
+    """
     is_cold = d.user_group == "cold"
     if name == "popular":
-        return R.top_k(np.broadcast_to(m["pop"], (len(d.users), d.n_items)), K_MAX, exclude=exclude)
+        return R.top_k(np.broadcast_to(m["pop"], (len(d.users), d.n_items)), K_MAX, exclude=exclude,
+                       return_scores=True)
     if name in ("item_cf", "als"):
-        out = R.top_k(id_scores(name, d, m), K_MAX, exclude=exclude, min_score=0.0 if name == "item_cf" else None)
+        ids, sc = R.top_k(id_scores(name, d, m), K_MAX, exclude=exclude,
+                          min_score=0.0 if name == "item_cf" else None, return_scores=True)
     else:
         index, item_emb, margin = text[name]
-        out = R.faiss_search(index, text_user_vectors(d, item_emb), K_MAX, exclude=exclude, tie_margin=margin)
-    return R.with_fallback(out, is_cold, fallback)
+        ids, sc = R.faiss_search(index, text_user_vectors(d, item_emb), K_MAX, exclude=exclude, tie_margin=margin,
+                                 return_scores=True)
+    return R.with_fallback(ids, is_cold, fallback[0]), R.with_fallback(sc, is_cold, fallback[1], pad=-np.inf)
 
 
 def tie_margin(item_emb):
@@ -354,15 +369,16 @@ def best_of(fn, repeats=TIMING_REPEATS):
 BASE = ["popular", "item_cf", "als", "text_zero_shot", "text_fine_tuned"]
 EXCLUDE = {"all": None, "new_to_user": data.history_count}
 LISTS = {s: {} for s in SETTINGS}
+SCORES = {s: {} for s in SETTINGS}  # the generators' scores of the listed items (None: a merge, no scores)
 latency = {}
 for setting in SETTINGS:
     ex = EXCLUDE[setting]
     seconds, fallback = best_of(lambda ex=ex: retrieve("popular", data, models, ex, None))
-    LISTS[setting]["popular"] = fallback
+    LISTS[setting]["popular"], SCORES[setting]["popular"] = fallback
     if setting == "all":
         latency["popular"] = R.per_1000_users(seconds, n_users)
     for g in BASE[1:]:
-        seconds, LISTS[setting][g] = best_of(
+        seconds, (LISTS[setting][g], SCORES[setting][g]) = best_of(
             lambda g=g, ex=ex, fb=fallback: retrieve(g, data, models, ex, fb, TEXT),
             repeats=TIMING_REPEATS if setting == "all" else 1,
         )
@@ -396,6 +412,7 @@ HYBRID, val_rows = {}, []
 for setting in SETTINGS:
     vfb = retrieve("popular", vdata, vmodels, V_EXCLUDE[setting], None)
     vl = {g: vfb if g == "popular" else retrieve(g, vdata, vmodels, V_EXCLUDE[setting], vfb, TEXT) for g in HYBRID_PARTS}
+    vl = {g: ids[:, :K_MAX] for g, (ids, _) in vl.items()}  # a merge uses list positions only
     for w in grid:
         used = [(vl[g], wi) for g, wi in zip(HYBRID_PARTS, w, strict=True) if wi > 0]
         merged = R.interleave([x for x, _ in used], K_MAX, weights=[wi for _, wi in used])
@@ -410,8 +427,10 @@ hybrid_latency = {}
 for setting in SETTINGS:
     parts = HYBRID[setting]
     seconds, LISTS[setting]["hybrid"] = best_of(
-        lambda parts=parts, s=setting: R.interleave([LISTS[s][g] for g in parts], K_MAX, weights=list(parts.values()))
+        lambda parts=parts, s=setting: R.interleave([LISTS[s][g][:, :K_MAX] for g in parts], K_MAX,
+                                                    weights=list(parts.values()))
     )
+    SCORES[setting]["hybrid"] = None
     hybrid_latency[setting] = R.per_1000_users(seconds, n_users)
 GENERATORS = [*BASE, "hybrid"]
 display(Markdown(
@@ -428,12 +447,14 @@ val_table.sort_values(["setting", f"validation Recall@{K_EVAL}"], ascending=[Tru
 
 # %%
 tables = {
-    (setting, g): M.ranking_metrics(LISTS[setting][g], RELEVANT[setting], KS, n_items=n_items)
+    (setting, g): M.ranking_metrics(LISTS[setting][g], RELEVANT[setting], KS, n_items=n_items,
+                                    scores=SCORES[setting][g])
     for setting in tqdm(SETTINGS, desc="evaluate")
     for g in GENERATORS
 }
 per_user = {
-    (setting, g): M.recall_at_k(LISTS[setting][g], RELEVANT[setting], K_EVAL, per_user=True)
+    (setting, g): M.recall_at_k(LISTS[setting][g], RELEVANT[setting], K_EVAL, per_user=True,
+                                scores=SCORES[setting][g])
     for setting in SETTINGS for g in GENERATORS
 }
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=False)
@@ -557,7 +578,8 @@ slice_rows, slice_n = {}, {}
 for name, item_mask in item_slices.items():
     rel = restricted(data.relevant_new, item_mask)
     slice_n[name] = {"users": int((np.diff(rel.indptr) > 0).sum()), "distinct items bought": int(np.unique(rel.indices).size)}
-    slice_rows[name] = {g: M.recall_at_k(LISTS["new_to_user"][g], rel, K_EVAL) for g in GENERATORS}
+    slice_rows[name] = {g: M.recall_at_k(LISTS["new_to_user"][g], rel, K_EVAL, scores=SCORES["new_to_user"][g])
+                        for g in GENERATORS}
 item_breakdown = pd.DataFrame(slice_rows).T
 is_cold_item = data.items["is_cold"].to_numpy()
 test_ev = data.events[data.events["t"] >= test_start]
@@ -584,7 +606,11 @@ item_breakdown.round(3)
 #
 # `IndexFlatIP` compares every user with every item. HNSW (a navigable
 # small-world graph) visits a fraction of the items; `efSearch` trades
-# accuracy for speed. We measure the overlap of its top K_EVAL with the exact
+# accuracy for speed. A search narrower than the number of results asked for
+# cannot fill its list (FAISS's default efSearch is 16: asked for 100, it
+# returns -1 slots and misses a quarter of the exact top 100), so
+# `ecrec.recall.faiss_search` searches with `efSearch >= k` and warns when a
+# list still comes back short; the sweep starts at k. We measure the overlap of its top K_EVAL with the exact
 # top K_EVAL ("ANN recall", not the Recall@K above) against the time per
 # 1,000 users (best of `TIMING_REPEATS`), for the users with a history.
 
