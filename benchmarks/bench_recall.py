@@ -6,12 +6,17 @@
 2. Retrieval at equal K: exact ``IndexFlatIP`` against HNSW, on the real
    catalogue (ALS item vectors) and on a synthetic 200,000-item catalogue
    where the approximate index has room to pay off.
+3. The wrapper's overhead: ``ecrec.recall.faiss_search`` against ONE raw
+   ``index.search`` call on the same queries (200,000-item flat index), and
+   against the old way of searching in batches of 1,024 queries; the ratio
+   to raw FAISS is printed (target: <= 1.1).
 
-Run: ``python benchmarks/bench_recall.py`` (about a minute on 2 cores).
+Run: ``python benchmarks/bench_recall.py [--sections 1 2 3]`` (about a minute on 2 cores).
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
@@ -62,7 +67,35 @@ def loop_metrics(retrieved: np.ndarray, relevant: list[set], k: int) -> dict[str
     return {m: v / n for m, v in sums.items()}
 
 
+def wrapper_overhead(n_queries: int = 4000, n_items: int = 200_000, d: int = 64, k: int = 200) -> None:
+    """Section 3: faiss_search vs one raw index.search vs 1,024-query batches (the old wrapper)."""
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(n_items, d)).astype(np.float32)
+    q = rng.normal(size=(n_queries, d)).astype(np.float32)
+    flat = R.build_index(items, "flat")
+    t_raw, (_, raw_ids) = best_of(lambda: flat.search(q, k))
+    t_wrap, ids = best_of(lambda: R.faiss_search(flat, q, k))
+
+    def batched():
+        return np.vstack([R.faiss_search(flat, q[s : s + 1024], k) for s in range(0, len(q), 1024)])
+
+    t_old, old = best_of(batched)
+    assert (ids == old).all()
+    print(f"\n3. faiss_search overhead, flat index of {n_items:,} items (d={d}), {n_queries} queries, k={k}")
+    print(pd.DataFrame(
+        {"seconds": [t_raw, t_wrap, t_old]},
+        index=["raw faiss, one index.search", "ecrec faiss_search (one call)", "old: batches of 1,024 queries"],
+    ).assign(ratio_to_raw=lambda f: f["seconds"] / t_raw).round(3).to_string())
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sections", type=int, nargs="+", default=[1, 2, 3])
+    args = parser.parse_args()
+    if 3 in args.sections:
+        wrapper_overhead()
+    if not {1, 2} & set(args.sections):
+        return
     clean, _ = load_clean_online_retail()
     _, test_start = split_dates(clean["InvoiceDate"])
     data = R.build_recall_data(clean, test_start)
@@ -73,15 +106,18 @@ def main() -> None:
     lists = R.top_k(queries @ item_f.T, k)
     rel_sets = [set(data.relevant_all.indices[a:b]) for a, b in zip(data.relevant_all.indptr[:-1], data.relevant_all.indptr[1:], strict=True)]
 
-    t_vec, table = best_of(lambda: M.ranking_metrics(lists, data.relevant_all, [k]))
-    t_loop, ref = best_of(lambda: loop_metrics(lists, rel_sets, k), repeats=1)
-    for m, v in ref.items():
-        assert abs(table.loc[k, m] - v) < 1e-9, (m, table.loc[k, m], v)  # same numbers
-    print(f"1. ranking metrics, {len(data.users)} test users, K={k} (recall, precision, NDCG, MAP)")
-    print(pd.DataFrame(
-        {"seconds": [t_vec, t_loop]}, index=["vectorised ecrec.metrics (all 9 metrics)", "per-user Python loop (4 metrics)"]
-    ).assign(ratio=lambda f: f["seconds"] / t_vec).round(4).to_string())
+    if 1 in args.sections:
+        t_vec, table = best_of(lambda: M.ranking_metrics(lists, data.relevant_all, [k]))
+        t_loop, ref = best_of(lambda: loop_metrics(lists, rel_sets, k), repeats=1)
+        for m, v in ref.items():
+            assert abs(table.loc[k, m] - v) < 1e-9, (m, table.loc[k, m], v)  # same numbers
+        print(f"1. ranking metrics, {len(data.users)} test users, K={k} (recall, precision, NDCG, MAP)")
+        print(pd.DataFrame(
+            {"seconds": [t_vec, t_loop]}, index=["vectorised ecrec.metrics (all 9 metrics)", "per-user Python loop (4 metrics)"]
+        ).assign(ratio=lambda f: f["seconds"] / t_vec).round(4).to_string())
 
+    if 2 not in args.sections:
+        return
     print(f"\n2. retrieval at K=50, exact IndexFlatIP vs HNSW (M=32), {len(queries)} queries")
     rng = np.random.default_rng(0)
     out = []
