@@ -1,29 +1,70 @@
 """Shared fixtures.
 
-``smoke_run`` executes every chapter once per test session in the ``smoke``
+``smoke_run`` executes the chapters once per test session in the ``smoke``
 profile (what CI does), or reuses an existing run folder when the environment
 variable ``ECREC_RUN_DIR`` points at one (e.g. ``_output/smoke``).
+
+It executes only the chapters that the selected tests read: running
+``pytest tests/test_nb_03_features.py`` executes chapter 03 alone, while the
+whole suite (CI) executes every chapter, once. A test that needs the smoke run
+but belongs to no single chapter (the browser tests, the book's index) asks for
+all of them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from ecrec import book
 
+_NEEDED = pytest.StashKey[set]()
+_CHAPTER_FILE = re.compile(r"test_nb_(\d\d)_")
+
+
+def _chapters_of(item) -> set[str] | None:
+    """The chapter stems a collected test reads from the smoke run (None: every chapter)."""
+    if "built_html" in getattr(item, "fixturenames", ()):
+        return None  # the book is built from every chapter
+    stems = [p.stem for p in book.discover()]
+    match = _CHAPTER_FILE.search(item.path.name)
+    if match:
+        return {s for s in stems if s.startswith(match.group(1))}
+    params = getattr(item, "callspec", None)
+    for value in (params.params.values() if params else []):
+        name = value.stem if isinstance(value, Path) else value
+        if name in stems:
+            return {name}
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    needed: set[str] = set()
+    for item in items:
+        if not {"smoke_run", "chapter_metrics"} & set(getattr(item, "fixturenames", ())):
+            continue
+        chapters = _chapters_of(item)
+        needed |= chapters if chapters is not None else {p.stem for p in book.discover()}
+    config.stash[_NEEDED] = needed
+
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory) -> Path:
-    """The folder of a complete smoke run: ``executed/``, ``NN_slug/metrics.json``, ``book/``."""
+def smoke_run(tmp_path_factory, request) -> Path:
+    """The folder of a smoke run: ``executed/``, ``NN_slug/metrics.json``, ``book/``.
+
+    Only the chapters the selected tests need are executed (see the module's docstring).
+    """
     reuse = os.environ.get("ECREC_RUN_DIR")
     if reuse:
         return Path(reuse)
     output = tmp_path_factory.mktemp("book")
-    book.run("smoke", output=output)
+    needed = request.config.stash.get(_NEEDED, None)
+    only = sorted(needed) if needed else None
+    book.run("smoke", only=only, output=output)
     return output / "smoke"
 
 

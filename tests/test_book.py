@@ -413,3 +413,20 @@ def test_chapter_shows_no_unintended_warnings_or_floods(smoke_run, path: Path):
         f"  {f.cell} {f.kind}: {f.text}" for f in unexpected)
     stale = [a.pattern for a in allowed if not any(a.search(f.text) for f in findings)]
     assert not stale, f"{path.stem}: ALLOWED_STDERR entries that match nothing any more, remove them: {stale}"
+
+
+def test_smoke_run_executes_only_the_chapters_the_selected_tests_read():
+    from types import SimpleNamespace
+
+    from conftest import _chapters_of
+
+    stems = [p.stem for p in CHAPTERS]
+
+    def item(name, fixtures=("smoke_run",), **params):
+        return SimpleNamespace(path=Path("tests") / name, fixturenames=list(fixtures),
+                               callspec=SimpleNamespace(params=params) if params else None)
+
+    assert _chapters_of(item("test_nb_03_features.py", ("chapter_metrics",))) == {"03_features"}
+    assert _chapters_of(item("test_book.py", path=CHAPTERS[1])) == {stems[1]}
+    assert _chapters_of(item("test_browser.py", ("smoke_run", "built_html"), stem=stems[0])) is None
+    assert _chapters_of(item("test_browser.py", ("smoke_run",))) is None
