@@ -572,7 +572,11 @@ _CLONE_URL = re.compile(r'("git",\s*"clone",[^\n]*?")(https://github\.com/[^"]+)
 
 
 def colab_clone_urls(path: Path) -> list[str]:
-    """The repository addresses that a chapter's Colab set-up cell clones."""
+    """The repository addresses that a chapter's Colab set-up cell clones.
+
+    Raises:
+        OSError: ``path`` cannot be read.
+    """
     return [m.group(2) for m in _CLONE_URL.finditer(Path(path).read_text(encoding="utf-8"))]
 
 
@@ -583,6 +587,7 @@ def sync_colab(notebooks_dir: Path = NOTEBOOKS) -> list[Path]:
 
     Raises:
         NotebookError: see :func:`repository_url`, or a chapter has no set-up cell that clones.
+        OSError: a notebook cannot be read or written.
     """
     import jupytext
 
@@ -617,7 +622,8 @@ def build(profile: str = "auto", output: Path = ROOT / "_output") -> Path:
 
     Raises:
         NotebookError: a chapter has no executed notebook yet, a chapter's run
-            failed (all failed chapters are named), or the build failed.
+            failed (all failed chapters are named), ``jupyter-book`` is not
+            installed, the build failed, or ``repository.url`` is malformed.
     """
     import nbformat
 
