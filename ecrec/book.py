@@ -246,7 +246,8 @@ def execute(
             parameters=parameters,
             kernel_name=KERNEL,
             cwd=str(NOTEBOOKS),
-            progress_bar=progress,
+            # the runner's own bar stays live: explicit values beat the kernel's TQDM_* defaults
+            progress_bar={"mininterval": 0.1, "maxinterval": 10.0} if progress else False,
             log_output=False,
             execution_timeout=timeout,
         )
