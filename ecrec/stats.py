@@ -1,0 +1,153 @@
+"""Uncertainty: bootstrap intervals over users for AUC and its differences.
+
+Examples of one user are not independent (same tastes, same day), so the
+unit of resampling is the **user** (a cluster bootstrap): each resample draws
+users with replacement and keeps all their rows, as many times as the user was
+drawn. A difference between two models is resampled *paired* (the same users
+for both), which is what makes small but consistent gaps visible.
+
+AUC under resampling weights is the weighted Mann-Whitney statistic, ties
+counted as one half (as scikit-learn's ``roc_auc_score`` with
+``sample_weight``); it is computed for all resamples at once from one sort per
+score, so a thousand resamples of 70,000 rows take about a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["user_resample_weights", "weighted_auc_many", "bootstrap_auc", "interval_table"]
+
+
+def user_resample_weights(users: Sequence | np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row multiplicities of ``n_boot`` user-level bootstrap resamples.
+
+    Args:
+        users: (n,) user id of every row.
+        n_boot: resamples (>= 1).
+        seed: the generator's seed.
+
+    Returns:
+        ``(counts, user_index)``: int32 (n_boot, n_users) times each user is
+        drawn, and int64 (n,) each row's user position; a row's weight in
+        resample ``b`` is ``counts[b, user_index]``.
+
+    Raises:
+        ValueError: ``n_boot`` < 1 or no rows.
+    """
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    codes, user_index = np.unique(np.asarray(users), return_inverse=True)
+    if len(user_index) == 0:
+        raise ValueError("no rows to resample")
+    rng = np.random.default_rng(seed)
+    drawn = rng.integers(0, len(codes), size=(n_boot, len(codes)))
+    counts = np.zeros((n_boot, len(codes)), dtype=np.int32)
+    np.add.at(counts, (np.arange(n_boot)[:, None], drawn), 1)
+    return counts, user_index.astype(np.int64)
+
+
+def weighted_auc_many(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC of one score under many row weightings, ties counted one half.
+
+    Args:
+        y: (n,) 0/1 labels.
+        score: (n,) float scores (logits or probabilities; only their order matters).
+        weights: (B, n) non-negative row weights, or (n,) for one weighting.
+
+    Returns:
+        float64 (B,) AUCs (NaN where a weighting leaves one class without weight).
+
+    Raises:
+        ValueError: shapes disagree, labels outside {0, 1}, non-finite scores.
+    """
+    y = np.asarray(y)
+    score = np.asarray(score, dtype=np.float64)
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    if y.shape != score.shape or w.shape[1] != len(y):
+        raise ValueError(f"y {y.shape}, score {score.shape} and weights {w.shape} do not fit")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("y must hold only 0 and 1")
+    if not np.isfinite(score).all():
+        raise ValueError("scores must be finite")
+    from scipy import sparse
+
+    _, group = np.unique(score, return_inverse=True)  # tied scores share a group, ascending
+    n_groups = int(group.max()) + 1
+    pos, neg = y == 1, y == 0
+    # (rows of one class) x (score groups) indicators: weights @ G sums the weight per group
+    g_pos = sparse.csr_array((np.ones(pos.sum()), (np.arange(pos.sum()), group[pos])), shape=(pos.sum(), n_groups))
+    g_neg = sparse.csr_array((np.ones(neg.sum()), (np.arange(neg.sum()), group[neg])), shape=(neg.sum(), n_groups))
+    out = np.empty(len(w))
+    for start in range(0, len(w), 64):  # bounded memory: 64 x n_groups at a time
+        wb = w[start : start + 64]
+        wp = np.asarray((g_pos.T @ wb[:, pos].T).T)
+        wn = np.asarray((g_neg.T @ wb[:, neg].T).T)
+        below = np.cumsum(wn, axis=1) - wn  # negative weight strictly below each group
+        num = (wp * (below + 0.5 * wn)).sum(1)
+        den = wp.sum(1) * wn.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start : start + 64] = np.where(den > 0, num / den, np.nan)
+    return out
+
+
+def bootstrap_auc(
+    y: np.ndarray,
+    scores: Mapping[str, np.ndarray],
+    users: Sequence | np.ndarray,
+    *,
+    pairs: Sequence[tuple[str, str]] = (),
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, dict[str, float]]:
+    """AUC of each score, and paired differences, with percentile intervals over users.
+
+    Args:
+        y: (n,) 0/1 labels.
+        scores: name -> (n,) scores on the same rows.
+        users: (n,) user of every row (the resampling unit).
+        pairs: ``(a, b)`` names; the result has ``"a - b"`` entries.
+        n_boot: resamples.
+        seed: seeds the resamples (the same resamples for every score: paired).
+        level: the interval's coverage.
+
+    Returns:
+        ``{name: {"auc", "low", "high"}}`` and ``{"a - b": {"diff", "low", "high",
+        "excludes_0"}}``; point estimates are on the full sample.
+
+    Raises:
+        KeyError: a pair names an unknown score.
+        ValueError: as :func:`weighted_auc_many`.
+    """
+    counts, user_index = user_resample_weights(users, n_boot, seed)
+    w = counts[:, user_index]
+    q = [(1 - level) / 2, 1 - (1 - level) / 2]
+    point = {k: float(weighted_auc_many(y, s, np.ones(len(y)))[0]) for k, s in scores.items()}
+    boots = {k: weighted_auc_many(y, s, w) for k, s in scores.items()}
+    out: dict[str, dict[str, float]] = {}
+    for k in scores:
+        lo, hi = np.nanquantile(boots[k], q)
+        out[k] = {"auc": point[k], "low": float(lo), "high": float(hi)}
+    for a, b in pairs:
+        if a not in scores or b not in scores:
+            raise KeyError(f"pair ({a!r}, {b!r}) names a score not in {sorted(scores)}")
+        d = boots[a] - boots[b]
+        lo, hi = np.nanquantile(d, q)
+        out[f"{a} - {b}"] = {"diff": point[a] - point[b], "low": float(lo), "high": float(hi),
+                             "excludes_0": bool(lo > 0 or hi < 0)}
+    return out
+
+
+def interval_table(result: Mapping[str, Mapping[str, float]], digits: int = 3):
+    """``bootstrap_auc``'s result as a pandas frame with a printable "value [low, high]" column."""
+    import pandas as pd
+
+    rows = {}
+    for k, r in result.items():
+        value = r.get("auc", r.get("diff"))
+        sign = "+" if "diff" in r else ""
+        rows[k] = {**r, "with 95% interval": f"{value:{sign}.{digits}f} [{r['low']:{sign}.{digits}f}, {r['high']:{sign}.{digits}f}]"}
+    return pd.DataFrame(rows).T
