@@ -143,5 +143,8 @@ def test_two_tower_improves_on_held_out_pairs(m):
 
 def test_hnsw_converges_to_exact(m):
     ann = m["hnsw_overlap@50"]
+    # faiss_search searches with efSearch >= k (issue 10, item 7), so the sweep starts at k = 50
+    # (it used to start at 8, where a query could not fill its list); recorded 0.974, 0.986, 0.999, 1.000
     assert ann["256"] >= 0.99
-    assert ann["8"] < ann["64"] <= ann["256"]
+    assert 0.95 <= ann["50"] <= 0.99
+    assert ann["50"] <= ann["64"] <= ann["128"] <= ann["256"]
