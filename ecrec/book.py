@@ -614,6 +614,21 @@ def profile_that_ran(run_dir: Path, stem: str) -> str | None:
         return None
 
 
+def chapter_header(stem: str, requested: str, run_dir: Path) -> str:
+    """The line under a chapter's title: its Colab link and the profile that actually ran.
+
+    E.g. ``executed with profile `smoke` (requested `auto`)`` when ``auto``
+    resolved to ``smoke``; the requested profile alone when no ``metrics.json``
+    says otherwise.
+
+    Raises:
+        NotebookError: see :func:`repository_url`.
+    """
+    ran = profile_that_ran(run_dir, stem) or requested
+    said = f"`{ran}`" + (f" (requested `{requested}`)" if ran != requested else "")
+    return f"[Open this chapter in Colab]({colab_url(stem)}) · executed with profile {said}"
+
+
 def build(profile: str = "auto", output: Path = ROOT / "_output") -> Path:
     """Build the HTML book from the executed notebooks of ``profile``; returns the html folder.
 
@@ -657,9 +672,7 @@ def build(profile: str = "auto", output: Path = ROOT / "_output") -> Path:
     chapters = []
     for stem, nb in notebooks.items():
         tidy_streams(nb)
-        ran = profile_that_ran(run_dir, stem) or profile
-        said = f"`{ran}`" + (f" (requested `{profile}`)" if ran != profile else "")
-        link = nbformat.v4.new_markdown_cell(f"[Open this chapter in Colab]({colab_url(stem)}) · executed with profile {said}")
+        link = nbformat.v4.new_markdown_cell(chapter_header(stem, profile, run_dir))
         # After the title cell, so that the title stays the page's first heading.
         title_first = nb.cells and nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
         nb.cells.insert(1 if title_first else 0, link)

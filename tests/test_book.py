@@ -340,6 +340,11 @@ def test_profile_that_ran_reads_metrics(tmp_path):
     (tmp_path / "01_data" / "metrics.json").write_text(json.dumps({"profile": "smoke", "metrics": {}}))
     assert book.profile_that_ran(tmp_path, "01_data") == "smoke"
     assert book.profile_that_ran(tmp_path, "02_none") is None
+    header = book.chapter_header("01_data", "auto", tmp_path)
+    assert header.endswith("executed with profile `smoke` (requested `auto`)")
+    assert header.startswith(f"[Open this chapter in Colab]({book.colab_url('01_data')})")
+    assert book.chapter_header("01_data", "smoke", tmp_path).endswith("executed with profile `smoke`")
+    assert book.chapter_header("02_none", "cpu", tmp_path).endswith("executed with profile `cpu`")
 
 
 # --- parameters across chapters ----------------------------------------------
@@ -399,7 +404,13 @@ def test_sync_colab_rewrites_the_clone_address(tmp_path, monkeypatch):
 # Warnings a chapter shows on purpose, or is known to show until fixed:
 # chapter stem -> regexes matched against each finding's text. An entry that
 # matches nothing fails the test too: remove it once the warning is gone.
-ALLOWED_STDERR: dict[str, list[str]] = {}
+ALLOWED_STDERR: dict[str, list[str]] = {
+    # known, to be fixed in the chapter or the package (issue 11 section 6):
+    # transformers 5 deprecates the name peft's LoRA wrapper still calls
+    "04_bert_ctr": [r"FutureWarning: `is_gradient_checkpointing` is deprecated"],
+    # implicit's ALS asks for one BLAS thread: fit it under threadpool_limits(1, "blas")
+    "05_recall": [r"RuntimeWarning: OpenBLAS is configured to use \d+ threads"],
+}
 
 
 @pytest.mark.notebook
