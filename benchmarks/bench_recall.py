@@ -73,18 +73,34 @@ def wrapper_overhead(n_queries: int = 4000, n_items: int = 200_000, d: int = 64,
     items = rng.normal(size=(n_items, d)).astype(np.float32)
     q = rng.normal(size=(n_queries, d)).astype(np.float32)
     flat = R.build_index(items, "flat")
-    t_raw, (_, raw_ids) = best_of(lambda: flat.search(q, k))
-    t_wrap, ids = best_of(lambda: R.faiss_search(flat, q, k))
+    # raw and wrapper interleaved, best of 5 each: a busy machine slows both alike
+    t_raw = t_wrap = np.inf
+    for _ in range(5):
+        t_raw = min(t_raw, best_of(lambda: flat.search(q, k), repeats=1)[0])
+        t, ids = best_of(lambda: R.faiss_search(flat, q, k), repeats=1)
+        t_wrap = min(t_wrap, t)
+    result = flat.search(q, k)
+
+    class Searched:  # the same results without the search: the wrapper's own work alone
+        d, ntotal = flat.d, flat.ntotal
+
+        def search(self, x, kk):
+            return result
+
+    t_post, _ = best_of(lambda: R.faiss_search(Searched(), q, k), repeats=5)
 
     def batched():
         return np.vstack([R.faiss_search(flat, q[s : s + 1024], k) for s in range(0, len(q), 1024)])
 
     t_old, old = best_of(batched)
-    assert (ids == old).all()
+    # BLAS blocks the two ways differently: near-equal scores may swap, the sets are the same
+    same = np.mean([np.intersect1d(a, b).size / k for a, b in zip(ids, old, strict=True)])
+    assert same > 0.999, same
     print(f"\n3. faiss_search overhead, flat index of {n_items:,} items (d={d}), {n_queries} queries, k={k}")
     print(pd.DataFrame(
-        {"seconds": [t_raw, t_wrap, t_old]},
-        index=["raw faiss, one index.search", "ecrec faiss_search (one call)", "old: batches of 1,024 queries"],
+        {"seconds": [t_raw, t_wrap, t_raw + t_post, t_old]},
+        index=["raw faiss, one index.search", "ecrec faiss_search (one call)",
+               "raw + the wrapper's own work (measured alone)", "old: batches of 1,024 queries"],
     ).assign(ratio_to_raw=lambda f: f["seconds"] / t_raw).round(3).to_string())
 
 

@@ -78,7 +78,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-FORMAT_VERSION = 4  # 4: a basket is all of a user's invoices at one moment; 3: negatives from the basket + trailing window, whole-log cold flags; bump when the columns or their meaning change: invalidates caches
+FORMAT_VERSION = 5  # 5: the last few negative draws are finished exactly; 4: a basket is all of a user's invoices at one moment; 3: negatives from the basket + trailing window, whole-log cold flags; bump when the columns or their meaning change: invalidates caches
 SPLITS = ("train", "valid", "test")
 NEGATIVE_SAMPLING = ("uniform", "popularity")
 HIST_DTYPE = pd.ArrowDtype(pa.list_(pa.string()))
@@ -333,10 +333,13 @@ def sample_negatives(
     positives: the exclusion keys are sorted once and every round looks its
     draws up with one :func:`numpy.searchsorted`. A rejected draw (excluded,
     or for ``"uniform"`` not sold in the window) is redrawn, up to
-    ``max_rounds`` times. Draws that CANNOT succeed (every item sold in the
-    window is excluded) are detected exactly once few draws remain, and
-    dropped at once instead of using up the rounds; draws still rejected
-    after ``max_rounds`` are dropped too. An item drawn twice for the same
+    ``max_rounds`` times. Once few draws remain (<= 2,000, or <= 20,000 when
+    a round accepts under 10%), they are finished exactly: each draws from
+    the acceptable items of its window (the same distribution as rejection
+    sampling, conditional on acceptance), and a draw with no acceptable item
+    (every item sold in the window is excluded) is dropped at once instead
+    of using up the rounds; draws still rejected after ``max_rounds`` (only
+    if that point is never reached) are dropped too. An item drawn twice for the same
     invoice is kept once. A positive with no sale at all in its window (the
     first moments of the log) gets no negative. Sampled negatives are not
     impressions: items the customer probably never saw.
@@ -424,17 +427,26 @@ def sample_negatives(
             out |= _sorted_member(user_split_keys, us[idx] * n_items + cand)
         return out
 
-    def feasible(idx: np.ndarray) -> np.ndarray:
-        """Exactly: does some item sold in the window escape the exclusions? (one check per window)"""
-        ok = np.zeros(len(idx), dtype=bool)
+    def finish(idx: np.ndarray) -> np.ndarray:
+        """Exactly, once few draws remain: draw from the acceptable items of each window, or none.
+
+        Conditional on acceptance, rejection sampling draws uniformly (``"uniform"``) or in
+        proportion to sales (``"popularity"``) among the items of the window that are not
+        excluded; drawing from that set directly gives the same distribution without rounds.
+        Returns the drawn item per entry of ``idx``, -1 where no item is acceptable.
+        """
+        out = np.full(len(idx), -1, dtype=np.int64)
         key = pd.MultiIndex.from_arrays([bas[idx], lo[idx], hi[idx]] + ([us[idx]] if us is not None else []))
         codes, uniq = key.factorize()
         for c in range(len(uniq)):
-            first = idx[np.flatnonzero(codes == c)[0]]
-            window_items = np.unique(item_by_time[lo[first] : hi[first]])
-            reps = np.full(len(window_items), first)
-            ok[codes == c] = (~is_excluded(reps, window_items)).any()
-        return ok
+            members = np.flatnonzero(codes == c)
+            first = idx[members[0]]
+            window = item_by_time[lo[first] : hi[first]]  # one entry per sale: popularity weights
+            pool = window if method == "popularity" else np.unique(window)
+            pool = pool[~is_excluded(np.full(len(pool), first), pool)]
+            if len(pool):
+                out[members] = pool[rng.integers(0, len(pool), size=len(members))]
+        return out
 
     drawn = np.full(len(rep), -1, dtype=np.int64)
     todo = np.flatnonzero(hi > lo)  # an empty window: nothing on sale yet, no negative
@@ -459,10 +471,11 @@ def sample_negatives(
         todo = todo[~ok]
         stalled = ok.mean() < 0.1 if len(ok) else False
         if not checked and 0 < len(todo) and (len(todo) <= 2000 or (stalled and len(todo) <= 20000)):
-            checked = True  # few left: find, once, the draws that can never be accepted
-            can = feasible(todo)
-            report["impossible"] = int((~can).sum())
-            todo = todo[can]
+            checked = True  # few left: finish them exactly, dropping the draws that can never be accepted
+            last = finish(todo)
+            report["impossible"] = int((last < 0).sum())
+            drawn[todo] = last
+            todo = todo[:0]
     report["exhausted"] = int(len(todo))
     keep = drawn >= 0
     cols = ["invoice_no", "user_id", "ts", "country", "split"]
