@@ -1,8 +1,12 @@
 """Chapter 03's smoke-run numbers stay in their recorded ranges.
 
-Recorded smoke run (seed 42, uniform negatives, 250 users): test AUC / log loss
-lr_ids 0.715 / 0.472, lr_all 0.840 / 0.369, dnn_no_text 0.846 / 0.361,
-dnn_all 0.847 / 0.357; cold AUC 0.619, 0.768, 0.777, 0.773.
+Recorded smoke run (seed 42, uniform negatives, 250 users, dataset format 5): test AUC / log loss
+lr_ids 0.717 / 0.472, lr_all 0.840 / 0.369, dnn_no_text 0.844 / 0.370,
+dnn_all 0.844 / 0.374; cold AUC 0.620, 0.767, 0.775, 0.773.
+Re-recorded after issue 10 (a user's invoices at one moment are one basket; the last few
+negative draws finished exactly): the negatives changed, the logistic regressions barely
+(<= 0.0013), the DNNs more (dnn_all log loss 0.357 -> 0.374, dnn_no_text 0.361 -> 0.370):
+in smoke the DNNs now match the logistic regression's log loss instead of beating it.
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ pytestmark = pytest.mark.notebook
 
 MODELS = ("lr_ids", "lr_all", "dnn_no_text", "dnn_all")
 RECORDED = {  # name: (auc, log_loss, auc_cold)
-    "lr_ids": (0.7154, 0.4720, 0.6192),
-    "lr_all": (0.8397, 0.3693, 0.7676),
-    "dnn_no_text": (0.8455, 0.3606, 0.7769),
-    "dnn_all": (0.8467, 0.3569, 0.7726),
+    "lr_ids": (0.7167, 0.4720, 0.6201),
+    "lr_all": (0.8395, 0.3693, 0.7673),
+    "dnn_no_text": (0.8439, 0.3695, 0.7745),
+    "dnn_all": (0.8440, 0.3735, 0.7728),
 }
 
 
@@ -30,7 +34,7 @@ def test_records_the_sampling_choice(m):
     assert m["negative_exclusion"] == "same basket (a user's invoices at one moment)"
     assert m["negative_window_days"] == 30
     assert m["dnn_monitor"] == "log_loss"
-    assert m["n_examples"] == pytest.approx({"train": 68_904, "valid": 12_221, "test": 14_715}, rel=0.02)
+    assert m["n_examples"] == pytest.approx({"train": 68_886, "valid": 12_229, "test": 14_712}, rel=0.02)
     assert m["test_positive_rate"] == pytest.approx(0.2056, abs=0.005)  # 1 positive per <= 4 negatives
 
 
@@ -66,7 +70,8 @@ def test_recorded_ranges(m):
         assert models[name]["auc_cold"] > models["lr_ids"]["auc_cold"] + 0.1, name
         assert models[name]["auc_cold_user"] < models[name]["auc_warm"], name
     for name in ("dnn_no_text", "dnn_all"):
-        assert models[name]["log_loss"] <= models["lr_all"]["log_loss"], name
+        # was "<= lr_all"; with the format-5 negatives the smoke DNNs are level with it (0.370, 0.374 vs 0.369)
+        assert models[name]["log_loss"] <= models["lr_all"]["log_loss"] + 0.01, name
     assert 1 <= min(m["dnn_best_epoch"].values()) and max(m["dnn_best_epoch"].values()) <= 4
 
 
