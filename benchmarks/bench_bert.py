@@ -1,148 +1,216 @@
-"""Tutorial fine-tuning loop vs ecrec's, side by side in one run, on the same examples and model.
+"""Chapter 04's three training loops side by side, in one run, on the same examples and model.
 
-Both loops fine-tune the same MiniLM (same initial weights, same loss, AdamW,
-warm-up schedule, clipping, batch size, number of optimizer steps) on the same
-real CTR text pairs from Online Retail; only the data pipeline and precision
-differ:
+Same MiniLM cross-encoder (:func:`ecrec.bert.load_ctr_model`, same seed, so
+the same initial weights), same real CTR text pairs from chapter 03's
+dataset, same batch size, number of optimizer steps (one epoch), loss, AdamW,
+warm-up then decay, and clipping; only the loop differs:
 
-* tutorial: each example tokenized when fetched, padded to 128 tokens, random
-  batches, fp32, inference in ``torch.no_grad`` at 128 tokens;
-* ecrec (``ecrec.bert``): tokenized once, length-grouped batches padded per
-  batch (``DataCollatorWithPadding``), bf16 autocast where supported (fp16 +
-  GradScaler on older GPUs), inference under ``torch.inference_mode`` in
-  length-sorted batches.
+* **naive** (:func:`ecrec.naive_loop.train_naive`): the tutorial loop, each
+  example tokenized when fetched and padded to ``--max-length`` (128), random
+  batches, fp32, one learning rate for every parameter;
+* **ecrec** (:func:`ecrec.finetune.train_ctr_model`): tokenized once,
+  length-grouped batches padded to their longest, the fresh head at
+  ``--head-lr``; its validation before the first step and at the end is not timed;
+* **trainer** (:func:`ecrec.hf_trainer.train_with_hf_trainer`): Hugging Face
+  ``Trainer`` configured like ecrec (group_by_length, ``DataCollatorWithPadding``,
+  same optimizer groups and schedule, same precision), with ``Trainer``'s
+  default AdamW implementation (``adamw_torch_fused``: ``fused=True``);
+* **trainer_foreach**: the same with torch's default AdamW implementation,
+  the one ecrec's loop uses: the difference to ecrec is then the loop alone.
 
-Both truncate at ``--max-length`` (128), so they read the same tokens.
-Prints training samples/s, inference samples/s and test AUC after the same
-number of optimizer steps, and the ratios. On a CUDA GPU it also prints MFU:
-model FLOPs of the real (non-padding) tokens, ``6 N T`` for training and
-``2 N T`` for inference (``N`` = non-embedding parameters), over the card's
-dense bf16 peak.
+Prints, per loop and precision, training samples/s (the training loop alone:
+no set-up, no validation), the ratio to ecrec at the same precision, and the
+validation AUC after the last step (from logits; a few steps teach MiniLM
+little, so the AUC row shows that no loop is broken, not which one learns
+best). On CPU everything runs in fp32; on a CUDA GPU also in bf16 (fp16 with a
+loss scaler on cards without bf16), with MFU from ``benchmarks/flops.py``
+(model FLOPs of the real tokens, ``6 N T``, over the card's dense bf16 peak;
+the naive loop's padding counts as waste).
 
-    python benchmarks/bench_bert.py            # ~5 min on 2 CPU cores
-    python benchmarks/bench_bert.py --steps 30 --n-eval 2000   # on a GPU
+    python benchmarks/bench_bert.py --threads 1          # ~3 min on a shared 2-core CPU
+    python benchmarks/bench_bert.py --n-train 4096 --batch-size 64 --n-valid 2000   # on a GPU
+
+``--repeats R`` runs the loops R times, interleaved, and keeps each loop's
+fastest run (a shared machine's load changes during a run). Nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import math
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
-from ecrec import bert
+from ecrec import bert, pairs
 from ecrec.data import load_clean_online_retail
 from ecrec.features import CtrDatasetConfig, item_catalog, load_or_build_ctr_dataset
-from ecrec.metrics import roc_auc
+from ecrec.finetune import TrainConfig, amp_plan, evaluate_logits, pick_device, train_ctr_model
+from ecrec.hf_trainer import train_with_hf_trainer
+from ecrec.naive_loop import predict_naive, train_naive
 from ecrec.profiles import seed_everything
 from ecrec.text import load_tokenizer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flops  # noqa: E402  (benchmarks/flops.py)
+
 ROOT = Path(__file__).resolve().parent.parent
+LOOPS = ("naive", "ecrec", "trainer", "trainer_foreach")
 
 
-def _examples(n_train: int, n_eval: int, seed: int, max_users: int):
+def load_text_pairs(
+    n_train: int,
+    n_valid: int,
+    *,
+    seed: int = 42,
+    max_users: int | None = 250,
+    negatives: str = "uniform",
+    n_history: int = 5,
+    cache_dir: str | Path = ROOT / "_output" / "smoke" / "cache",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``n_train`` random train-window and ``n_valid`` valid-window rows of chapter 03's dataset, as text pairs.
+
+    Same cache and config as chapter 03 (built deterministically if absent).
+
+    Returns:
+        Two frames ``text_a``, ``text_b``, ``label`` (:func:`ecrec.pairs.build_text_pairs`).
+    """
     clean, _ = load_clean_online_retail()
-    data = load_or_build_ctr_dataset(clean, CtrDatasetConfig(seed=seed, max_users=max_users), ROOT / "_output" / "smoke" / "cache")
+    data = load_or_build_ctr_dataset(clean, CtrDatasetConfig(seed=seed, max_users=max_users, negatives=negatives),
+                                     cache_dir)
     desc = item_catalog(clean).set_index("item_id")["description"]
     rng = np.random.default_rng(seed)
-    train = data[data.split == "train"]
-    test = data[data.split == "test"]
-    train = train.iloc[np.sort(rng.choice(len(train), n_train, replace=False))]
-    test = test.iloc[np.sort(rng.choice(len(test), n_eval, replace=False))]
-    return bert.build_text_pairs(train, desc), bert.build_text_pairs(test, desc)
+
+    def sample(frame: pd.DataFrame, n: int) -> pd.DataFrame:
+        return frame.iloc[np.sort(rng.choice(len(frame), size=min(n, len(frame)), replace=False))]
+
+    train = sample(data[data.split == "train"], n_train)
+    valid = sample(data[data.split == "valid"], n_valid)
+    return pairs.build_text_pairs(train, desc, n_history), pairs.build_text_pairs(valid, desc, n_history)
 
 
-def _sync(device) -> None:
+def run_loop(loop: str, precision: str, *, train_pairs, valid_pairs, enc_train, enc_valid, tokenizer,
+             args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """One training run of ``loop`` (one of :data:`LOOPS`): samples/s, validation AUC, tokens.
+
+    Raises:
+        ValueError: unknown ``loop``.
+    """
+    model = bert.load_ctr_model(args.model, seed=args.seed)
+    steps = math.ceil(len(enc_train) / args.batch_size)
+    config = TrainConfig(epochs=1, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
+                         precision=precision, eval_every=steps, patience=10, seed=args.seed,
+                         eval_batch_size=128, progress=False)
+    if loop == "naive":
+        model.to(device)
+        out = train_naive(model, tokenizer, train_pairs.text_a, train_pairs.text_b, train_pairs.label,
+                          steps=steps, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
+                          seed=args.seed, progress=False)
+        z = predict_naive(model, tokenizer, valid_pairs.text_a, valid_pairs.text_b, batch_size=128,
+                          max_length=args.max_length)
+        tokens = int(round(out["samples"] * enc_train.lengths.mean()))  # real tokens; the rest is padding
+        row = {"steps": out["steps"], "samples": out["samples"], "train_seconds": out["seconds"],
+               "samples_per_s": out["samples_per_s"], "valid_auc": evaluate_logits(valid_pairs.label, z)["auc"],
+               "tokens": tokens, "padded_tokens": out["samples"] * args.max_length}
+    elif loop == "ecrec":
+        res = train_ctr_model(model, enc_train, enc_valid, config, pad_id=tokenizer.pad_token_id, device=device)
+        row = {"steps": res.optimizer_steps, "samples": res.train_samples, "train_seconds": res.train_seconds,
+               "samples_per_s": res.samples_per_s, "valid_auc": res.history[-1]["valid_auc"],
+               "valid_auc_step0": res.start_valid_auc, "tokens": res.train_tokens}
+    elif loop in ("trainer", "trainer_foreach"):
+        out = train_with_hf_trainer(model, enc_train, enc_valid, config, tokenizer=tokenizer, device=device,
+                                    fused_adamw=loop == "trainer")
+        row = {k: out[k] for k in ("steps", "samples", "train_seconds", "samples_per_s", "valid_auc", "tokens")}
+    else:
+        raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
+    del model
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    return {"loop": loop, "precision": "fp32" if loop == "naive" else precision, **row}
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse ``argv``, run every loop at every precision, print the table; returns ``{"rows", "meta"}``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="minilm")
-    ap.add_argument("--steps", type=int, default=12, help="optimizer steps for both loops")
+    ap.add_argument("--n-train", type=int, default=192, help="training pairs: one epoch of n/batch steps")
+    ap.add_argument("--n-valid", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--n-eval", type=int, default=512)
     ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--n-history", type=int, default=5)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--head-lr", type=float, default=1e-3)
     ap.add_argument("--max-users", type=int, default=250)
+    ap.add_argument("--negatives", default="uniform", choices=("uniform", "popularity"))
+    ap.add_argument("--precisions", nargs="*", default=None,
+                    help="default: fp32 on CPU; fp32 and bf16 (fp16 without bf16) on a CUDA GPU")
+    ap.add_argument("--loops", nargs="*", default=list(LOOPS), choices=LOOPS)
+    ap.add_argument("--repeats", type=int, default=1, help="interleaved runs; each loop's fastest is kept")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--device", default=None)
     args = ap.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     seed_everything(args.seed)
-    device = bert.pick_device(args.device)
+    device = pick_device(args.device)
+    precisions = args.precisions or (["fp32", amp_plan(device).name] if device.type == "cuda" else ["fp32"])
     tokenizer = load_tokenizer(args.model)
-    n_train = args.steps * args.batch_size
-    train, test = _examples(n_train, args.n_eval, args.seed, args.max_users)
-    enc_train = bert.encode_pairs(tokenizer, train.text_a, train.text_b, train.label, args.max_length)
-    enc_test = bert.encode_pairs(tokenizer, test.text_a, test.text_b, test.label, args.max_length)
-    y = test.label.to_numpy()
-    print(f"device={device}, {n_train} train pairs ({args.steps} steps x {args.batch_size}), {len(test)} eval pairs, "
-          f"mean {enc_train.lengths.mean():.1f} tokens/pair (max_length {args.max_length}), "
-          f"torch threads={torch.get_num_threads()}")
+    train_pairs, valid_pairs = load_text_pairs(args.n_train, args.n_valid, seed=args.seed, max_users=args.max_users,
+                                               negatives=args.negatives, n_history=args.n_history)
+    enc_train = pairs.encode_pairs(tokenizer, train_pairs.text_a, train_pairs.text_b, train_pairs.label,
+                                   args.max_length)
+    enc_valid = pairs.encode_pairs(tokenizer, valid_pairs.text_a, valid_pairs.text_b, valid_pairs.label,
+                                   args.max_length)
+    steps = math.ceil(len(enc_train) / args.batch_size)
+    print(f"device={device}, {len(enc_train)} train pairs ({steps} steps x {args.batch_size}), "
+          f"{len(enc_valid)} valid pairs, mean {enc_train.lengths.mean():.1f} tokens/pair "
+          f"(max_length {args.max_length}), torch threads={torch.get_num_threads()}")
 
-    out: dict[str, dict[str, float]] = {}
-    # --- tutorial loop -------------------------------------------------------------
-    model = bert.load_ctr_model(args.model, seed=args.seed).to(device)
-    n_params = bert.non_embedding_params(model)
-    naive = bert.train_naive(model, tokenizer, train.text_a, train.text_b, train.label, steps=args.steps,
-                             batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed)
-    _sync(device)
-    t0 = time.perf_counter()
-    p = bert.predict_naive(model, tokenizer, test.text_a, test.text_b, batch_size=args.batch_size,
-                           max_length=args.max_length)
-    _sync(device)
-    infer_s = time.perf_counter() - t0
-    out["tutorial"] = {"train_samples_per_s": naive["samples_per_s"], "infer_samples_per_s": len(test) / infer_s,
-                       "test_auc": roc_auc(y, p), "steps": naive["steps"], "precision": "fp32",
-                       "train_s": naive["seconds"], "infer_s": infer_s}
-    del model
+    runs = [(loop, prec) for prec in precisions for loop in args.loops if not (loop == "naive" and prec != "fp32")]
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in range(args.repeats):
+        for loop, prec in (runs if r % 2 == 0 else runs[::-1]):
+            row = run_loop(loop, prec, train_pairs=train_pairs, valid_pairs=valid_pairs, enc_train=enc_train,
+                           enc_valid=enc_valid, tokenizer=tokenizer, args=args, device=device)
+            print(f"  run {r + 1}/{args.repeats} {loop:16s} {prec}: {row['samples_per_s']:.2f} samples/s")
+            key = (loop, prec)
+            if key not in best or row["samples_per_s"] > best[key]["samples_per_s"]:
+                best[key] = row
+    rows = [best[k] for k in runs]
 
-    # --- ecrec loop -------------------------------------------------------------------
-    model = bert.load_ctr_model(args.model, seed=args.seed)
-    cfg = bert.TrainConfig(epochs=1, batch_size=args.batch_size, lr=args.lr, max_steps=args.steps,
-                           eval_every=args.steps, seed=args.seed, eval_batch_size=128)
-    res = bert.train_ctr_model(model, enc_train, enc_test, cfg, tokenizer=tokenizer, device=device)
-    _sync(device)
-    t0 = time.perf_counter()
-    p = bert.predict_proba(model, enc_test, tokenizer=tokenizer, batch_size=128)
-    _sync(device)
-    infer_s = time.perf_counter() - t0
-    out["ecrec"] = {"train_samples_per_s": res.samples_per_s, "infer_samples_per_s": len(test) / infer_s,
-                    "test_auc": roc_auc(y, p), "steps": res.optimizer_steps, "precision": res.precision,
-                    "train_s": res.train_seconds, "infer_s": infer_s}
-
+    meta: dict[str, Any] = {"device": str(device), "n_train": len(enc_train), "n_valid": len(enc_valid),
+                            "batch_size": args.batch_size, "steps": steps, "max_length": args.max_length,
+                            "mean_tokens": float(enc_train.lengths.mean()), "threads": torch.get_num_threads(),
+                            "repeats": args.repeats}
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        peak = bert.peak_bf16_flops(name)
-        tokens_train = int(enc_train.lengths.sum())
-        tokens_test = int(enc_test.lengths.sum())
-        for row in out.values():
-            if peak:
-                row["train_mfu"] = bert.transformer_flops(n_params, tokens_train) / row["train_s"] / peak
-                row["infer_mfu"] = bert.transformer_flops(n_params, tokens_test, training=False) / row["infer_s"] / peak
-        print(f"GPU: {name}, dense bf16 peak {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s "
-              "(MFU counts real tokens only)")
+        peak = flops.peak_bf16_flops(name)
+        n_params = flops.non_embedding_params(bert.load_ctr_model(args.model, seed=args.seed))
+        meta.update(gpu=name, peak_bf16_flops=peak, non_embedding_params=n_params)
+        for row in rows:
+            row["mfu"] = flops.mfu(flops.transformer_flops(n_params, row["tokens"]), row["train_seconds"], peak)
+    for row in rows:
+        ref = best.get(("ecrec", row["precision"])) or best.get(("ecrec", "fp32"))
+        row["ratio_vs_ecrec"] = row["samples_per_s"] / ref["samples_per_s"] if ref else float("nan")
 
-    keys = ["precision", "steps", "train_samples_per_s", "infer_samples_per_s", "test_auc"]
-    keys += [k for k in ("train_mfu", "infer_mfu") if k in out["ecrec"]]
-    print(f"\n{'':24s}{'tutorial':>14s}{'ecrec':>14s}{'ratio':>10s}")
-    for k in keys:
-        a, b = out["tutorial"][k], out["ecrec"][k]
-        if isinstance(a, str):
-            print(f"{k:24s}{a:>14s}{b:>14s}")
-            continue
-        ratio = f"{b / a:9.2f}x" if k != "test_auc" and a else f"{b - a:+10.3f}"
-        print(f"{k:24s}{a:14.3f}{b:14.3f}{ratio}")
-    speedup = out["ecrec"]["train_samples_per_s"] / out["tutorial"]["train_samples_per_s"]
-    print(f"\ntraining throughput ratio (ecrec / tutorial): {speedup:.2f}x; "
-          f"inference: {out['ecrec']['infer_samples_per_s'] / out['tutorial']['infer_samples_per_s']:.2f}x; "
-          f"AUC difference after {args.steps} steps: {out['ecrec']['test_auc'] - out['tutorial']['test_auc']:+.3f}")
-    return out
+    show_mfu = any(r.get("mfu") is not None for r in rows)
+    print(f"\n{'loop':16s}{'precision':>10s}{'steps':>7s}{'samples/s':>12s}{'vs ecrec':>10s}{'valid AUC':>11s}"
+          + (f"{'MFU':>8s}" if show_mfu else ""))
+    for row in rows:
+        mfu = row.get("mfu")
+        print(f"{row['loop']:16s}{row['precision']:>10s}{row['steps']:7d}{row['samples_per_s']:12.2f}"
+              f"{row['ratio_vs_ecrec']:9.2f}x{row['valid_auc']:11.3f}"
+              + (f"{mfu:8.2%}" if show_mfu and mfu is not None else ("       -" if show_mfu else "")))
+    step0 = next((r["valid_auc_step0"] for r in rows if "valid_auc_step0" in r), float("nan"))
+    print(f"(valid AUC before training, same initial weights for every loop: {step0:.3f})")
+    return {"rows": rows, "meta": meta}
 
 
 if __name__ == "__main__":
-    main()
+    run()
