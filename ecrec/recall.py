@@ -597,11 +597,18 @@ def faiss_search(
     if ex is not None:
         rows = np.broadcast_to(np.arange(n)[:, None], ids.shape)
         valid &= ~_in_sparse(ex, rows, np.maximum(ids, 0))
-    scores = np.where(valid, sc_all.astype(np.float64), -np.inf)
-    ids = np.where(valid, ids, -1)
-    order = np.lexsort((np.where(valid, ids, np.iinfo(np.int64).max), -scores), axis=1)
-    ranked = np.take_along_axis(ids, order, axis=1)
-    ranked_s = np.take_along_axis(scores, order, axis=1)
+    ranked = np.where(valid, ids, -1)
+    ranked_s = np.where(valid, sc_all, np.float32(-np.inf))
+    # FAISS returns each row best first; only rows with an equal-score pair or a dropped slot
+    # before a kept one need re-sorting by (score, item id): keeps the wrapper close to raw FAISS
+    fix = (ranked_s[:, 1:] == ranked_s[:, :-1]).any(1) & (ranked[:, 1:] >= 0).any(1)
+    fix |= (~valid[:, :-1] & valid[:, 1:]).any(1)
+    if fix.any():
+        sub_ids, sub_s = ranked[fix], ranked_s[fix]
+        order = np.lexsort((np.where(sub_ids >= 0, sub_ids, np.iinfo(np.int64).max), -sub_s.astype(np.float64)), axis=1)
+        ranked[fix] = np.take_along_axis(sub_ids, order, axis=1)
+        ranked_s[fix] = np.take_along_axis(sub_s, order, axis=1)
+    ranked_s = ranked_s.astype(np.float64) if return_scores else ranked_s
     found = (ranked >= 0).sum(1)
     available = np.minimum(k, index.ntotal - n_ex)
     short = np.zeros(n, dtype=bool)
