@@ -56,6 +56,8 @@ __all__ = [
     "count_params",
     "ctr_loss",
     "pair_features",
+    "bi_features",
+    "bi_logits",
     "save_checkpoint",
     "load_checkpoint",
     "CHECKPOINT_FORMAT",
@@ -250,6 +252,48 @@ def pair_features(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.hstack([u, v, u * v]).astype(np.float32)
 
 
+def bi_features(vectors: np.ndarray, hist: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """What a :class:`BiEncoderCtr` head reads, from a table of item vectors: ``[u, v, u * v]``.
+
+    Args:
+        vectors: (m, d) item vectors (frozen, or :func:`ecrec.finetune.item_vectors`).
+        hist: int64 (n, h) rows of each example's history items, -1 = none.
+        cand: int64 (n,) rows of the candidates.
+
+    Returns:
+        float32 (n, 3d); ``u`` is the mean of the history's vectors (zeros without history).
+
+    Raises:
+        ValueError: shapes do not fit or a row is out of range.
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    hist, cand = np.asarray(hist), np.asarray(cand)
+    if hist.ndim != 2 or cand.shape != (len(hist),):
+        raise ValueError(f"hist must be (n, h) and cand (n,), got {hist.shape} and {cand.shape}")
+    if len(cand) and (cand.min() < 0 or cand.max() >= len(vectors) or hist.max() >= len(vectors)):
+        raise ValueError(f"item rows out of range for a table of {len(vectors)} vectors")
+    valid = (hist >= 0)[..., None].astype(np.float32)
+    u = (vectors[np.maximum(hist, 0)] * valid).sum(1) / np.maximum(valid.sum(1), 1.0)
+    return pair_features(u, vectors[cand])
+
+
+def bi_logits(model, vectors: np.ndarray, hist: np.ndarray, cand: np.ndarray, *, chunk: int = 16384) -> np.ndarray:
+    """A bi-encoder's logits from cached item vectors: the head on :func:`bi_features`.
+
+    Equal to ``model(**batch)`` in eval mode when ``vectors`` are the model's own
+    item vectors; scores any number of rows without running the encoder.
+
+    Returns:
+        float32 (n,) logits.
+    """
+    w = model.head.weight.detach().float().cpu().numpy().reshape(-1)
+    b = float(model.head.bias.detach().float().cpu())
+    out = np.empty(len(cand), dtype=np.float32)
+    for s in range(0, len(cand), chunk):
+        out[s : s + chunk] = bi_features(vectors, hist[s : s + chunk], cand[s : s + chunk]) @ w + b
+    return out
+
+
 def load_ctr_model(
     model_name: str = DEFAULT_MODEL,
     *,
@@ -344,8 +388,12 @@ def add_lora(
         raise ValueError(f"LoRA rank r must be >= 1, got {r}")
     if hasattr(model.encoder, "peft_config"):
         raise ValueError("the model already has LoRA adapters")
+    import warnings
+
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules))
-    model.encoder = get_peft_model(model.encoder, config)
+    with warnings.catch_warnings():  # peft calls a transformers property deprecated in transformers 5
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model.encoder = get_peft_model(model.encoder, config)
     for p in model.head.parameters():
         p.requires_grad_(True)
     return model

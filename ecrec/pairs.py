@@ -298,16 +298,16 @@ def encode_histories(
     """
     if n_history < 1 or max_length < 4:
         raise ValueError(f"n_history must be >= 1 and max_length >= 4, got {n_history}, {max_length}")
-    pos = pd.Series(np.arange(len(item_texts)), index=item_texts.index)
+    pos = dict(zip(item_texts.index, range(len(item_texts)), strict=True))
     labels = _check_examples(examples, pos)
     hist = np.full((len(examples), n_history), -1, dtype=np.int64)
     for r, items in enumerate(examples[HIST_ITEMS]):
         items = list(items)[:n_history] if items is not None else []
-        missing = [i for i in items if i not in pos.index]
-        if missing:
-            raise KeyError(f"no text for history item(s) {missing[:5]}")
-        hist[r, : len(items)] = pos[items].to_numpy()
-    cand = pos[examples[ITEM_ID]].to_numpy().astype(np.int64)
+        try:
+            hist[r, : len(items)] = [pos[i] for i in items]
+        except KeyError as exc:
+            raise KeyError(f"no text for history item {exc.args[0]!r} (row {r})") from None
+    cand = np.fromiter((pos[i] for i in examples[ITEM_ID]), dtype=np.int64, count=len(examples))
     tokens = tokenizer([str(t).lower() for t in item_texts], truncation=True, max_length=max_length)["input_ids"]
     return EncodedHistories(list(tokens), cand, hist, labels.astype(np.float32))
 
