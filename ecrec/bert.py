@@ -131,6 +131,8 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pooling: Pooling | None = None
     pooling = pooling or checkpoint_pooling(model_name)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights were not used" (a checkpoint's head) is expected
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar per model in the book
     try:
         kwargs = {} if pooling.mode == "cls" else {"add_pooling_layer": False}
         try:
@@ -139,6 +141,8 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pooling: Pooling | None = None
             encoder = AutoModel.from_pretrained(model_path(model_name))
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     return encoder.train(), pooling
 
 

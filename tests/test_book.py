@@ -406,10 +406,6 @@ def test_sync_colab_rewrites_the_clone_address(tmp_path, monkeypatch):
 # matches nothing fails the test too: remove it once the warning is gone.
 ALLOWED_STDERR: dict[str, list[str]] = {
     # known, to be fixed in the chapter or the package (issue 11 section 6):
-    # transformers 5 deprecates the name peft's LoRA wrapper still calls
-    "04_bert_ctr": [r"FutureWarning: `is_gradient_checkpointing` is deprecated"],
-    # implicit's ALS asks for one BLAS thread: fit it under threadpool_limits(1, "blas")
-    "05_recall": [r"RuntimeWarning: OpenBLAS is configured to use \d+ threads"],
 }
 
 
