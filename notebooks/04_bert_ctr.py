@@ -97,11 +97,12 @@ SIZES = {
               "item_tokens": 24, "pair_tokens": 48, "batch_size": 16, "epochs": 1, "eval_every": 8,
               "lr": 1e-4, "head_lr": 1e-3, "lora_lr": 1e-3, "fgm_epsilon": 0.5, "cross_users": 12,
               "dnn_epochs": 4, "dnn_seeds": 1, "n_boot": 300, "loop_steps": 2, "_minutes": (5, 8)},
-    # what "auto" picks without a GPU: 1,000 users to narrow the intervals, 3 DNN seeds (estimate).
-    "cpu": {"max_users": 1000, "n_train": 1024, "n_valid": 512, "n_probe": 20000, "n_history": 3,
+    # what "auto" picks without a GPU: twice the users of smoke, more examples, 2 DNN seeds (estimate;
+    # the DNNs dominate: each trains on every train-window row).
+    "cpu": {"max_users": 500, "n_train": 768, "n_valid": 512, "n_probe": 20000, "n_history": 3,
             "item_tokens": 24, "pair_tokens": 48, "batch_size": 16, "epochs": 1, "eval_every": 16,
-            "lr": 1e-4, "head_lr": 1e-3, "lora_lr": 1e-3, "fgm_epsilon": 0.5, "cross_users": 30,
-            "dnn_epochs": 6, "dnn_seeds": 3, "n_boot": 1000, "loop_steps": 4, "_minutes": (20, 30)},
+            "lr": 1e-4, "head_lr": 1e-3, "lora_lr": 1e-3, "fgm_epsilon": 0.5, "cross_users": 20,
+            "dnn_epochs": 4, "dnn_seeds": 2, "n_boot": 500, "loop_steps": 3, "_minutes": (10, 15)},
     # one Colab-class GPU (not yet measured: see benchmarks/NOTES.md).
     "full": {"max_users": None, "n_train": 40000, "n_valid": 4000, "n_probe": 40000, "n_history": 5,
              "item_tokens": 32, "pair_tokens": 96, "batch_size": 64, "epochs": 2, "eval_every": 100,
