@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import nn
 
 from ecrec import features as F
 
@@ -290,48 +292,82 @@ class CtrPreprocessor:
         return out
 
 
-def _build_net(cardinalities, n_numeric, item_field, text_table, cfg: DnnConfig):
-    import torch
-    from torch import nn
+class CtrNet(nn.Module):
+    """The DNN of :func:`train_dnn`: embeddings (+ history pool, + text projection, + numerics) -> MLP -> logit.
 
-    class CtrNet(nn.Module):
-        """Embeddings (+ history pool, + text projection, + numerics) -> MLP -> logit."""
+    One embedding table (``config.emb_dim`` wide) per categorical field, row 0
+    the unknown bucket. With ``item_field`` set, the item table gets one extra
+    row, the padding index ``cardinalities[item_field]``, and the history is
+    mean-pooled through it (padding excluded); the pooled vector and its
+    product with the candidate's item embedding are both fed to the MLP. With
+    ``text_table`` set (frozen, a buffer), each row's text vector goes through
+    a linear layer to ``emb_dim``. The MLP is ``config.hidden`` layers of
+    Linear -> ReLU -> Dropout, then Linear to one logit.
 
-        def __init__(self):
-            super().__init__()
-            self.item_field = item_field
-            sizes = [c + (1 if i == item_field else 0) for i, c in enumerate(cardinalities)]
-            self.embs = nn.ModuleList(
-                nn.Embedding(s, cfg.emb_dim, padding_idx=(s - 1 if i == item_field else None))
-                for i, s in enumerate(sizes)
-            )
-            width = len(sizes) * cfg.emb_dim + n_numeric
-            if item_field is not None:
-                width += 2 * cfg.emb_dim
-            if text_table is not None:
-                self.register_buffer("text_table", torch.as_tensor(text_table, dtype=torch.float32))
-                self.text_proj = nn.Linear(text_table.shape[1], cfg.emb_dim)
-                width += cfg.emb_dim
-            layers: list[nn.Module] = []
-            for h in cfg.hidden:
-                layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(cfg.dropout)]
-                width = h
-            layers.append(nn.Linear(width, 1))
-            self.mlp = nn.Sequential(*layers)
+    Parameters are created in this order (embeddings, text projection, MLP),
+    so that a given ``torch.manual_seed`` gives the same initial weights.
 
-        def forward(self, cat, num, hist=None, text=None):
-            parts = [emb(cat[:, i]) for i, emb in enumerate(self.embs)]
-            if self.item_field is not None and hist is not None:
-                table = self.embs[self.item_field]
-                mask = (hist != table.padding_idx).unsqueeze(-1).float()
-                pooled = (table(hist) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-                parts += [pooled, pooled * parts[self.item_field]]
-            if text is not None and hasattr(self, "text_table"):
-                parts.append(self.text_proj(self.text_table[text]))
-            parts.append(num)
-            return self.mlp(torch.cat(parts, dim=1)).squeeze(-1)
+    Args:
+        cardinalities: number of indices of each categorical field, unknown included (k fields).
+        n_numeric: width m of the numeric input.
+        item_field: position of ``item_id`` among the fields, whose table the
+            history shares; ``None``: no history.
+        text_table: (t + 1, d) float text vectors, the last row the zero
+            "no text" vector; ``None``: no text.
+        config: :class:`DnnConfig` (``emb_dim``, ``hidden``, ``dropout``).
 
-    return CtrNet()
+    Shapes in :meth:`forward`:
+        cat (n, k) int64, num (n, m) float32, hist (n, history_len) int64 or
+        ``None``, text (n,) int64 or ``None`` -> logits (n,) float32.
+    """
+
+    def __init__(
+        self,
+        cardinalities: Sequence[int],
+        n_numeric: int,
+        item_field: int | None,
+        text_table: np.ndarray | None,
+        config: DnnConfig,
+    ) -> None:
+        super().__init__()
+        self.item_field = item_field
+        sizes = [c + (1 if i == item_field else 0) for i, c in enumerate(cardinalities)]
+        self.embs = nn.ModuleList(
+            nn.Embedding(s, config.emb_dim, padding_idx=(s - 1 if i == item_field else None))
+            for i, s in enumerate(sizes)
+        )
+        width = len(sizes) * config.emb_dim + n_numeric
+        if item_field is not None:
+            width += 2 * config.emb_dim  # pooled history and its product with the item embedding
+        self.text_proj: nn.Linear | None = None
+        if text_table is not None:
+            self.register_buffer("text_table", torch.as_tensor(text_table, dtype=torch.float32))
+            self.text_proj = nn.Linear(text_table.shape[1], config.emb_dim)
+            width += config.emb_dim
+        layers: list[nn.Module] = []
+        for h in config.hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(config.dropout)]
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(
+        self,
+        cat: torch.Tensor,
+        num: torch.Tensor,
+        hist: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        parts = [emb(cat[:, i]) for i, emb in enumerate(self.embs)]  # k x (n, emb_dim)
+        if self.item_field is not None and hist is not None:
+            table = self.embs[self.item_field]
+            mask = (hist != table.padding_idx).unsqueeze(-1).float()  # (n, history_len, 1)
+            pooled = (table(hist) * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (n, emb_dim)
+            parts += [pooled, pooled * parts[self.item_field]]
+        if text is not None and self.text_proj is not None:
+            parts.append(self.text_proj(self.text_table[text]))  # (n, emb_dim)
+        parts.append(num)
+        return self.mlp(torch.cat(parts, dim=1)).squeeze(-1)  # (n,)
 
 
 @dataclass
@@ -339,7 +375,7 @@ class TrainedDnn:
     """A trained DNN with its preprocessor; ``predict_proba(df)`` -> (n,) float64 in (0, 1)."""
 
     preprocessor: CtrPreprocessor
-    net: object
+    net: CtrNet
     config: DnnConfig
     history: dict[str, list[float]] = field(default_factory=dict)
     best_epoch: int = 0
@@ -441,7 +477,7 @@ def train_dnn(
         vec = np.asarray(text[1], dtype=np.float32)
         text_table = np.vstack([vec, np.zeros((1, vec.shape[1]), np.float32)])
     item_field = categorical.index("item_id") if sequence else None
-    net = _build_net(pre.cardinalities, pre.n_numeric, item_field, text_table, cfg)
+    net = CtrNet(pre.cardinalities, pre.n_numeric, item_field, text_table, cfg)
     model = TrainedDnn(pre, net, cfg, {"train_loss": [], "valid_loss": [], "valid_auc": []})
     tr, va = pre.transform(train), pre.transform(valid)
     y = torch.as_tensor(train["label"].to_numpy(np.float32))

@@ -166,3 +166,18 @@ def test_infinite_training_loss_names_the_rows():
     logits = torch.tensor([0.0, float("inf"), 1.0])
     with pytest.raises(FloatingPointError, match=r"rows \[1\]"):
         ctr._check_finite_loss(ctr.bce_with_logits(logits, torch.tensor([1.0, 0.0, 1.0])), logits, "test")
+
+
+def test_ctr_net_is_a_top_level_module_with_documented_shapes():
+    import torch
+
+    cfg = ctr.DnnConfig(emb_dim=4, hidden=(8,))
+    torch.manual_seed(0)
+    net = ctr.CtrNet([5, 7, 3], n_numeric=2, item_field=1, text_table=np.zeros((4, 6), np.float32), config=cfg)
+    assert isinstance(net, torch.nn.Module) and net.embs[1].num_embeddings == 8 and net.embs[1].padding_idx == 7
+    n = 6
+    cat = torch.zeros(n, 3, dtype=torch.int64)
+    out = net(cat, torch.zeros(n, 2), torch.full((n, 10), 7), torch.zeros(n, dtype=torch.int64))
+    assert out.shape == (n,) and out.dtype == torch.float32
+    bare = ctr.CtrNet([5, 7], n_numeric=0, item_field=None, text_table=None, config=cfg)
+    assert bare.text_proj is None and bare(torch.zeros(n, 2, dtype=torch.int64), torch.zeros(n, 0)).shape == (n,)
