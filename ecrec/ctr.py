@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import expit  # the one sigmoid (also behind ecrec.mlp.sigmoid)
 from torch import nn
 
 from ecrec import features as F
@@ -408,8 +409,6 @@ class TrainedDnn:
             RuntimeError: the preprocessor is not fitted.
             ValueError: columns the model needs are missing from ``df``.
         """
-        from scipy.special import expit
-
         return expit(self.predict_logits_arrays(self.preprocessor.transform(df), batch_size))
 
 
@@ -506,8 +505,6 @@ def train_dnn(
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
-        from scipy.special import expit
-
         p_valid = expit(model.predict_logits_arrays(va))
         auc, loss = roc_auc(y_valid, p_valid), log_loss(y_valid, p_valid)
         model.history["train_loss"].append(total / len(y))

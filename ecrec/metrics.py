@@ -41,24 +41,52 @@ __all__ = [
 # --- input checks ----------------------------------------------------------
 
 
-def _as_1d_float(x, name: str) -> np.ndarray:
+def _as_float(x, name: str, dtype=None) -> np.ndarray:
+    """``x`` as a float array of any shape (``dtype``, else its own float dtype, else float64).
+
+    The package's one numeric check (also used by :mod:`ecrec.mlp`).
+
+    Raises:
+        TypeError: not numeric (strings, objects).
+        ValueError: NaN (its index is named).
+    """
     arr = np.asarray(x)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
-    if np.isnan(arr).any():
-        raise ValueError(f"{name} contains NaN at index {int(np.flatnonzero(np.isnan(arr))[0])}")
+    if dtype is None:
+        dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.float64
+    arr = arr.astype(dtype, copy=False)
+    nan = np.isnan(arr)
+    if nan.any():
+        where = np.unravel_index(int(np.flatnonzero(nan)[0]), arr.shape)
+        raise ValueError(f"{name} contains NaN at index {tuple(int(i) for i in where)}")
     return arr
 
 
-def _check_labels(y_true, name: str = "y_true") -> np.ndarray:
+def _as_1d_float(x, name: str) -> np.ndarray:
+    """``x`` as a 1-D float64 array. Raises as :func:`_as_float`, and ValueError when not 1-D."""
+    arr = np.asarray(x)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D of shape (n,), got shape {arr.shape}")
+    return _as_float(arr, name, np.float64)
+
+
+def _check_labels(y_true, name: str = "y_true", n: int | None = None) -> np.ndarray:
+    """Labels as a 1-D float64 array of 0s and 1s; with ``n``, exactly ``n`` of them.
+
+    The package's one label check (also used by :mod:`ecrec.mlp`).
+
+    Raises:
+        ValueError: not 1-D, NaN, a value other than 0 and 1, or not ``n`` labels.
+        TypeError: not numeric.
+    """
     y = _as_1d_float(y_true, name)
     bad = (y != 0) & (y != 1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{name} must hold only 0 and 1; found {y[i]!r} at index {i}")
+        raise ValueError(f"{name} must hold only 0 and 1; found {float(y[i])!r} at index {i}")
+    if n is not None and len(y) != n:
+        raise ValueError(f"{name} has {len(y)} labels but there are {n} logits/examples")
     return y
 
 

@@ -28,6 +28,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.special import expit
+
+from ecrec.metrics import _as_float, _check_labels
 
 __all__ = [
     "sigmoid",
@@ -52,31 +55,8 @@ ACTIVATIONS = ("relu", "sigmoid", "tanh")
 # --- input checks ----------------------------------------------------------
 
 
-def _as_float(x, name: str, dtype=None) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
-    if dtype is None:
-        dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.float64
-    arr = arr.astype(dtype, copy=False)
-    nan = np.isnan(arr)
-    if nan.any():
-        where = np.unravel_index(int(np.flatnonzero(nan)[0]), arr.shape)
-        raise ValueError(f"{name} contains NaN at index {tuple(int(i) for i in where)}")
-    return arr
-
-
-def _check_labels(y, n: int | None = None, name: str = "y_true") -> np.ndarray:
-    arr = _as_float(y, name, np.float64)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D of shape (n,), got shape {arr.shape}")
-    bad = (arr != 0) & (arr != 1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{name} must hold only 0 and 1; found {float(arr[i])!r} at index {i}")
-    if n is not None and len(arr) != n:
-        raise ValueError(f"{name} has {len(arr)} labels but there are {n} logits/examples")
-    return arr
+# _as_float (numeric, NaN named) and _check_labels (1-D, only 0 and 1, n of them) are
+# ecrec.metrics' own: one set of checks for the package.
 
 
 def _check_logits(z) -> np.ndarray:
@@ -94,11 +74,12 @@ def _check_logits(z) -> np.ndarray:
 def sigmoid(z) -> np.ndarray:
     """Logistic function ``1 / (1 + exp(-z))``, computed without overflow.
 
-    For ``z >= 0`` it evaluates ``1 / (1 + exp(-z))``; for ``z < 0`` the
-    equal ``exp(z) / (1 + exp(z))``. Either way ``exp`` only sees
-    non-positive arguments, so no overflow warning and no ``inf``: the result
-    is exactly 0 or 1 only where the true value rounds to it (e.g.
-    ``sigmoid(-1000) == 0.0``, ``sigmoid(1000) == 1.0``).
+    The package's one sigmoid: :func:`scipy.special.expit` (which
+    :mod:`ecrec.ctr` also uses) behind the package's input checks. A stable
+    form evaluates ``1 / (1 + exp(-z))`` for ``z >= 0`` and the equal
+    ``exp(z) / (1 + exp(z))`` for ``z < 0``, so ``exp`` never overflows: no
+    warning and no ``inf``; the result is exactly 0 or 1 only where the true
+    value rounds to it (``sigmoid(-1000) == 0.0``, ``sigmoid(1000) == 1.0``).
 
     Args:
         z: logits, any shape; float dtypes are kept, others become float64.
@@ -111,8 +92,7 @@ def sigmoid(z) -> np.ndarray:
         TypeError: ``z`` is not numeric.
     """
     z = _as_float(z, "z")
-    e = np.exp(-np.abs(z))  # in (0, 1]
-    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
+    return expit(z).astype(z.dtype, copy=False)
 
 
 def softplus(z) -> np.ndarray:
@@ -164,7 +144,7 @@ def log_loss_from_logits(y_true, logits, reduction: str = "mean"):
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     z = _check_logits(logits)
-    y = _check_labels(y_true, len(z))
+    y = _check_labels(y_true, n=len(z))
     loss = np.where(y == 1, softplus(-z), softplus(z))
     if reduction == "none":
         return loss
@@ -194,7 +174,7 @@ def log_loss_grad(y_true, logits, reduction: str = "mean") -> np.ndarray:
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     z = _check_logits(logits)
-    y = _check_labels(y_true, len(z)).astype(z.dtype)
+    y = _check_labels(y_true, n=len(z)).astype(z.dtype)
     g = sigmoid(z) - y
     return g / len(z) if reduction == "mean" else g
 
@@ -405,7 +385,7 @@ def loss_and_grads(
     if l2 < 0:
         raise ValueError(f"l2 must be >= 0, got {l2}")
     z, cache = mlp_forward(params, X, activation)
-    y = _check_labels(y_true, len(z))
+    y = _check_labels(y_true, n=len(z))
     loss = log_loss_from_logits(y, z)
     grads = mlp_backward(params, cache, log_loss_grad(y, z))
     if l2:

@@ -384,3 +384,13 @@ def test_finite_logits_unchanged_and_match_torch():
 def test_nan_logits_are_named():
     with pytest.raises(ValueError, match=r"NaN at index \(1,\)"):
         log_loss_from_logits([1, 0], [0.0, np.nan])
+
+
+def test_one_sigmoid_and_one_set_of_label_checks():
+    from scipy.special import expit
+
+    from ecrec import metrics
+
+    z = np.random.default_rng(0).normal(scale=50, size=1000)
+    assert np.array_equal(sigmoid(z), expit(z))  # the same function ecrec.ctr uses
+    assert mlp._check_labels is metrics._check_labels and mlp._as_float is metrics._as_float
