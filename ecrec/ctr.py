@@ -31,6 +31,7 @@ import torch
 from scipy.special import expit  # the one sigmoid (also behind ecrec.mlp.sigmoid)
 from torch import nn
 
+from ecrec import encoders as E
 from ecrec import features as F
 
 FEATURE_GROUPS: dict[str, dict[str, list[str]]] = {
@@ -86,12 +87,12 @@ def make_logistic(
 
     Categorical columns: ``OneHotEncoder(handle_unknown="infrequent_if_exist",
     min_frequency=2)``, so unseen and rare values share one bucket and never
-    raise. Numeric columns: :func:`ecrec.features.numeric_encoder` plus
-    :func:`ecrec.features.bucket_encoder`. Groups ``user`` and ``item``
+    raise. Numeric columns: :func:`ecrec.encoders.numeric_encoder` plus
+    :func:`ecrec.encoders.bucket_encoder`. Groups ``user`` and ``item``
     together add a hashed country x category cross
-    (:class:`ecrec.features.HashedCross`; a user x category cross memorises
+    (:class:`ecrec.encoders.HashedCross`; a user x category cross memorises
     single purchases and ruins calibration on the test window), group
-    ``text`` the TF-IDF of the description (:class:`ecrec.features.ItemTfidf`).
+    ``text`` the TF-IDF of the description (:class:`ecrec.encoders.ItemTfidf`).
     Fit it on the train split only. ``seed`` is the ``random_state`` of
     ``LogisticRegression`` (liblinear shuffles its coordinates).
 
@@ -108,12 +109,12 @@ def make_logistic(
     if cats:
         parts.append(("onehot", OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=2), cats))
     if nums:
-        parts.append(("numeric", F.numeric_encoder(), nums))
-        parts.append(("buckets", F.bucket_encoder(n_bins), nums))
+        parts.append(("numeric", E.numeric_encoder(), nums))
+        parts.append(("buckets", E.bucket_encoder(n_bins), nums))
     if "user" in groups and "item" in groups and {"country", "category"} <= set(columns):
-        parts.append(("country_x_category", F.HashedCross(hash_features), ["country", "category"]))
+        parts.append(("country_x_category", E.HashedCross(hash_features), ["country", "category"]))
     if "text" in groups and "description" in columns:
-        parts.append(("tfidf", F.ItemTfidf(), ["description"]))
+        parts.append(("tfidf", E.ItemTfidf(), ["description"]))
     if not parts:
         raise ValueError(f"no column of groups {list(groups)} in the frame")
     return Pipeline(
@@ -205,8 +206,8 @@ class DnnConfig:
 
 
 class CtrPreprocessor:
-    """Fitted on the train split: :class:`ecrec.features.IdEncoder` per categorical column,
-    :func:`ecrec.features.numeric_encoder` for numerics, standardisation only for
+    """Fitted on the train split: :class:`ecrec.encoders.IdEncoder` per categorical column,
+    :func:`ecrec.encoders.numeric_encoder` for numerics, standardisation only for
     ``extra_numeric``, the history as item-table indices and a text-vector index.
 
     ``transform(df)`` returns a dict of numpy arrays: ``cat`` (n, k) int64,
@@ -248,8 +249,8 @@ class CtrPreprocessor:
         missing = [c for c in self.categorical + self.numeric + self.extra_numeric if c not in df.columns]
         if missing:
             raise ValueError(f"CtrPreprocessor.fit: columns {missing} are not in the frame")
-        self.encoders_ = {c: F.IdEncoder().fit(df[c]) for c in self.categorical}
-        self.numeric_ = F.numeric_encoder().fit(df[self.numeric]) if self.numeric else None
+        self.encoders_ = {c: E.IdEncoder().fit(df[c]) for c in self.categorical}
+        self.numeric_ = E.numeric_encoder().fit(df[self.numeric]) if self.numeric else None
         self.extra_ = (
             make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler()).fit(
                 df[self.extra_numeric]

@@ -1,4 +1,4 @@
-"""ecrec.features: time split, negatives, point-in-time features (leakage), encoders, cache."""
+"""ecrec.features: time split, negatives, point-in-time features (leakage), cache."""
 
 from __future__ import annotations
 
@@ -295,46 +295,6 @@ def test_item_catalog(real):
     row = cat.set_index("item_id").loc["85123A"]
     assert row["description"] == "WHITE HANGING HEART T-LIGHT HOLDER" and row["category"] == "HOLDER"
     assert row["price"] == pytest.approx(real.loc[real["StockCode"] == "85123A", "UnitPrice"].median())
-
-
-def test_id_encoder_unknown_bucket():
-    enc = F.IdEncoder(min_count=2).fit(pd.Series(["b", "a", "b", "c", "a", None]))
-    assert list(enc.vocabulary_) == ["a", "b"] and enc.n_indices == 3
-    assert enc.transform(["a", "b", "c", "zzz", None]).tolist() == [1, 2, 0, 0, 0]
-    with pytest.raises(RuntimeError, match="not fitted"):
-        F.IdEncoder().transform(["a"])
-    with pytest.raises(ValueError):
-        F.IdEncoder(min_count=0).fit(["a"])
-
-
-def test_numeric_encoder_matches_hand_computation():
-    train = pd.DataFrame({"x": [0.0, np.e - 1, np.nan, np.e**2 - 1]})
-    out = F.numeric_encoder().fit(train).transform(pd.DataFrame({"x": [np.nan, -5.0, np.e**3 - 1]}))
-    logged = np.array([0.0, 1.0, 1.0, 2.0])  # NaN -> median of (0, 1, 2) = 1
-    mu, sd = logged.mean(), logged.std()
-    ind_mu, ind_sd = 0.25, np.sqrt(0.25 * 0.75)
-    np.testing.assert_allclose(out[:, 0], [(1 - mu) / sd, (0 - mu) / sd, (3 - mu) / sd])
-    np.testing.assert_allclose(out[:, 1], [(1 - ind_mu) / ind_sd, -ind_mu / ind_sd, -ind_mu / ind_sd])
-
-
-def test_bucket_encoder_never_raises_and_one_hot():
-    train = pd.DataFrame({"x": np.r_[np.arange(100.0), [np.nan] * 10]})
-    enc = F.bucket_encoder(4).fit(train)
-    out = enc.transform(pd.DataFrame({"x": [1e9, -3.0, np.nan, 50.0]})).toarray()
-    assert (out.sum(1) == 1).all()
-    assert out[0].argmax() == out.shape[1] - 1  # beyond the train range: last bucket
-
-
-def test_hashed_cross_and_tfidf():
-    x = pd.DataFrame({"a": ["UK", "UK", "FR"], "b": ["MUG", "BAG", "MUG"]})
-    h = F.HashedCross(64).fit_transform(x)
-    assert h.shape == (3, 64) and (h.sum(1) == 1).all()
-    again = F.HashedCross(64).transform(pd.DataFrame({"a": ["UK"], "b": ["MUG"]}))
-    assert (again.toarray() == h[0].toarray()).all()
-    tf = F.ItemTfidf(min_df=1).fit(pd.Series(["RED MUG", "BLUE MUG", "RED MUG"]))
-    m = tf.transform(pd.Series(["RED MUG", "GREEN THING"])).toarray()
-    assert set(tf.get_feature_names_out()) == {"tfidf_red", "tfidf_mug", "tfidf_blue"}
-    assert np.linalg.norm(m[0]) == pytest.approx(1.0) and (m[1] == 0).all()
 
 
 def test_hist_matrix_and_text_similarity():
