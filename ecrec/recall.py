@@ -329,6 +329,12 @@ def popular_scores(events: pd.DataFrame, n_items: int, since, until) -> np.ndarr
 
     Returns:
         float64 (n_items,) counts; use with :func:`top_k` on a broadcast row.
+
+    Raises:
+        KeyError: ``events`` lacks ``user``, ``item_id`` or ``t``.
+        IndexError: an ``item_id`` in the window is ``>= n_items``.
+        TypeError: ``since``/``until`` cannot be compared with ``t`` (e.g. a
+            tz-naive bound against tz-aware times).
     """
     window = events[(events["t"] >= since) & (events["t"] < until)]
     counts = window.groupby("item_id")["user"].nunique()
@@ -349,6 +355,10 @@ def item_cosine(train_matrix) -> sp.csr_array:
 
     Returns:
         csr_array (n_items, n_items) float64, symmetric, values in [0, 1].
+
+    Raises:
+        ValueError, TypeError: ``train_matrix`` is not a 2-D numeric matrix
+            (scipy's own errors, e.g. for a scalar or a 1-D array).
     """
     x = sp.csr_array(train_matrix, dtype=np.float64, copy=True)  # never binarise the caller's counts
     x.data[:] = 1.0
@@ -374,19 +384,28 @@ def fit_als(
 
     Confidence ``1 + alpha * r`` on the counts of ``train_matrix``; one thread
     and ``random_state=seed`` so that the factors are the same run after run.
+    BLAS is limited to one thread (``threadpool_limits(1, "blas")``) while the
+    model is built and fitted: implicit checks the BLAS thread count when the
+    model is *constructed* and warns (``RuntimeWarning: OpenBLAS is configured
+    to use N threads``) otherwise.
 
     Returns:
         (user_factors (n_users, factors), item_factors (n_items, factors)), float32.
         Items never bought get (near) zero factors: ALS cannot score them.
+
+    Raises:
+        ValueError: ``factors`` or ``iterations`` < 1.
     """
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    model = AlternatingLeastSquares(
-        factors=factors, regularization=regularization, alpha=alpha, iterations=iterations,
-        random_state=seed, num_threads=1,
-    )
+    if factors < 1 or iterations < 1:
+        raise ValueError(f"factors and iterations must be >= 1, got {factors}, {iterations}")
     with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=factors, regularization=regularization, alpha=alpha, iterations=iterations,
+            random_state=seed, num_threads=1,
+        )
         model.fit(sp.csr_matrix(train_matrix, dtype=np.float32), show_progress=False)
     return np.asarray(model.user_factors), np.asarray(model.item_factors)
 
