@@ -26,7 +26,7 @@
 # concrete: **where do text embeddings beat item IDs, and where do they not?**
 
 # %% tags=["parameters"]
-profile = "auto"  # "auto" | "smoke" | "full"
+profile = "auto"  # "auto" | "smoke" | "cpu" | "full"
 seed = 42
 output_dir = "outputs/05_recall"
 sizes = None  # optional dict overriding the profile's sizes
@@ -70,13 +70,19 @@ STARTED = time.time()
 SIZES = {
     # max_users: evaluated test users (None = all); auc_users: users whose whole
     # catalogue is scored for AUC/GAUC; ft_*: the two-tower fine-tune;
-    # val_pairs: held-out (validation-window) pairs to monitor it
+    # val_pairs: held-out (validation-window) pairs to monitor it.
+    # _minutes: smoke measured on 2 CPU cores (2.3-2.6 min, 1.5 of them the 40-step fine-tune); cpu and
+    # full are estimates, not measured: cpu fine-tunes 15x the smoke's examples (300 x 128) on 2 cores
+    # and scores every test user; full (one Colab-class GPU) 1500 x 256 on two layers
     "smoke": {"max_users": 400, "auc_users": 200, "als_factors": 64, "als_iterations": 10,
-              "ft_layers": 1, "ft_steps": 40, "ft_batch": 64, "ft_eval_every": 20, "val_pairs": 192},
+              "ft_layers": 1, "ft_steps": 40, "ft_batch": 64, "ft_eval_every": 20, "val_pairs": 192,
+              "_minutes": (2, 3)},
     "cpu": {"max_users": None, "auc_users": None, "als_factors": 64, "als_iterations": 15,
-            "ft_layers": 1, "ft_steps": 300, "ft_batch": 128, "ft_eval_every": 50, "val_pairs": 1024},
+            "ft_layers": 1, "ft_steps": 300, "ft_batch": 128, "ft_eval_every": 50, "val_pairs": 1024,
+            "_minutes": (20, 35)},
     "full": {"max_users": None, "auc_users": None, "als_factors": 128, "als_iterations": 15,
-             "ft_layers": 2, "ft_steps": 1500, "ft_batch": 256, "ft_eval_every": 250, "val_pairs": 4096},
+             "ft_layers": 2, "ft_steps": 1500, "ft_batch": 256, "ft_eval_every": 250, "val_pairs": 4096,
+             "_minutes": (10, 20)},
 }
 run_profile, size = pick_sizes(profile, SIZES, sizes)
 seed_everything(seed)
@@ -95,7 +101,7 @@ N_BOOT = 1000  # bootstrap resamples of users for confidence intervals
 HYBRID_PARTS = ("als", "text_fine_tuned", "popular")
 HYBRID_GRID = range(0, 4)  # weight of each part, chosen on the validation window
 TIMING_REPEATS = 3  # latencies: best of this many runs
-print(run_profile, size)
+print(size)
 print(dict(VALID_DAYS=VALID_DAYS, TEST_DAYS=TEST_DAYS, POP_WINDOW_DAYS=POP_WINDOW_DAYS, HALF_LIFE_DAYS=HALF_LIFE_DAYS,
            SHORT_MAX=SHORT_MAX, TEMPERATURE=TEMPERATURE, MAX_HISTORY=MAX_HISTORY, K_MAX=K_MAX, K_EVAL=K_EVAL,
            N_BOOT=N_BOOT, HYBRID_PARTS=HYBRID_PARTS, HYBRID_GRID=list(HYBRID_GRID)))
