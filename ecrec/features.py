@@ -3,7 +3,8 @@
 The contract that chapters 03 (ID-based CTR models), 04 (BERT) and 05 (recall)
 share. Every chapter calls :func:`load_or_build_ctr_dataset` with the same
 :class:`CtrDatasetConfig`, so they all read exactly the same examples and split
-from one parquet file cached under a hash of the config and of the data.
+from one parquet file cached under a hash of the config, of the code that builds
+it and of the data (:func:`dataset_key`).
 
 Functions
 ---------
@@ -69,8 +70,11 @@ users that get examples: popularity is a global statistic.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
+import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -78,7 +82,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-FORMAT_VERSION = 5  # 5: the last few negative draws are finished exactly; 4: a basket is all of a user's invoices at one moment; 3: negatives from the basket + trailing window, whole-log cold flags; bump when the columns or their meaning change: invalidates caches
 SPLITS = ("train", "valid", "test")
 NEGATIVE_SAMPLING = ("uniform", "popularity")
 HIST_DTYPE = pd.ArrowDtype(pa.list_(pa.string()))
@@ -717,10 +720,72 @@ def _data_fingerprint(clean: pd.DataFrame) -> str:
     return hashlib.sha256(digest.tobytes()).hexdigest()[:16]
 
 
+# The functions whose code decides the cached frame; the helpers they call are found from their code.
+_BUILDERS = ("build_ctr_dataset", "sample_negatives", "point_in_time_features", "purchase_events",
+             "split_dates", "assign_split", "_write_dataset", "_read_dataset")
+
+
+def _names_used(code: types.CodeType) -> set[str]:
+    """Global names a code object (and the functions, classes and lambdas nested in it) refers to."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names_used(const)
+    return names
+
+
+def _code_of(obj) -> list[types.CodeType]:
+    if isinstance(obj, type):
+        return [f.__code__ for f in vars(obj).values() if isinstance(f, types.FunctionType)]
+    return [obj.__code__]
+
+
+def builder_sources() -> dict[str, str]:
+    """Source of every function and class of this module that building the dataset runs.
+
+    Starts from the builders (:func:`build_ctr_dataset`, :func:`sample_negatives`,
+    :func:`point_in_time_features`, :func:`purchase_events`, :func:`split_dates`,
+    :func:`assign_split`, the parquet writer and reader) and follows the
+    module-level functions and classes they name (``_select_users``,
+    ``_Sorted``, :class:`CtrDatasetConfig`...), transitively; module-level
+    constants they name (``_DAY_S``, ``HIST_DTYPE``...) enter as their ``repr``.
+
+    Returns:
+        ``{name: source}``, sorted by name.
+    """
+    module = globals()
+    out: dict[str, str] = {}
+    todo = list(_BUILDERS)
+    while todo:
+        name = todo.pop()
+        if name in out or name not in module:
+            continue
+        obj = module[name]
+        if isinstance(obj, (types.FunctionType, type)) and getattr(obj, "__module__", None) == __name__:
+            out[name] = inspect.getsource(obj)
+            for code in _code_of(obj):
+                todo += sorted(_names_used(code))
+        elif isinstance(obj, (int, float, str, tuple, frozenset, pd.api.extensions.ExtensionDtype)):
+            out[name] = repr(obj)
+    return dict(sorted(out.items()))
+
+
+@functools.cache
+def _code_fingerprint() -> str:
+    """Hash of :func:`builder_sources` (computed once per process: the source does not change under it)."""
+    return hashlib.sha256(json.dumps(builder_sources(), sort_keys=True).encode()).hexdigest()[:16]
+
+
 def dataset_key(clean: pd.DataFrame, config: CtrDatasetConfig) -> str:
-    """16 hex digits from the config, :data:`FORMAT_VERSION` and a hash of ``clean``'s content."""
+    """16 hex digits from the config, the builder's code and a hash of ``clean``'s content.
+
+    The code part hashes the source of every function that builds the
+    dataset (:func:`builder_sources`), so an edit to any of them (a comment
+    included) names a new cache file instead of reading a stale one; there is
+    no version number to remember to bump.
+    """
     payload = json.dumps(
-        {"config": asdict(config), "format": FORMAT_VERSION, "data": _data_fingerprint(clean)},
+        {"config": asdict(config), "code": _code_fingerprint(), "data": _data_fingerprint(clean)},
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -750,7 +815,7 @@ def load_or_build_ctr_dataset(
 ) -> pd.DataFrame:
     """Read ``cache_dir/ctr_<key>.parquet`` if present, else build it and save it atomically.
 
-    ``key`` is :func:`dataset_key` (config + format version + data hash), so
+    ``key`` is :func:`dataset_key` (config + the builder's source + data hash), so
     chapters 03, 04 and 05 that pass the same config share one file, and a
     changed config or data never reads a stale one. A ``ctr_<key>.json``
     beside it records the config and row counts.
@@ -773,7 +838,7 @@ def load_or_build_ctr_dataset(
     atomic_write(path, lambda p: _write_dataset(df, p))
     summary = {
         "config": asdict(config),
-        "format": FORMAT_VERSION,
+        "code": _code_fingerprint(),
         "rows": len(df),
         "rows_by_split": df["split"].value_counts().to_dict(),
         "positives": int(df["label"].sum()),

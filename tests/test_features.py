@@ -284,6 +284,24 @@ def test_cache_round_trip_and_key(real, tmp_path):
     assert F.dataset_key(real.iloc[1:], config) != key
 
 
+def test_dataset_key_follows_config_and_builder_code(real, monkeypatch):
+    config = F.CtrDatasetConfig(max_users=30, seed=1)
+    key = F.dataset_key(real, config)
+    assert F.dataset_key(real, F.CtrDatasetConfig(max_users=30, seed=1)) == key  # stable across calls
+    assert F.dataset_key(real, F.CtrDatasetConfig(max_users=30, seed=1, neg_ratio=3)) != key
+    assert F.dataset_key(real, F.CtrDatasetConfig(max_users=30, seed=1, negatives="popularity")) != key
+    sources = F.builder_sources()
+    # the builders and the helpers they call, found from their code
+    assert {"build_ctr_dataset", "sample_negatives", "point_in_time_features", "purchase_events", "split_dates",
+            "assign_split", "_select_users", "_sorted_member", "_Sorted", "_seconds", "CtrDatasetConfig"} <= set(sources)
+    assert "item_catalog" not in sources and "dataset_key" not in sources
+    # an edit to a helper's source names a new key
+    real_getsource = F.inspect.getsource
+    monkeypatch.setattr(F.inspect, "getsource", lambda obj: real_getsource(obj) + ("# edited" if obj is F._sorted_member else ""))
+    monkeypatch.setattr(F, "_code_fingerprint", F._code_fingerprint.__wrapped__)
+    assert F.dataset_key(real, config) != key
+
+
 def test_item_catalog_rejects_missing_columns(real):
     with pytest.raises(ValueError, match=r"missing columns \['Description'\]"):
         F.item_catalog(real.drop(columns="Description"))
