@@ -626,8 +626,8 @@ display(Markdown(
     f"{fmt(cross_boot, 'bi_ft')}.\n\n"
     f"Sizes: {len(split[REGIME]['ft_train']):,} fine-tuning examples, {runs[REGIME, 'bi_ft'].optimizer_steps} "
     f"optimizer steps in {PRECISION} on {device.type}; {split[REGIME]['test'].user_id.nunique()} test users. "
-    "Intervals that include 0 are differences this run cannot tell from noise: the `cpu` and `full` profiles "
-    "use more users and more examples."
+    "Intervals that include 0 are differences this run cannot tell from noise at this size "
+    f"(profile `{run_profile}`; `full` uses every user and {SIZES['full']['n_train']:,} fine-tuning examples)."
 ))
 
 # %% [markdown]
