@@ -92,17 +92,17 @@ from ecrec.text import load_tokenizer
 
 STARTED = time.time()
 SIZES = {
-    # CI: 2 CPU cores, fp32 (measured: see _minutes). Every strategy runs, on few examples.
+    # CI: 2 CPU cores, fp32 (measured: 1.8 min idle, 6 min with other jobs). Every strategy runs, on few examples.
     "smoke": {"max_users": 250, "n_train": 256, "n_valid": 256, "n_probe": 8000, "n_history": 3,
               "item_tokens": 24, "pair_tokens": 48, "batch_size": 16, "epochs": 1, "eval_every": 8,
               "lr": 1e-4, "head_lr": 1e-3, "lora_lr": 1e-3, "fgm_epsilon": 0.5, "cross_users": 12,
-              "dnn_epochs": 4, "dnn_seeds": 1, "n_boot": 300, "loop_steps": 2, "_minutes": (5, 8)},
-    # what "auto" picks without a GPU: twice the users of smoke, more examples, 2 DNN seeds (estimate;
-    # the DNNs dominate: each trains on every train-window row).
-    "cpu": {"max_users": 500, "n_train": 768, "n_valid": 512, "n_probe": 20000, "n_history": 3,
+              "dnn_epochs": 4, "dnn_seeds": 1, "n_boot": 300, "loop_steps": 2, "_minutes": (2, 6)},
+    # what "auto" picks without a GPU: 1,000 users to narrow the intervals, 3 DNN seeds
+    # (measured: 7.1 min on 2 idle CPU cores; the DNNs on ~290k train rows take most of it).
+    "cpu": {"max_users": 1000, "n_train": 1536, "n_valid": 1024, "n_probe": 20000, "n_history": 3,
             "item_tokens": 24, "pair_tokens": 48, "batch_size": 16, "epochs": 1, "eval_every": 16,
-            "lr": 1e-4, "head_lr": 1e-3, "lora_lr": 1e-3, "fgm_epsilon": 0.5, "cross_users": 20,
-            "dnn_epochs": 4, "dnn_seeds": 2, "n_boot": 500, "loop_steps": 3, "_minutes": (10, 15)},
+            "lr": 1e-4, "head_lr": 1e-3, "lora_lr": 1e-3, "fgm_epsilon": 0.5, "cross_users": 30,
+            "dnn_epochs": 4, "dnn_seeds": 3, "n_boot": 1000, "loop_steps": 3, "_minutes": (7, 9)},
     # one Colab-class GPU (not yet measured: see benchmarks/NOTES.md).
     "full": {"max_users": None, "n_train": 40000, "n_valid": 4000, "n_probe": 40000, "n_history": 5,
              "item_tokens": 32, "pair_tokens": 96, "batch_size": 64, "epochs": 2, "eval_every": 100,
