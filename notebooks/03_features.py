@@ -30,6 +30,23 @@
 #
 # The dataset built here is saved as a parquet file keyed by its
 # configuration, so chapters 04 and 05 read exactly the same examples.
+#
+# **You will learn to**
+#
+# * cut a purchase log on *global* time into train, validation and test
+#   windows, and say why a per-user random split leaks the future;
+# * turn purchases into CTR examples with sampled negatives, and check that
+#   the sampler does not hand the model the label (a shortcut);
+# * compute point-in-time user, item, user x item and sequence features
+#   without a Python loop, and *test* that they cannot see the future;
+# * fit a logistic regression and an embedding + MLP DNN with early stopping
+#   on validation log loss, and read AUC, log loss, GAUC (per user and per
+#   invoice) and the cold-start slices;
+# * measure which feature groups matter with an ablation.
+#
+# **You need** chapter 01 (the cleaned Online Retail data) and chapter 02
+# (logistic regression and an MLP trained on log loss, AUC). "CTR" here is a
+# purchase against sampled negatives, not a click on an impression.
 
 # %% tags=["parameters"]
 profile = "auto"  # "auto" | "smoke" | "cpu" | "full"
@@ -528,25 +545,36 @@ write_metrics(
 print(f"chapter ran in {time.time() - STARTED:.0f} s")
 
 # %% [markdown]
-# ## What we learned
+# ## Summary
 #
 # * A purchase log becomes a CTR dataset only through a negative sampler, and
 #   the sampler can hand the model the answer: exclude only the basket, and
 #   draw from what was on sale at that moment. Check for shortcuts by
 #   comparing how a feature relates to the label in train and in test.
-# * Point in time is testable: delete the future and recompute.
-# * Counts and recency of the customer, the item and the pair carry most of
-#   the signal; IDs alone are far behind, and cold customers stay hard.
+# * Point in time is testable: delete the future, recompute, and the features
+#   must not move.
+# * The results table and the ablation above say how much the counts and
+#   recency of the customer, the item and the pair add to the IDs, and how
+#   cold customers and cold items fare against warm examples.
 # * Stop on validation log loss when probabilities matter; report GAUC with
 #   its grouping and the groups it skipped.
-
-# %% [markdown]
-# ## What to try next
+# * AUC on sampled negatives depends on the sampler: compare models on the
+#   same negatives only.
 #
-# * Switch `negatives` to `"popularity"`: harder negatives, lower AUC, and a
-#   different winner in the ablation?
-# * Give the DNN an attention over the history (DIN) instead of a mean pool.
-# * Add an FM or DeepFM cross term and see whether it beats the MLP's implicit
-#   crosses on the warm examples.
-# * The cold-item AUC is the number chapter 04 attacks: how far does a
-#   fine-tuned BERT score (`train_dnn(..., extra_numeric=["bert_score"])`) move it?
+# ## Exercises
+#
+# 1. *(runnable)* Switch `negatives` to `"popularity"` and score the test
+#    examples with the item's 30-day sales share alone (`i_share_30d`), then
+#    with a logistic regression on every group but text. How much of the AUC
+#    under uniform negatives was popularity? A worked solution is in
+#    `notebooks/solutions/03_exercises.py`.
+# 2. *(runnable)* Build a feature that looks into the future on purpose: each
+#    item's number of buyers over the *whole* log, test months included. Compare
+#    its test AUC with the point-in-time `i_pop_30d`, and run this chapter's
+#    "delete the future" check on it. (solution in the same file)
+# 3. Give the DNN an attention over the history (DIN) instead of a mean pool.
+#    Does it help the warm examples, where there is a history to attend to?
+# 4. Add an FM or DeepFM cross term and see whether it beats the MLP's implicit
+#    crosses on the warm examples.
+# 5. The cold-item AUC is the number chapter 04 attacks: how far does a
+#    fine-tuned BERT score (`train_dnn(..., extra_numeric=["bert_score"])`) move it?

@@ -24,6 +24,24 @@
 # MiniLM two-tower model fine-tuned on purchase sequences, and evaluates them
 # all with ONE protocol and ONE set of metric definitions. The question is
 # concrete: **where do text embeddings beat item IDs, and where do they not?**
+#
+# **You will learn to**
+#
+# * set up one recall protocol on a global time split, with two settings (all
+#   purchases, new-to-user purchases) and users split by history length;
+# * define Recall@K, Precision, HitRate, MRR, NDCG, MAP, coverage, AUC and
+#   GAUC once, with ties counted as the expectation over random orders;
+# * build candidate generators: most popular, item-to-item CF, implicit ALS,
+#   a zero-shot MiniLM two-tower and one fine-tuned with in-batch negatives
+#   and the log q correction;
+# * choose a hybrid's mix on the validation window only, and compare
+#   generators with bootstrap intervals over users;
+# * trade exact against approximate (HNSW) retrieval, and recognise the loose
+#   metric definitions in circulation.
+#
+# **You need** chapter 03 (the global time split, cold users and items) and
+# chapter 04 (MiniLM sentence embeddings, a bi-encoder); the softmax and the
+# log loss of chapter 02.
 
 # %% tags=["parameters"]
 profile = "auto"  # "auto" | "smoke" | "cpu" | "full"
@@ -840,15 +858,39 @@ print(json.dumps(metrics["leakage"], indent=1))
 print(f"wall time {time.time() - STARTED:.0f} s")
 
 # %% [markdown]
-# ## What to try next
+# ## Summary
 #
-# * Fine-tune longer (profile `full`, on a GPU) and unfreeze more layers
-#   (`sizes={"ft_layers": 3}`): does the fine-tuned tower overtake ALS on new-to-user items?
-# * Feed the user tower with text (the last descriptions joined) instead of a
-#   mean of item vectors, or add the customer's country.
-# * Add item-CF and the zero-shot tower to `HYBRID_PARTS` (still chosen on the
-#   validation window, never on the test window).
-# * Replace the popularity fallback for cold users with the items of their
-#   first test-window invoice (session-based recall).
-# * Grow the catalogue (`benchmarks/bench_recall.py` uses 200,000 synthetic
-#   items) and watch where HNSW starts to beat the exact index on time.
+# * Recall sets the ceiling of the whole system: evaluate it with one protocol
+#   (a global time split, two settings) and one set of metric definitions, and
+#   say which definition you use: the loose ones give other numbers for the
+#   same lists.
+# * Ties are part of the result: a generator returns its scores with its list,
+#   and the metrics count tied items as the expectation over random orders.
+# * ID generators cannot recommend items they never saw; a text tower has a
+#   vector for a cold item on day one. The tables above say where each wins,
+#   and the bootstrap intervals whether the difference is more than noise.
+# * Anything tuned (the hybrid's mix, the fine-tune's monitoring) is tuned on
+#   the validation window, never on the test window.
+# * Exact search is the safe default at this catalogue size; HNSW trades
+#   overlap with the exact list for time, through `efSearch`.
+#
+# ## Exercises
+#
+# 1. *(runnable)* Change `POP_WINDOW_DAYS` to 7 and to 90 days. Which window
+#    makes the best "most popular" list in each setting, and what does the
+#    longest window lose? A worked solution is in
+#    `notebooks/solutions/05_exercises.py`.
+# 2. *(runnable)* Build the new-to-user lists of item-CF and ALS *without*
+#    excluding the customer's history (`exclude=None`) and score them on the
+#    new-to-user purchases. How many list slots go to items the customer
+#    already bought, and what does that cost in Recall@50? (solution in the
+#    same file)
+# 3. Fine-tune longer (profile `full`, on a GPU) and unfreeze more layers
+#    (`sizes={"ft_layers": 3}`): does the fine-tuned tower overtake ALS on
+#    new-to-user items?
+# 4. Add item-CF and the zero-shot tower to `HYBRID_PARTS` (still chosen on the
+#    validation window, never on the test window).
+# 5. Replace the popularity fallback for cold users with the items of their
+#    first test-window invoice (session-based recall).
+# 6. Grow the catalogue (`benchmarks/bench_recall.py` uses 200,000 synthetic
+#    items) and watch where HNSW starts to beat the exact index on time.
