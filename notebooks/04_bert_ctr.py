@@ -73,9 +73,10 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
+from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 
-from ecrec import bert, ctr, finetune, pairs
+from ecrec import bert, ctr, finetune, pairs, recall
 from ecrec.data import load_clean_online_retail
 from ecrec.features import (
     CtrDatasetConfig,
@@ -308,6 +309,9 @@ print(f"# ecrec/finetune.py, line {inspect.getsourcelines(finetune.train_ctr_mod
 # * **logistic regression on popularity counts** (7 days, 30 days, all time);
 # * **ID DNN**: chapter 03's embedding DNN on IDs, user, item, user-item, context
 #   and sequence features;
+# * **item-CF**: the largest co-purchase cosine (Sarwar et al., 2001) between the
+#   candidate and any history item, from the train window's purchases (an item
+#   counts as fully similar to itself, so repeat purchases score 1);
 # * **zero-shot text**: cosine between the candidate's MiniLM vector and the mean
 #   of the history's (no training at all);
 # * **frozen probe**: a logistic regression on the bi-encoder's features
@@ -334,6 +338,18 @@ def train_id_dnn(regime: str, text=None, dnn_seed: int = seed, extra_numeric=())
                          config=ctr.DnnConfig(seed=dnn_seed, max_epochs=size["dnn_epochs"]))
 
 
+def item_cf_scores(regime: str, e: pairs.EncodedHistories) -> np.ndarray:
+    """max over history items of the co-purchase cosine with the candidate (train-window purchases)."""
+    bought = data[regime][(data[regime].split == "train") & (data[regime].label == 1)]
+    users = bought.user_id.astype("category").cat.codes.to_numpy()
+    items = item_ids.get_indexer(bought.item_id)
+    matrix = sparse.csr_array((np.ones(len(bought)), (users, items)), shape=(users.max() + 1, len(item_ids)))
+    sim = recall.item_cosine(matrix).toarray().astype(np.float32)  # (items, items), diagonal 0
+    np.fill_diagonal(sim, 1.0)  # a repeat purchase is the most similar item there is
+    per_hist = np.where(e.hist >= 0, sim[e.cand[:, None], np.maximum(e.hist, 0)], 0.0)  # (rows, n_history)
+    return per_hist.max(1)
+
+
 def frozen_probe(regime: str) -> LogisticRegression:
     e = enc[regime]["dnn_train"]
     rows = np.sort(np.random.default_rng(seed).choice(len(e), min(size["n_probe"], len(e)), replace=False))
@@ -355,6 +371,7 @@ for regime in REGIMES:
         "popularity_30d": test.i_pop_30d.fillna(0).to_numpy(float),
         "lr_popularity_counts": pop_lr.decision_function(np.log1p(test[POP_COUNTS].fillna(0))),
         "id_dnn": id_dnns[regime].predict_proba(test),
+        "item_cf": item_cf_scores(regime, e_test),
         "zero_shot_text": zero_shot,
         "frozen_probe": probes[regime].decision_function(bert.bi_features(frozen_vectors, e_test.hist, e_test.cand)),
         "id_dnn_frozen_text": train_id_dnn(regime, text=(item_ids, frozen_vectors)).predict_proba(test),
@@ -523,7 +540,7 @@ print("median cosine between an item's fine-tuned and frozen vector:", drift)
 # bought the item before).
 
 # %%
-ORDER = ["popularity_30d", "lr_popularity_counts", "id_dnn", "zero_shot_text", "frozen_probe", "bi_ft", "bi_lora",
+ORDER = ["popularity_30d", "lr_popularity_counts", "item_cf", "id_dnn", "zero_shot_text", "frozen_probe", "bi_ft", "bi_lora",
          "bi_fgm", "id_dnn_frozen_text", "id_dnn_ft_text", "id_dnn_transfer"]
 PAIRS = [("id_dnn_ft_text", "id_dnn"), ("id_dnn_frozen_text", "id_dnn"), ("id_dnn_ft_text", "id_dnn_frozen_text"),
          ("id_dnn_transfer", "id_dnn"), ("bi_ft", "frozen_probe"), ("id_dnn", "bi_ft")]
@@ -611,7 +628,8 @@ display(Markdown(
     f"from {runs['uniform', 'bi_ft'].start_valid_auc:.3f} to {runs['uniform', 'bi_ft'].best_valid_auc:.3f}: "
     f"with {len(split['uniform']['ft_valid'])} validation rows, choosing a step is itself noisy. Adding fine-tuned item vectors to the DNN changes its AUC by "
     f"{fmt(u, 'id_dnn_ft_text - id_dnn')} ({verdict(u, 'id_dnn_ft_text - id_dnn')}).\n\n"
-    f"**Popularity-matched negatives.** Popularity falls to {fmt(p, 'popularity_30d')}; the ID DNN scores "
+    f"**Popularity-matched negatives.** Popularity falls to {fmt(p, 'popularity_30d')} and co-purchase "
+    f"item-CF scores {fmt(p, 'item_cf')}; the ID DNN scores "
     f"{fmt(p, 'id_dnn')}, text alone {fmt(p, 'bi_ft')} (fine-tuned) and {fmt(p, 'frozen_probe')} (frozen probe): "
     f"fine-tuning moves text alone by {fmt(p, 'bi_ft - frozen_probe')} ({verdict(p, 'bi_ft - frozen_probe')}). "
     f"Text added to the IDs: frozen vectors {fmt(p, 'id_dnn_frozen_text - id_dnn')} "

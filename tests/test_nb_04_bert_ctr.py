@@ -9,6 +9,7 @@ model                   uniform  popularity-matched
 ======================  =======  ==================
 popularity_30d          0.791    0.515
 lr_popularity_counts    0.794    0.540
+item_cf                 0.640    0.575
 id_dnn                  0.844    0.712
 zero_shot_text          0.562    0.555
 frozen_probe            0.627    0.513
@@ -36,6 +37,8 @@ pytestmark = pytest.mark.notebook
 RECORDED = {  # regime/slice/model: (auc, tolerance)
     "uniform/all/popularity_30d": (0.7912, 0.01),
     "uniform/all/lr_popularity_counts": (0.7937, 0.01),
+    "uniform/all/item_cf": (0.6396, 0.005),
+    "popularity_matched/all/item_cf": (0.5748, 0.005),
     "uniform/all/id_dnn": (0.8435, 0.015),
     "uniform/all/zero_shot_text": (0.5616, 0.005),
     "uniform/all/frozen_probe": (0.6265, 0.015),
@@ -81,7 +84,7 @@ def test_auc_in_recorded_range(m, key):
 def test_every_model_and_slice_is_scored(m):
     for regime in ("uniform", "popularity_matched"):
         for sl in ("all", "cold_item", "new_to_user"):
-            for model in ("popularity_30d", "id_dnn", "frozen_probe", "bi_ft", "id_dnn_ft_text", "id_dnn_transfer"):
+            for model in ("popularity_30d", "item_cf", "id_dnn", "frozen_probe", "bi_ft", "id_dnn_ft_text", "id_dnn_transfer"):
                 assert f"{regime}/{sl}/{model}" in m["auc"]
     for model in ("bi_lora", "bi_fgm"):
         assert f"popularity_matched/all/{model}" in m["auc"]
