@@ -78,3 +78,26 @@ def chapter_metrics(smoke_run):
         return json.loads(path.read_text())["metrics"]
 
     return load
+
+
+@pytest.fixture(scope="session")
+def tiny_st(tmp_path_factory) -> str:
+    """A tiny random BERT without dropout, saved as a sentence-transformers folder
+    (mean pooling + Normalize, like MiniLM): fast tests of chapter 04's models and loop."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from ecrec.text import model_path
+
+    folder = tmp_path_factory.mktemp("tiny_st")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    BertModel(config).save_pretrained(folder)
+    minilm = Path(model_path("minilm"))
+    shutil.copytree(minilm / "1_Pooling", folder / "1_Pooling")
+    shutil.copy(minilm / "modules.json", folder / "modules.json")
+    return str(folder)

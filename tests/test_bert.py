@@ -7,8 +7,6 @@ Fast tests use a tiny random BERT saved as a sentence-transformers folder
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,18 +28,6 @@ def tiny_config(**kw) -> BertConfig:
     base = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                 intermediate_size=64, max_position_embeddings=64)
     return BertConfig(**{**base, **kw})
-
-
-@pytest.fixture(scope="module")
-def tiny_st(tmp_path_factory) -> str:
-    """A tiny random BERT laid out as a sentence-transformers folder (mean pooling, normalised)."""
-    folder = tmp_path_factory.mktemp("tiny_st")
-    torch.manual_seed(0)
-    BertModel(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).save_pretrained(folder)
-    minilm = Path(model_path("minilm"))
-    shutil.copytree(minilm / "1_Pooling", folder / "1_Pooling")
-    shutil.copy(minilm / "modules.json", folder / "modules.json")
-    return str(folder)
 
 
 @pytest.fixture(scope="module")

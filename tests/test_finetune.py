@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
-from transformers import BertConfig, BertModel
 
 from ecrec import bert, finetune, pairs
-from ecrec.text import load_tokenizer, model_path
+from ecrec.text import load_tokenizer
 
 ITEMS = pd.Series({
     "A": "WHITE HANGING HEART T-LIGHT HOLDER", "B": "RED WOOLLY HOTTIE WHITE HEART",
@@ -26,20 +22,6 @@ FAST = dict(progress=False, precision="fp32", seed=0)
 @pytest.fixture(scope="module")
 def tokenizer():
     return load_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def tiny_st(tmp_path_factory) -> str:
-    """A tiny random BERT without dropout, as a sentence-transformers folder (mean pooling)."""
-    folder = tmp_path_factory.mktemp("tiny_st")
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0)
-    BertModel(cfg).save_pretrained(folder)
-    shutil.copytree(Path(model_path("minilm")) / "1_Pooling", folder / "1_Pooling")
-    shutil.copy(Path(model_path("minilm")) / "modules.json", folder / "modules.json")
-    return str(folder)
 
 
 def _encoded(tokenizer, n: int, seed: int = 0) -> pairs.EncodedHistories:
