@@ -101,3 +101,14 @@ def tiny_st(tmp_path_factory) -> str:
     shutil.copytree(minilm / "1_Pooling", folder / "1_Pooling")
     shutil.copy(minilm / "modules.json", folder / "modules.json")
     return str(folder)
+
+
+def load_solution(name: str):
+    """Import ``notebooks/solutions/<name>.py`` (a chapter's worked exercises) as a module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "notebooks" / "solutions" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"solutions_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -9,20 +9,10 @@ warm-started run's step-0 AUC), random head step-0 AUC 0.5228 and logit std
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
-
-SOLUTIONS = Path(__file__).resolve().parents[1] / "notebooks" / "solutions"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"solutions_{name}", SOLUTIONS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_solution as _load
 
 
 def test_04_exercises_sizes_and_helpers():
