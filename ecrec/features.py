@@ -293,6 +293,65 @@ class CtrDatasetConfig:
         object.__setattr__(self, "pop_windows", windows)
 
 
+# Chapter 03's dataset sizes per profile: the one source every chapter that reads
+# chapter 03's examples starts from (a chapter may override ``max_users`` only).
+DATASET_SIZES: dict[str, dict[str, int | None]] = {
+    "smoke": {"max_users": 250, "neg_ratio": 4, "history_len": 10},
+    "full": {"max_users": None, "neg_ratio": 4, "history_len": 10},
+}
+
+
+def dataset_config(size: dict, *, seed: int, negatives: str = "uniform") -> CtrDatasetConfig:
+    """Chapter 03's :class:`CtrDatasetConfig` from a chapter's resolved sizes.
+
+    Every chapter that reads chapter 03's examples (03, 04, 06, 07) builds its
+    configuration here, so that the examples cannot drift between chapters.
+
+    Args:
+        size: a chapter's sizes (``ecrec.profiles.pick_sizes``); must hold
+            ``max_users``, ``neg_ratio`` and ``history_len`` (start a chapter's
+            size table from :data:`DATASET_SIZES`).
+        seed: user subsampling and negative sampling seed.
+        negatives: ``"uniform"`` or ``"popularity"``.
+
+    Raises:
+        KeyError: a size is missing (the message names it and the fix).
+        ValueError: as :class:`CtrDatasetConfig`.
+    """
+    missing = [k for k in ("max_users", "neg_ratio", "history_len") if k not in size]
+    if missing:
+        raise KeyError(f"dataset_config: sizes lack {missing}; start the chapter's SIZES from "
+                       "ecrec.features.DATASET_SIZES[profile]")
+    return CtrDatasetConfig(seed=seed, negatives=negatives, max_users=size["max_users"],
+                            neg_ratio=size["neg_ratio"], history_len=size["history_len"])
+
+
+def cold_items(events: pd.DataFrame, items, before) -> np.ndarray:
+    """The book's one definition of a **cold item**: nobody bought it before ``before``.
+
+    ``before`` is the end of the data the model learns from: chapter 03's
+    ranking models train on the train window (``valid_start``); chapter 05's
+    generators on train + valid (``test_start``). An ID model has no row for
+    such an item; only its text or attributes can speak for it.
+
+    Args:
+        events: purchase events with ``item_id`` and ``ts`` (:func:`purchase_events`).
+        items: item ids to flag, shape ``(n,)``.
+        before: the cut-off (a timestamp).
+
+    Returns:
+        ``(n,)`` bool array, True for cold items.
+
+    Raises:
+        ValueError: ``events`` lacks ``item_id`` or ``ts``.
+    """
+    missing = [c for c in ("item_id", "ts") if c not in events.columns]
+    if missing:
+        raise ValueError(f"cold_items: events lack {missing}; pass purchase_events(clean)")
+    seen = events.loc[events["ts"] < pd.Timestamp(before), "item_id"].unique()
+    return ~pd.Index(np.asarray(items)).isin(seen)
+
+
 def _sorted_member(keys_sorted: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Whether each query key is in the sorted array (one searchsorted, no re-sort)."""
     if keys_sorted.size == 0:
@@ -702,7 +761,7 @@ def build_ctr_dataset(clean: pd.DataFrame, config: CtrDatasetConfig | None = Non
     # cold = no purchase in the train window of the WHOLE log (not only of the sampled users)
     train_events = events[events["split"] == "train"]
     examples["cold_user"] = ~examples["user_id"].isin(train_events["user_id"].unique())
-    examples["cold_item"] = ~examples["item_id"].isin(train_events["item_id"].unique())
+    examples["cold_item"] = cold_items(events, examples["item_id"], valid_start)
     feats = point_in_time_features(
         examples, events, history_len=config.history_len, pop_windows=config.pop_windows
     )

@@ -91,10 +91,10 @@ SIZES = {
     # _minutes: smoke measured on 2 CPU cores (3.4-4.5 min); full is an estimate, not measured: all
     # 4,334 users are ~20x the smoke rows (1.87M examples, built in ~10 s), and the logistic
     # regressions (ablation) and the DNN, twice the epochs, dominate
-    "smoke": {"max_users": 250, "neg_ratio": 4, "history_len": 10, "dnn_epochs": 4, "lr_max_iter": 100,
-              "_minutes": (3.5, 4.5)},
-    "full": {"max_users": None, "neg_ratio": 4, "history_len": 10, "dnn_epochs": 8, "lr_max_iter": 200,
-             "_minutes": (30, 60)},
+    # the dataset's own sizes (users, negatives per positive, history length) come from
+    # F.DATASET_SIZES, shared with every chapter that reads these examples
+    "smoke": {**F.DATASET_SIZES["smoke"], "dnn_epochs": 4, "lr_max_iter": 100, "_minutes": (3.5, 4.5)},
+    "full": {**F.DATASET_SIZES["full"], "dnn_epochs": 8, "lr_max_iter": 200, "_minutes": (30, 60)},
 }
 run_profile, size = pick_sizes(profile, SIZES, sizes)
 seed_everything(seed)
@@ -169,10 +169,7 @@ save(fig, output_dir, "daily_events_split")
 # sampler only; the choice is recorded in `metrics.json`.
 
 # %%
-config = F.CtrDatasetConfig(
-    seed=seed, neg_ratio=size["neg_ratio"], negatives=negatives, history_len=size["history_len"],
-    max_users=size["max_users"],
-)
+config = F.dataset_config(size, seed=seed, negatives=negatives)
 t0 = time.time()
 data = F.load_or_build_ctr_dataset(clean, config, cache_dir)
 print(f"dataset {F.dataset_key(clean, config)} in {time.time() - t0:.1f} s, cached in {cache_dir}")

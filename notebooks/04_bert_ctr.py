@@ -79,8 +79,9 @@ from sklearn.linear_model import LogisticRegression
 from ecrec import bert, ctr, finetune, pairs, recall
 from ecrec.data import load_clean_online_retail
 from ecrec.features import (
-    CtrDatasetConfig,
+    DATASET_SIZES,
     add_item_attributes,
+    dataset_config,
     item_catalog,
     load_or_build_ctr_dataset,
 )
@@ -94,18 +95,18 @@ from ecrec.text import load_tokenizer
 STARTED = time.time()
 SIZES = {
     # CI: 2 CPU cores, fp32 (measured: 1.8 min idle, 6 min with other jobs). Every strategy runs, on few examples.
-    "smoke": {"max_users": 250, "n_train": 256, "n_valid": 256, "n_probe": 8000, "n_history": 3,
+    "smoke": {**DATASET_SIZES["smoke"], "n_train": 256, "n_valid": 256, "n_probe": 8000, "n_history": 3,
               "item_tokens": 24, "pair_tokens": 48, "batch_size": 16, "epochs": 1, "eval_every": 8,
               "lr": 1e-4, "head_lr": 1e-3, "lora_lr": 1e-3, "fgm_epsilon": 0.5, "cross_users": 12,
               "dnn_epochs": 4, "dnn_seeds": 1, "n_boot": 300, "loop_steps": 2, "_minutes": (2, 6)},
     # what "auto" picks without a GPU: 1,000 users to narrow the intervals, 3 DNN seeds
     # (measured: 7.1 min on 2 idle CPU cores; the DNNs on ~290k train rows take most of it).
-    "cpu": {"max_users": 1000, "n_train": 1536, "n_valid": 1024, "n_probe": 20000, "n_history": 3,
+    "cpu": {**DATASET_SIZES["smoke"], "max_users": 1000, "n_train": 1536, "n_valid": 1024, "n_probe": 20000, "n_history": 3,
             "item_tokens": 24, "pair_tokens": 48, "batch_size": 16, "epochs": 1, "eval_every": 16,
             "lr": 1e-4, "head_lr": 1e-3, "lora_lr": 1e-3, "fgm_epsilon": 0.5, "cross_users": 30,
             "dnn_epochs": 4, "dnn_seeds": 3, "n_boot": 1000, "loop_steps": 3, "_minutes": (7, 9)},
     # one Colab-class GPU (not yet measured: see benchmarks/NOTES.md).
-    "full": {"max_users": None, "n_train": 40000, "n_valid": 4000, "n_probe": 40000, "n_history": 5,
+    "full": {**DATASET_SIZES["full"], "n_train": 40000, "n_valid": 4000, "n_probe": 40000, "n_history": 5,
              "item_tokens": 32, "pair_tokens": 96, "batch_size": 64, "epochs": 2, "eval_every": 100,
              "lr": 5e-5, "head_lr": 1e-3, "lora_lr": 5e-4, "fgm_epsilon": 0.5, "cross_users": 400,
              "dnn_epochs": 8, "dnn_seeds": 3, "n_boot": 1000, "loop_steps": 20, "_minutes": (30, 45)},
@@ -141,7 +142,7 @@ catalog = item_catalog(clean)
 REGIMES = {"uniform": "uniform", "popularity_matched": "popularity"}
 data = {
     regime: load_or_build_ctr_dataset(
-        clean, CtrDatasetConfig(seed=seed, max_users=size["max_users"], negatives=sampler),
+        clean, dataset_config(size, seed=seed, negatives=sampler),
         cache_dir or output_dir.parent / "cache")
     for regime, sampler in REGIMES.items()
 }
