@@ -2,7 +2,7 @@
 
 Recall (candidate generation) picks a few hundred items out of the catalogue
 for each user; a ranker (chapters 03 and 04) orders them. Every generator here
-returns the same thing, a ``(n_users, K)`` int64 array of item ids, best
+returns the same thing, a ``(n_users, K)`` int64 array of item indexes (``item_idx``), best
 first, padded with -1, so that one evaluation (:mod:`ecrec.metrics`) serves all.
 
 Protocol (:func:`build_recall_data`)
@@ -31,7 +31,7 @@ Protocol (:func:`build_recall_data`)
   comes from the whole log, every cold item sells in the test window (items
   listed but never sold are not in the log at all).
 
-Tie policy: whenever scores tie, the lower item id comes first
+Tie policy: whenever scores tie, the lower item index comes first
 (:func:`top_k`, :func:`faiss_search`; the latter holds at the cut-off when
 ``tie_margin`` covers the largest group of identical item vectors), so lists
 are deterministic.
@@ -56,7 +56,9 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from ecrec.features import cold_items, item_catalog, purchase_events
 from ecrec.metrics import dedupe_rows
+from ecrec.schema import COLD_ITEM, INVOICE_NO, ITEM_ID, ITEM_IDX, TS, USER_ID
 
 __all__ = [
     "RecallData", "build_recall_data", "top_k", "popular_scores",
@@ -75,13 +77,14 @@ class RecallData:
 
     Rows of ``history*``, ``relevant_*`` and ``user_group`` are the evaluated
     test users (``users``); rows of ``train_matrix`` are ``train_users``.
-    Columns are item ids 0..n_items-1 (``items`` row order).
+    Columns are item indexes (``item_idx``) 0..n_items-1 (``items`` row order).
     """
 
     test_start: pd.Timestamp  # first instant of the test window
     end: pd.Timestamp  # exclusive: midnight after the last event
-    items: pd.DataFrame  # item_id, StockCode, Description, train_buyers, is_cold, is_tail
-    events: pd.DataFrame  # one row per (user, item, invoice): user, item_id, invoice, t
+    items: pd.DataFrame  # item_id (stock code), item_idx, description, category, price, train_buyers,
+    #                      cold_item, tail_item (ecrec.features.item_catalog + the recall columns)
+    events: pd.DataFrame  # ecrec.features.purchase_events + item_idx: one row per (invoice, item)
     users: np.ndarray  # CustomerID of each evaluated test user
     user_group: np.ndarray  # "cold" | "short" | "warm"
     history: sp.csr_array  # (n_users, n_items) recency weights of purchases before test_start
@@ -137,79 +140,73 @@ def build_recall_data(
         max_users: evaluate a random subsample of this many test users (smoke
             runs); ``None`` keeps all.
         seed: seed of that subsample.
-        catalogue: a frame with ``StockCode`` and ``Description`` to build the
+        catalogue: a cleaned log to build the item table from with
+            :func:`ecrec.features.item_catalog` (StockCode, Description, UnitPrice)
             item table from (default: ``clean`` itself). Pass the full log when
-            ``clean`` is a truncated log (a validation split) so that item ids
+            ``clean`` is a truncated log (a validation split) so that item indexes
             match the test split's.
 
     Raises:
         ValueError: missing columns, no test user, an item of ``clean``
             missing from ``catalogue``, or bad parameters.
     """
-    need = {"InvoiceNo", "StockCode", "Description", "InvoiceDate", "CustomerID"}
+    need = {"InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country"}
     missing = need - set(clean.columns)
     if missing:
-        raise ValueError(f"clean is missing columns {sorted(missing)}")
+        raise ValueError(f"clean is missing columns {sorted(missing)}; pass ecrec.data.load_clean_online_retail()[0]")
     test_start = pd.Timestamp(test_start)
     end = clean["InvoiceDate"].max().normalize() + pd.DateOffset(days=1)  # calendar day, also across DST
     if not clean["InvoiceDate"].min() < test_start < end:
         raise ValueError(f"test_start {test_start} must fall inside the log ({clean['InvoiceDate'].min()} .. {end})")
     if not 0 < tail_share < 1:
         raise ValueError(f"tail_share must be in (0, 1), got {tail_share}")
-    source = clean if catalogue is None else catalogue
-    items = (
-        source.groupby("StockCode", sort=True)["Description"].first().reset_index()
-        .rename_axis("item_id").reset_index()
-    )
-    item_of = pd.Series(items["item_id"].to_numpy(), index=items["StockCode"])
-    unknown = ~clean["StockCode"].isin(item_of.index)
+    # chapter 03's tables: one events table and one item table for the whole book
+    items = item_catalog(clean if catalogue is None else catalogue)
+    items.insert(1, ITEM_IDX, np.arange(len(items), dtype=np.int64))
+    idx_of = pd.Series(items[ITEM_IDX].to_numpy(), index=items[ITEM_ID])
+    events = purchase_events(clean)
+    unknown = ~events[ITEM_ID].isin(idx_of.index)
     if unknown.any():
-        raise ValueError(f"{int(unknown.sum())} rows of clean have a StockCode missing from catalogue, "
-                         f"e.g. {clean.loc[unknown, 'StockCode'].iloc[0]!r}")
-    events = (
-        clean.assign(item_id=clean["StockCode"].map(item_of).to_numpy())
-        .groupby(["CustomerID", "item_id", "InvoiceNo"], sort=True)["InvoiceDate"].min()
-        .reset_index()
-        .rename(columns={"CustomerID": "user", "InvoiceNo": "invoice", "InvoiceDate": "t"})
-    )
-    events["user"] = events["user"].astype(np.int64)
+        raise ValueError(f"{int(unknown.sum())} purchase events of clean have a StockCode missing from catalogue, "
+                         f"e.g. {events.loc[unknown, ITEM_ID].iloc[0]!r}; pass the full log as catalogue")
+    events.insert(3, ITEM_IDX, events[ITEM_ID].map(idx_of).to_numpy(np.int64))
     n_items = len(items)
-    past = events[events["t"] < test_start]
-    test = events[(events["t"] >= test_start) & (events["t"] < end)]
+    past = events[events[TS] < test_start]
+    test = events[(events[TS] >= test_start) & (events[TS] < end)]
     if test.empty:
         raise ValueError("no purchase in the test window")
 
-    buyers = past.groupby("item_id")["user"].nunique().reindex(range(n_items), fill_value=0)
+    buyers = past.groupby(ITEM_IDX)[USER_ID].nunique().reindex(range(n_items), fill_value=0)
     items["train_buyers"] = buyers.to_numpy()
-    items["is_cold"] = items["train_buyers"].eq(0).to_numpy()
+    items[COLD_ITEM] = cold_items(events, items[ITEM_ID], test_start)  # the book's one definition
     rank = items["train_buyers"].rank(method="first", ascending=False).to_numpy()
-    items["is_tail"] = rank > (1 - tail_share) * n_items
+    items["tail_item"] = rank > (1 - tail_share) * n_items
 
-    train_users = np.sort(past["user"].unique())
+    train_users = np.sort(past[USER_ID].unique())
     train_row = pd.Series(np.arange(len(train_users)), index=train_users)
-    counts = past.groupby(["user", "item_id"]).size().reset_index(name="n")
+    counts = past.groupby([USER_ID, ITEM_IDX]).size().reset_index(name="n")
     train_matrix = sp.csr_array(
-        (counts["n"].to_numpy(np.float64), (train_row[counts["user"]].to_numpy(), counts["item_id"].to_numpy())),
+        (counts["n"].to_numpy(np.float64), (train_row[counts[USER_ID]].to_numpy(), counts[ITEM_IDX].to_numpy())),
         shape=(len(train_users), n_items),
     )
 
-    users = np.sort(test["user"].unique())
+    users = np.sort(test[USER_ID].unique())
     if max_users is not None and max_users < len(users):
         rng = np.random.default_rng(seed)
         users = np.sort(rng.choice(users, size=max_users, replace=False))
     row = pd.Series(np.arange(len(users)), index=users)
 
     def matrix(frame: pd.DataFrame, values: np.ndarray) -> sp.csr_array:
-        keep = frame["user"].isin(row.index).to_numpy()
+        keep = frame[USER_ID].isin(row.index).to_numpy()
         f = frame[keep]
         m = sp.csr_array(
-            (values[keep], (row[f["user"]].to_numpy(), f["item_id"].to_numpy())), shape=(len(users), n_items)
+            (values[keep], (row[f[USER_ID]].to_numpy(), f[ITEM_IDX].to_numpy())), shape=(len(users), n_items)
         )
         m.sum_duplicates()
         m.sort_indices()
         return m
 
-    age = (test_start - past["t"]).dt.total_seconds().to_numpy() / 86400.0
+    age = (test_start - past[TS]).dt.total_seconds().to_numpy() / 86400.0
     history = matrix(past, recency_weights(age, half_life_days))
     history_count = matrix(past, np.ones(len(past)))
     relevant_all = matrix(test, np.ones(len(test)))
@@ -237,7 +234,7 @@ def build_recall_data(
         train_matrix=train_matrix,
         train_row_of_user=train_row.reindex(users).fillna(-1).to_numpy(np.int64),
         half_life_days=half_life_days,
-        meta={"short_max": short_max, "tail_share": tail_share, "n_test_users_total": int(test["user"].nunique())},
+        meta={"short_max": short_max, "tail_share": tail_share, "n_test_users_total": int(test[USER_ID].nunique())},
     )
 
 
@@ -254,7 +251,7 @@ def _exclusion_mask(exclude, n_rows: int, n_cols: int) -> np.ndarray:
 def top_k(
     scores: np.ndarray, k: int, *, exclude=None, min_score: float | None = None, return_scores: bool = False
 ):
-    """Top ``k`` item ids per row of a dense score matrix; ties: lower item id first.
+    """Top ``k`` item indexes per row of a dense score matrix; ties: lower item index first.
 
     Tie policy (shared with :mod:`ecrec.metrics`): a list alone cannot say
     which items were tied, so the plain result lists tied items by lower id
@@ -325,19 +322,19 @@ def popular_scores(events: pd.DataFrame, n_items: int, since, until) -> np.ndarr
     """Distinct buyers of each item with a purchase in ``[since, until)``.
 
     Args:
-        events: columns ``user``, ``item_id``, ``t`` (see :class:`RecallData`).
+        events: columns ``user_id``, ``item_idx``, ``ts`` (:attr:`RecallData.events`).
 
     Returns:
         float64 (n_items,) counts; use with :func:`top_k` on a broadcast row.
 
     Raises:
-        KeyError: ``events`` lacks ``user``, ``item_id`` or ``t``.
-        IndexError: an ``item_id`` in the window is ``>= n_items``.
-        TypeError: ``since``/``until`` cannot be compared with ``t`` (e.g. a
+        KeyError: ``events`` lacks ``user_id``, ``item_idx`` or ``ts``.
+        IndexError: an ``item_idx`` in the window is ``>= n_items``.
+        TypeError: ``since``/``until`` cannot be compared with ``ts`` (e.g. a
             tz-naive bound against tz-aware times).
     """
-    window = events[(events["t"] >= since) & (events["t"] < until)]
-    counts = window.groupby("item_id")["user"].nunique()
+    window = events[(events[TS] >= since) & (events[TS] < until)]
+    counts = window.groupby(ITEM_IDX)[USER_ID].nunique()
     out = np.zeros(n_items)
     out[counts.index.to_numpy()] = counts.to_numpy()
     return out
@@ -436,7 +433,7 @@ def cap_history(history, max_items: int) -> sp.csr_array:
 
     The two-tower model is trained on histories of at most ``max_history``
     items (:func:`sample_pairs`); serving must cap the same way. Ties in
-    weight keep the lower item id.
+    weight keep the lower item index.
 
     Args:
         history: sparse (n_users, n_items) recency weights (>= 0).
@@ -548,7 +545,7 @@ def faiss_search(
     return_scores: bool = False,
     max_batch_bytes: int = 1 << 28,
 ):
-    """Top ``k`` items per query from a FAISS index, ties by lower item id, -1 padded.
+    """Top ``k`` items per query from a FAISS index, ties by lower item index, -1 padded.
 
     Zero query vectors (users without history) get an all -1 row and are not
     searched: fill them with :func:`with_fallback`. With ``exclude`` (sparse
@@ -571,7 +568,7 @@ def faiss_search(
 
     Ties: FAISS breaks ties at ITS cut-off in its own order, so an item tied
     with the k-th one may be missing. ``tie_margin`` extra results are
-    requested and re-sorted by (score, item id) before the cut: with
+    requested and re-sorted by (score, item index) before the cut: with
     ``tie_margin`` >= (largest group of identical item vectors - 1), e.g.
     identical descriptions, the lower-id rule holds at the cut-off too. With
     ``return_scores`` the scores come back as well and the lists hold the
@@ -619,7 +616,7 @@ def faiss_search(
     ranked = np.where(valid, ids, -1)
     ranked_s = np.where(valid, sc_all, np.float32(-np.inf))
     # FAISS returns each row best first; only rows with an equal-score pair or a dropped slot
-    # before a kept one need re-sorting by (score, item id): keeps the wrapper close to raw FAISS
+    # before a kept one need re-sorting by (score, item index): keeps the wrapper close to raw FAISS
     fix = (ranked_s[:, 1:] == ranked_s[:, :-1]).any(1) & (ranked[:, 1:] >= 0).any(1)
     fix |= (~valid[:, :-1] & valid[:, 1:]).any(1)
     if fix.any():
@@ -742,12 +739,12 @@ def encode_with_cache(
 ):
     """Zero-shot MiniLM embeddings AND the hidden states a partial fine-tune starts from.
 
-    One forward pass over the catalogue gives (a) the mean-pooled,
-    L2-normalised sentence embeddings (the same vectors as
-    ``ecrec.text.encode_texts`` with this ``max_length``) and (b) the hidden
-    states entering the last ``n_trainable`` transformer layers. Fine-tuning
-    only those layers on cached inputs makes a training step ~6/n_trainable
-    times cheaper than a full fine-tune: what keeps it feasible on a CPU.
+    One forward pass over the catalogue (:func:`ecrec.text.encode_texts`, the
+    book's one text encoder) gives (a) the mean-pooled, L2-normalised sentence
+    embeddings and (b) the hidden states entering the last ``n_trainable``
+    transformer layers. Fine-tuning only those layers on cached inputs makes a
+    training step ~6/n_trainable times cheaper than a full fine-tune: what
+    keeps it feasible on a CPU.
 
     Returns:
         ``(emb float32 (n, hidden), states float32 tensor (n, L, hidden),
@@ -757,33 +754,16 @@ def encode_with_cache(
         ValueError: ``n_trainable`` outside 1..num_hidden_layers.
         TypeError: a text is not a string.
     """
-    from tqdm.auto import tqdm
+    from ecrec.text import encode_texts, load_encoder
 
-    from ecrec.text import load_encoder, load_tokenizer, mean_pool
-
-    texts = list(texts)
-    if any(not isinstance(t, str) for t in texts):
-        raise TypeError("encode_with_cache needs strings")
-    tokenizer = tokenizer or load_tokenizer()
     model = model or load_encoder()
     n_layers = model.config.num_hidden_layers
     if not 1 <= n_trainable <= n_layers:
         raise ValueError(f"n_trainable must be in 1..{n_layers}, got {n_trainable}")
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    emb = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    states = torch.zeros((len(texts), ids.shape[1], model.config.hidden_size))
-    model.eval()
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(texts), batch_size), disable=not progress, desc="encode catalogue"):
-            sl = slice(start, start + batch_size)
-            out = model(
-                input_ids=ids[sl], attention_mask=mask[sl], token_type_ids=batch["token_type_ids"][sl],
-                output_hidden_states=True,
-            )
-            vec = torch.nn.functional.normalize(mean_pool(out.last_hidden_state, mask[sl]), dim=-1)
-            emb[sl] = vec.numpy()
-            states[sl] = out.hidden_states[n_layers - n_trainable]
+    emb, states, mask = encode_texts(
+        texts, model=model, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size,
+        progress=progress, hidden_states_at=n_layers - n_trainable,
+    )
     return emb, states, mask, model
 
 
@@ -834,7 +814,7 @@ class Pairs:
     """Training pairs (history -> next item) from purchases BEFORE a cut-off.
 
     ``hist_items``/``hist_weights``: (n_pairs, max_history), -1 / 0 padded,
-    most recent first; ``target``: (n_pairs,) item ids; ``target_time``:
+    most recent first; ``target``: (n_pairs,) item indexes; ``target_time``:
     (n_pairs,) datetime64 of the target purchase (for leakage checks).
     """
 
@@ -873,18 +853,18 @@ def sample_pairs(
         raise ValueError(f"n_pairs must be >= 1, got {n_pairs}")
     if max_history < 1:
         raise ValueError(f"max_history must be >= 1, got {max_history}")
-    ev = events[events["t"] < before].sort_values(["user", "t", "invoice", "item_id"]).reset_index(drop=True)
-    user = ev["user"].to_numpy()
-    t = ev["t"].to_numpy()
-    item = ev["item_id"].to_numpy()
+    ev = events[events[TS] < before].sort_values([USER_ID, TS, INVOICE_NO, ITEM_IDX]).reset_index(drop=True)
+    user = ev[USER_ID].to_numpy()
+    t = ev[TS].to_numpy()
+    item = ev[ITEM_IDX].to_numpy()
     # first row of the user's current invoice, and first row of the user
     new_user = np.r_[True, user[1:] != user[:-1]]
-    new_inv = new_user | np.r_[True, ev["invoice"].to_numpy()[1:] != ev["invoice"].to_numpy()[:-1]]
+    new_inv = new_user | np.r_[True, ev[INVOICE_NO].to_numpy()[1:] != ev[INVOICE_NO].to_numpy()[:-1]]
     inv_start = np.maximum.accumulate(np.where(new_inv, np.arange(len(ev)), 0))
     user_start = np.maximum.accumulate(np.where(new_user, np.arange(len(ev)), 0))
     eligible = inv_start > user_start
     if new_items_only:
-        first_buy = ev.groupby(["user", "item_id"])["t"].transform("min").to_numpy()
+        first_buy = ev.groupby([USER_ID, ITEM_IDX])[TS].transform("min").to_numpy()
         eligible &= first_buy == t
     if since is not None:
         eligible &= t >= pd.Timestamp(since).to_datetime64()

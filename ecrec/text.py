@@ -73,21 +73,31 @@ def encode_texts(
     tokenizer=None,
     device: str | None = None,
     progress: bool = False,
-) -> np.ndarray:
+    hidden_states_at: int | None = None,
+):
     """Sentence embeddings: mean-pooled last hidden states, L2-normalised by default.
 
     Texts are sorted by length before batching so that each batch pads little
-    (dynamic padding), then put back in the input order.
+    (dynamic padding), then put back in the input order. The book's one text
+    encoder: chapter 03's item vectors, chapter 05's catalogue cache
+    (:func:`ecrec.recall.encode_with_cache`) and the tests all call it.
 
     Args:
         texts: n strings.
         model, tokenizer: reuse already loaded ones (e.g. a fine-tuned tower).
+        hidden_states_at: also return the hidden states entering transformer
+            layer ``hidden_states_at`` (0 = the embedding output), for a
+            fine-tune of the layers above on cached inputs.
 
     Returns:
         float32 array (n, hidden); rows have unit L2 norm when ``normalize``.
+        With ``hidden_states_at``: ``(emb, states, mask)``, ``states`` a float32
+        tensor (n, L, hidden) and ``mask`` an int64 tensor (n, L), ``L`` the
+        longest tokenised text (zeros beyond a text's own length, mask 0).
 
     Raises:
         TypeError: an element of ``texts`` is not a string.
+        ValueError: ``hidden_states_at`` outside 0..num_hidden_layers.
     """
     import torch
     from tqdm.auto import tqdm
@@ -98,10 +108,19 @@ def encode_texts(
         raise TypeError(f"encode_texts needs strings; element {bad[0]} is {type(texts[bad[0]]).__name__}")
     tokenizer = tokenizer or load_tokenizer(model_name)
     model = model or load_encoder(model_name)
+    n_layers, hidden_size = model.config.num_hidden_layers, model.config.hidden_size
+    if hidden_states_at is not None and not 0 <= hidden_states_at <= n_layers:
+        raise ValueError(f"hidden_states_at must be in 0..{n_layers}, got {hidden_states_at}")
     if device is None:
         device = next(model.parameters()).device
     order = np.argsort([len(t) for t in texts], kind="stable")
-    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    out = np.zeros((len(texts), hidden_size), dtype=np.float32)
+    states = masks = None
+    if hidden_states_at is not None:
+        longest = max((len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]),
+                      default=0)
+        states = torch.zeros((len(texts), longest, hidden_size))
+        masks = torch.zeros((len(texts), longest), dtype=torch.int64)
     was_training = model.training
     model.eval()
     with torch.inference_mode():
@@ -111,10 +130,15 @@ def encode_texts(
                 [texts[i] for i in idx], padding=True, truncation=True,
                 max_length=max_length, return_tensors="pt",
             ).to(device)
-            hidden = model(**batch).last_hidden_state
-            vec = mean_pool(hidden, batch["attention_mask"]).float()
+            result = model(**batch, output_hidden_states=hidden_states_at is not None)
+            vec = mean_pool(result.last_hidden_state, batch["attention_mask"]).float()
             if normalize:
                 vec = torch.nn.functional.normalize(vec, dim=-1)
             out[idx] = vec.cpu().numpy()
+            if states is not None:
+                width = batch["attention_mask"].shape[1]
+                rows = torch.as_tensor(idx)
+                states[rows, :width] = result.hidden_states[hidden_states_at].float().cpu()
+                masks[rows, :width] = batch["attention_mask"].cpu()
     model.train(was_training)
-    return out
+    return out if states is None else (out, states, masks)

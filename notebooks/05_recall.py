@@ -236,7 +236,7 @@ display(Markdown(
     f"Popularity window: {models['pop_window'][0].date()} to {models['pop_window'][1].date()} "
     f"({POP_WINDOW_DAYS} days, ending at the test start)."
 ))
-data.items.assign(buyers=models["pop"]).nlargest(5, "buyers")[["StockCode", "Description", "buyers"]]
+data.items.assign(buyers=models["pop"]).nlargest(5, "buyers")[["item_id", "description", "buyers"]]
 
 # %% [markdown]
 # ### 2. Item-to-item collaborative filtering
@@ -305,11 +305,11 @@ def tie_margin(item_emb):
 
 encoder, tokenizer = load_encoder(model_name), load_tokenizer(model_name)
 emb_zs, states, mask, encoder = R.encode_with_cache(
-    data.items["Description"].tolist(), n_trainable=size["ft_layers"], model=encoder,
+    data.items["description"].tolist(), n_trainable=size["ft_layers"], model=encoder,
     tokenizer=tokenizer, progress=True,
 )
 TEXT = {"text_zero_shot": (R.build_index(emb_zs), emb_zs, tie_margin(emb_zs))}
-desc_counts = data.items["Description"].value_counts()
+desc_counts = data.items["description"].value_counts()
 display(Markdown(
     f"{int((desc_counts > 1).sum())} descriptions are shared by more than one item (the largest group: "
     f"{int(desc_counts.max())} items); identical descriptions give identical vectors, so FAISS is asked for "
@@ -597,7 +597,7 @@ def restricted(relevant, item_mask):
     return out
 
 
-item_slices = {"cold items": data.items["is_cold"].to_numpy(), "tail items": data.items["is_tail"].to_numpy()}
+item_slices = {"cold items": data.items["cold_item"].to_numpy(), "tail items": data.items["tail_item"].to_numpy()}
 slice_rows, slice_n = {}, {}
 for name, item_mask in item_slices.items():
     rel = restricted(data.relevant_new, item_mask)
@@ -605,9 +605,9 @@ for name, item_mask in item_slices.items():
     slice_rows[name] = {g: M.recall_at_k(LISTS["new_to_user"][g], rel, K_EVAL, scores=SCORES["new_to_user"][g])
                         for g in GENERATORS}
 item_breakdown = pd.DataFrame(slice_rows).T
-is_cold_item = data.items["is_cold"].to_numpy()
-test_ev = data.events[data.events["t"] >= test_start]
-cold_sold_share = float(np.isin(np.flatnonzero(is_cold_item), test_ev["item_id"].unique()).mean())
+is_cold_item = data.items["cold_item"].to_numpy()
+test_ev = data.events[data.events["ts"] >= test_start]
+cold_sold_share = float(np.isin(np.flatnonzero(is_cold_item), test_ev["item_idx"].unique()).mean())
 fig, ax = plt.subplots(figsize=(8, 3.5))
 item_breakdown[GENERATORS].T.plot.bar(ax=ax)
 ax.set_ylabel(f"Recall@{K_EVAL} (new-to-user)")
@@ -811,7 +811,7 @@ def days(a, b):
     return float((pd.Timestamp(a) - pd.Timestamp(b)) / pd.Timedelta(days=1))
 
 
-past_events = data.events[data.events["t"] < test_start]
+past_events = data.events[data.events["ts"] < test_start]
 metrics = {setting: {g: headline(setting, g) for g in GENERATORS} for setting in SETTINGS}
 metrics["bootstrap_ci_recall@50"] = ci
 metrics["auc"] = auc
@@ -841,10 +841,10 @@ metrics["leakage"] = {
     "validation_popularity_window_end_minus_valid_start_days": days(vmodels["pop_window"][1], valid_start),
     "train_matrix_minus_events_before_test_start": float(data.train_matrix.sum() - len(past_events)),
     "history_minus_evaluated_users_events_before_test_start": float(
-        data.history_count.sum() - past_events["user"].isin(data.users).sum()),
-    "validation_split_events_at_or_after_test_start": int((vdata.events["t"] >= test_start).sum()),
+        data.history_count.sum() - past_events["user_id"].isin(data.users).sum()),
+    "validation_split_events_at_or_after_test_start": int((vdata.events["ts"] >= test_start).sum()),
     "validation_train_matrix_minus_events_before_valid_start": float(
-        vdata.train_matrix.sum() - (vdata.events["t"] < valid_start).sum()),
+        vdata.train_matrix.sum() - (vdata.events["ts"] < valid_start).sum()),
 }
 metrics["n_users"] = n_users
 metrics["n_users_evaluated"] = n_eval
