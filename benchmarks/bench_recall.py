@@ -17,7 +17,6 @@ Run: ``python benchmarks/bench_recall.py [--sections 1 2 3]`` (about a minute on
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import pandas as pd
@@ -26,15 +25,7 @@ from ecrec import metrics as M
 from ecrec import recall as R
 from ecrec.data import load_clean_online_retail
 from ecrec.features import split_dates
-
-
-def best_of(fn, repeats: int = 3) -> tuple[float, object]:
-    best, out = np.inf, None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+from ecrec.timing import best_of
 
 
 def loop_metrics(retrieved: np.ndarray, relevant: list[set], k: int) -> dict[str, float]:

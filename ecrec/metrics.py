@@ -189,7 +189,7 @@ def gauc(
     user_ids,
     y_true,
     score,
-    weight: Literal["impressions", "clicks", "uniform"] = "impressions",
+    weight: Literal["rows", "clicks", "uniform"] = "rows",
 ) -> tuple[float, int]:
     """Group AUC: the AUC of each user, averaged with weights.
 
@@ -202,8 +202,11 @@ def gauc(
 
     Weights (the definitions differ between papers; say which one you use):
 
-    * ``"impressions"`` (default; Zhu et al., 2017; Zhou et al., 2018):
-      ``w_u`` = number of the user's examples (rows).
+    * ``"rows"`` (default): ``w_u`` = number of the user's examples (rows).
+      On an impression log this is the papers' impression weighting (Zhu et
+      al., 2017; Zhou et al., 2018); on this book's data the rows are the
+      user's purchases plus their *sampled* negatives, so the weight follows
+      the sampler's ``neg_ratio``, not what the user saw.
     * ``"clicks"``: ``w_u`` = number of the user's positives.
     * ``"uniform"``: every user counts the same.
 
@@ -221,8 +224,8 @@ def gauc(
             outside {0, 1}, unknown ``weight``, NaN user ids, or no user has
             both classes.
     """
-    if weight not in ("impressions", "clicks", "uniform"):
-        raise ValueError(f"weight must be 'impressions', 'clicks' or 'uniform', got {weight!r}")
+    if weight not in ("rows", "clicks", "uniform"):
+        raise ValueError(f"weight must be 'rows', 'clicks' or 'uniform', got {weight!r}")
     y = _check_labels(y_true)
     s = _as_1d_float(score, "score")
     users = np.asarray(user_ids)
@@ -245,7 +248,7 @@ def gauc(
     per = per[valid]
     neg = neg[valid]
     auc = (per["rpos"] - per["pos"] * (per["pos"] + 1) / 2) / (per["pos"] * neg)
-    w = {"impressions": per["n"], "clicks": per["pos"], "uniform": pd.Series(1.0, index=per.index)}[weight]
+    w = {"rows": per["n"], "clicks": per["pos"], "uniform": pd.Series(1.0, index=per.index)}[weight]
     return float((auc * w).sum() / w.sum()), n_skipped
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ecrec.metrics import _check_labels
 from ecrec.schema import HIST_ITEMS, ITEM_ID, LABEL
 
 __all__ = [
@@ -42,10 +43,6 @@ __all__ = [
 
 NO_HISTORY = "no earlier purchases"
 
-
-def _check_labels(y: np.ndarray) -> None:
-    if len(y) and not np.isin(y, (0.0, 1.0)).all():
-        raise ValueError("labels must hold only 0 and 1; fix the label column (0 = not bought, 1 = bought)")
 
 
 def history_text(
@@ -88,7 +85,7 @@ def _check_examples(examples: pd.DataFrame, descriptions: Mapping[str, str]) -> 
     if missing:
         raise ValueError(f"examples lack column(s) {missing}; need {sorted(needed)} (chapter 03's dataset)")
     labels = np.asarray(examples[LABEL], dtype=np.float64)
-    _check_labels(labels)
+    _check_labels(labels, "label")  # 0 = not bought, 1 = bought
     unknown = sorted({i for i in examples[ITEM_ID] if i not in descriptions})
     if unknown:
         raise ValueError(f"{len(unknown)} candidate item(s) have no description, e.g. {unknown[:5]}")
@@ -214,7 +211,7 @@ def encode_pairs(
         raise ValueError("no examples to encode")
     if max_length < 8:
         raise ValueError(f"max_length must be >= 8 tokens, got {max_length}")
-    _check_labels(y)
+    _check_labels(y, "labels")
     for name, texts in (("text_a", text_a), ("text_b", text_b)):
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:

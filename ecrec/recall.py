@@ -63,7 +63,7 @@ from ecrec.schema import COLD_ITEM, INVOICE_NO, ITEM_ID, ITEM_IDX, TS, USER_ID
 __all__ = [
     "RecallData", "build_recall_data", "top_k", "popular_scores",
     "item_cosine", "fit_als", "user_vectors", "build_index", "faiss_search", "interleave",
-    "with_fallback", "cap_history", "ShortResultWarning", "encode_with_cache", "ItemTower", "sample_pairs", "train_two_tower",
+    "with_fallback", "cap_history", "tie_margin", "ShortResultWarning", "encode_with_cache", "ItemTower", "sample_pairs", "train_two_tower",
     "in_batch_eval", "target_log_q",
 ]
 
@@ -533,6 +533,20 @@ def _search_params(index, kk: int):
     enough = int(np.searchsorted(np.cumsum(sizes), kk)) + 1
     nprobe = min(max(int(ivf.nprobe), enough), int(ivf.nlist))
     return faiss.SearchParametersIVF(nprobe=nprobe), f"nprobe={nprobe}"
+
+
+def tie_margin(item_emb: np.ndarray) -> int:
+    """Size of the largest group of identical item vectors, minus 1.
+
+    Items with identical descriptions get identical vectors and tie exactly;
+    :func:`faiss_search` asks FAISS for this many extra results so that the
+    lower-index tie rule holds at the cut-off too.
+
+    Args:
+        item_emb: float (n_items, dim).
+    """
+    _, counts = np.unique(np.asarray(item_emb), axis=0, return_counts=True)
+    return int(counts.max() - 1)
 
 
 def faiss_search(

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["user_resample_weights", "weighted_auc_many", "bootstrap_auc", "interval_table"]
+__all__ = ["user_resample_weights", "weighted_auc_many", "bootstrap_auc", "paired_mean_diff", "interval_table"]
 
 
 def user_resample_weights(users: Sequence | np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -139,6 +139,38 @@ def bootstrap_auc(
         out[f"{a} - {b}"] = {"diff": point[a] - point[b], "low": float(lo), "high": float(hi),
                              "excludes_0": bool(lo > 0 or hi < 0)}
     return out
+
+
+def paired_mean_diff(a, b, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Mean of ``a - b`` over users with a paired bootstrap interval (users resampled with replacement).
+
+    ``a`` and ``b`` are one value per user (e.g. each user's Recall@K under two
+    generators), aligned; users where ``a`` is NaN (nothing to evaluate) are
+    dropped from both. The same ``seed`` and number of users give the same
+    resamples, so every comparison in a chapter sees the same users.
+
+    Args:
+        a, b: float (n_users,).
+        n_boot: resamples; seed: their seed; level: interval coverage.
+
+    Returns:
+        ``{"diff", "low", "high", "excludes_0"}``.
+
+    Raises:
+        ValueError: shapes differ, ``b`` is NaN where ``a`` is not, or no user is left.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"a {a.shape} and b {b.shape} must be aligned 1-d arrays, one value per user")
+    ok = ~np.isnan(a)
+    if np.isnan(b[ok]).any():
+        raise ValueError("b is NaN for a user where a is not: align both on the same evaluated users")
+    d = (a - b)[ok]
+    if d.size == 0:
+        raise ValueError("no user left to compare (a is NaN everywhere)")
+    idx = np.random.default_rng(seed).integers(0, d.size, (n_boot, d.size))
+    lo, hi = np.quantile(d[idx].mean(1), [(1 - level) / 2, (1 + level) / 2])
+    return {"diff": float(d.mean()), "low": float(lo), "high": float(hi), "excludes_0": bool(lo > 0 or hi < 0)}
 
 
 def interval_table(result: Mapping[str, Mapping[str, float]], digits: int = 3):

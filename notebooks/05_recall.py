@@ -82,7 +82,9 @@ from ecrec.features import split_dates
 from ecrec.io import atomic_write_text, write_metrics
 from ecrec.plots import save
 from ecrec.profiles import pick_sizes, seed_everything
+from ecrec.stats import paired_mean_diff
 from ecrec.text import load_encoder, load_tokenizer
+from ecrec.timing import best_of
 
 STARTED = time.time()
 SIZES = {
@@ -297,18 +299,12 @@ def retrieve(name, d, m, exclude, fallback, text=None):
     return R.with_fallback(ids, is_cold, fallback[0]), R.with_fallback(sc, is_cold, fallback[1], pad=-np.inf)
 
 
-def tie_margin(item_emb):
-    """Largest group of identical item vectors - 1: what faiss_search needs for the lower-id tie rule."""
-    _, counts = np.unique(item_emb, axis=0, return_counts=True)
-    return int(counts.max() - 1)
-
-
 encoder, tokenizer = load_encoder(model_name), load_tokenizer(model_name)
 emb_zs, states, mask, encoder = R.encode_with_cache(
     data.items["description"].tolist(), n_trainable=size["ft_layers"], model=encoder,
     tokenizer=tokenizer, progress=True,
 )
-TEXT = {"text_zero_shot": (R.build_index(emb_zs), emb_zs, tie_margin(emb_zs))}
+TEXT = {"text_zero_shot": (R.build_index(emb_zs), emb_zs, R.tie_margin(emb_zs))}
 desc_counts = data.items["description"].value_counts()
 display(Markdown(
     f"{int((desc_counts > 1).sum())} descriptions are shared by more than one item (the largest group: "
@@ -349,7 +345,7 @@ losses = R.train_two_tower(
     seed=seed, eval_pairs=val_pairs, eval_every=size["ft_eval_every"], eval_log=eval_log,
 )
 emb_ft = tower.embed_all(states, mask)
-TEXT["text_fine_tuned"] = (R.build_index(emb_ft), emb_ft, tie_margin(emb_ft))
+TEXT["text_fine_tuned"] = (R.build_index(emb_ft), emb_ft, R.tie_margin(emb_ft))
 held = pd.DataFrame(eval_log)
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
 axes[0].plot(np.arange(1, len(losses) + 1), pd.Series(losses).rolling(5, min_periods=1).mean(),
@@ -381,15 +377,6 @@ display(Markdown(
 # excluded) goes to `timing.json`, not to the deterministic metrics.
 
 # %%
-def best_of(fn, repeats=TIMING_REPEATS):
-    best, out = np.inf, None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
-
-
 BASE = ["popular", "item_cf", "als", "text_zero_shot", "text_fine_tuned"]
 EXCLUDE = {"all": None, "new_to_user": data.history_count}
 LISTS = {s: {} for s in SETTINGS}
@@ -397,7 +384,7 @@ SCORES = {s: {} for s in SETTINGS}  # the generators' scores of the listed items
 latency = {}
 for setting in SETTINGS:
     ex = EXCLUDE[setting]
-    seconds, fallback = best_of(lambda ex=ex: retrieve("popular", data, models, ex, None))
+    seconds, fallback = best_of(lambda ex=ex: retrieve("popular", data, models, ex, None), TIMING_REPEATS)
     LISTS[setting]["popular"], SCORES[setting]["popular"] = fallback
     if setting == "all":
         latency["popular"] = R.per_1000_users(seconds, n_users)
@@ -452,7 +439,8 @@ for setting in SETTINGS:
     parts = HYBRID[setting]
     seconds, LISTS[setting]["hybrid"] = best_of(
         lambda parts=parts, s=setting: R.interleave([LISTS[s][g][:, :K_MAX] for g in parts], K_MAX,
-                                                    weights=list(parts.values()))
+                                                    weights=list(parts.values())),
+        TIMING_REPEATS,
     )
     SCORES[setting]["hybrid"] = None
     hybrid_latency[setting] = R.per_1000_users(seconds, n_users)
@@ -518,17 +506,9 @@ pd.concat({s: pd.DataFrame({g: tables[s, g]["recall"] for g in GENERATORS}).loc[
 # within the noise of this sample of users.
 
 # %%
-rng_boot = np.random.default_rng(seed)
-BOOT_IDX = {s: rng_boot.integers(0, n_eval[s], (N_BOOT, n_eval[s])) for s in SETTINGS}
-
-
 def boot_diff(setting, a, b):
-    x, y = per_user[setting, a], per_user[setting, b]
-    ok = ~np.isnan(x)
-    d = (x - y)[ok]
-    means = d[BOOT_IDX[setting]].mean(1)
-    lo, hi = np.quantile(means, [0.025, 0.975])
-    return {"diff": float(d.mean()), "low": float(lo), "high": float(hi)}
+    """Paired bootstrap over users (same seed: every comparison resamples the same users)."""
+    return paired_mean_diff(per_user[setting, a], per_user[setting, b], n_boot=N_BOOT, seed=seed)
 
 
 COMPARISONS = [(g, "popular") for g in GENERATORS if g != "popular"] + [
@@ -536,7 +516,7 @@ COMPARISONS = [(g, "popular") for g in GENERATORS if g != "popular"] + [
 ]
 ci = {s: {f"{a}-{b}": boot_diff(s, a, b) for a, b in COMPARISONS} for s in SETTINGS}
 ci_table = pd.concat({s: pd.DataFrame(v).T for s, v in ci.items()}, names=["setting", f"Recall@{K_EVAL} difference"])
-ci_table["beyond noise"] = (ci_table["low"] > 0) | (ci_table["high"] < 0)
+ci_table = ci_table.rename(columns={"excludes_0": "beyond noise"})
 ci_table.round(4)
 
 # %% [markdown]
@@ -644,7 +624,7 @@ index_zs = TEXT["text_zero_shot"][0]
 
 
 def timed_search(index):
-    seconds, out = best_of(lambda: R.faiss_search(index, users_with_history, K_EVAL))
+    seconds, out = best_of(lambda: R.faiss_search(index, users_with_history, K_EVAL), TIMING_REPEATS)
     return out, R.per_1000_users(seconds, len(users_with_history)) * 1000  # ms per 1,000 users
 
 

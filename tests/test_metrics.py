@@ -123,7 +123,7 @@ def test_gauc_errors():
     with pytest.raises(ValueError, match="none of the 2 users"):
         M.gauc([1, 1, 2], [1, 1, 0], [0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match="weight"):
-        M.gauc([1, 1], [1, 0], [0.1, 0.2], weight="rows")
+        M.gauc([1, 1], [1, 0], [0.1, 0.2], weight="impressions")  # renamed "rows": sampled negatives are not impressions
     with pytest.raises(ValueError, match="same length"):
         M.gauc([1, 1, 2], [1, 0], [0.1, 0.2])
     with pytest.raises(ValueError, match="only 0 and 1"):

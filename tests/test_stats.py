@@ -58,3 +58,20 @@ def test_bootstrap_detects_a_real_gap_and_not_a_null_one():
         stats.bootstrap_auc(y, {"base": base}, users, pairs=[("x", "base")], n_boot=5)
     table = stats.interval_table(out)
     assert table.loc["better - base", "with 95% interval"].startswith("+")
+
+
+def test_paired_mean_diff_hand_computed_and_seeded():
+    a = np.array([0.5, np.nan, 1.0, 0.0])
+    b = np.array([0.25, 0.3, 0.5, 0.0])
+    out = stats.paired_mean_diff(a, b, n_boot=200, seed=3)
+    assert out["diff"] == pytest.approx((0.25 + 0.5 + 0.0) / 3)  # the NaN user is dropped from both
+    assert out["low"] <= out["diff"] <= out["high"]
+    # resamples are means of 3 of the differences {0.25, 0.5, 0}: within [0, 0.5]
+    assert 0.0 <= out["low"] and out["high"] <= 0.5
+    assert stats.paired_mean_diff(a, b, n_boot=200, seed=3) == out
+    same = stats.paired_mean_diff(b, b, n_boot=50, seed=0)
+    assert same["diff"] == same["low"] == same["high"] == 0.0 and not same["excludes_0"]
+    with pytest.raises(ValueError, match="aligned"):
+        stats.paired_mean_diff(a, b[:2])
+    with pytest.raises(ValueError, match="NaN for a user"):
+        stats.paired_mean_diff(b, a)
