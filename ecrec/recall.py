@@ -1,35 +1,9 @@
-"""Chapter 05's candidate generators and the data they are evaluated on.
+"""Chapter 05's candidate generators, FAISS retrieval and list utilities.
 
 Recall (candidate generation) picks a few hundred items out of the catalogue
 for each user; a ranker (chapters 03 and 04) orders them. Every generator here
 returns the same thing, a ``(n_users, K)`` int64 array of item indexes (``item_idx``), best
 first, padded with -1, so that one evaluation (:mod:`ecrec.metrics`) serves all.
-
-Protocol (:func:`build_recall_data`)
-------------------------------------
-* Global time split, the same as chapter 03's (``ecrec.features.split_dates``):
-  everything before ``test_start`` is history (its train + valid windows);
-  from ``test_start`` to the end of the log is test.
-* Test users: customers with at least one purchase in the test window.
-  Ground truth: the items they bought in the test window (gain = number of
-  distinct test invoices holding the item). Two settings:
-
-  - ``"all"``: every test purchase, repeat purchases included;
-  - ``"new-to-user"`` (``relevant_new``): only items the user never bought
-    before ``test_start``; the user's history is then EXCLUDED from the
-    candidates of every generator (an already-bought item can never hit).
-    Not to be confused with **cold items** (new to the shop, below).
-
-* User groups by distinct items bought before ``test_start``: ``cold`` (0),
-  ``short`` (1..``short_max``), ``warm`` (more). Cold users have nothing to
-  personalise on: every generator falls back to the popularity list for them.
-* Item groups: ``cold`` items (new to the shop: no purchase before
-  ``test_start``, so ID models know nothing about them) and ``tail`` items
-  (outside the most popular 20%). The catalogue is every product of the
-  cleaned log with its description, including items first sold in the test
-  window (a shop knows its catalogue). Survivorship: because the catalogue
-  comes from the whole log, every cold item sells in the test window (items
-  listed but never sold are not in the log at all).
 
 Tie policy: whenever scores tie, the lower item index comes first
 (:func:`top_k`, :func:`faiss_search`; the latter holds at the cut-off when
@@ -43,199 +17,41 @@ MiniLM two-tower zero-shot (:func:`user_vectors` over description embeddings)
 and fine-tuned with in-batch negatives (:class:`ItemTower`,
 :func:`train_two_tower`; Yi et al., 2019, "Sampling-bias-corrected neural
 modeling"), and :func:`interleave` to merge them into a hybrid.
+
+Modules: the protocol's data is :mod:`ecrec.recall_data`, the two-tower
+:mod:`ecrec.two_tower`; both are re-exported here so that a chapter needs one
+``from ecrec import recall as R``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import torch
 
-from ecrec.features import cold_items, item_catalog, purchase_events
 from ecrec.metrics import dedupe_rows
-from ecrec.schema import COLD_ITEM, INVOICE_NO, ITEM_ID, ITEM_IDX, TS, USER_ID
+from ecrec.recall_data import RecallData, build_recall_data, recency_weights
+from ecrec.schema import ITEM_IDX, TS, USER_ID
+from ecrec.two_tower import (
+    ItemTower,
+    Pairs,
+    encode_with_cache,
+    in_batch_eval,
+    sample_pairs,
+    target_log_q,
+    train_two_tower,
+)
 
 __all__ = [
-    "RecallData", "build_recall_data", "top_k", "popular_scores",
-    "item_cosine", "fit_als", "user_vectors", "build_index", "faiss_search", "interleave",
-    "with_fallback", "cap_history", "tie_margin", "ShortResultWarning", "encode_with_cache", "ItemTower", "sample_pairs", "train_two_tower",
-    "in_batch_eval", "target_log_q",
+    "top_k", "popular_scores", "item_cosine", "fit_als", "user_vectors", "cap_history", "build_index",
+    "tie_margin", "faiss_search", "ShortResultWarning", "with_fallback", "interleave", "per_1000_users",
+    # re-exported from ecrec.recall_data and ecrec.two_tower
+    "RecallData", "build_recall_data", "recency_weights", "encode_with_cache", "ItemTower", "Pairs",
+    "sample_pairs", "target_log_q", "in_batch_eval", "train_two_tower",
 ]
-
-
-# --- protocol data ---------------------------------------------------------
-
-
-@dataclass
-class RecallData:
-    """Everything the chapter's generators and evaluation need (see the module notes).
-
-    Rows of ``history*``, ``relevant_*`` and ``user_group`` are the evaluated
-    test users (``users``); rows of ``train_matrix`` are ``train_users``.
-    Columns are item indexes (``item_idx``) 0..n_items-1 (``items`` row order).
-    """
-
-    test_start: pd.Timestamp  # first instant of the test window
-    end: pd.Timestamp  # exclusive: midnight after the last event
-    items: pd.DataFrame  # item_id (stock code), item_idx, description, category, price, train_buyers,
-    #                      cold_item, tail_item (ecrec.features.item_catalog + the recall columns)
-    events: pd.DataFrame  # ecrec.features.purchase_events + item_idx: one row per (invoice, item)
-    users: np.ndarray  # CustomerID of each evaluated test user
-    user_group: np.ndarray  # "cold" | "short" | "warm"
-    history: sp.csr_array  # (n_users, n_items) recency weights of purchases before test_start
-    history_count: sp.csr_array  # (n_users, n_items) distinct invoices before test_start
-    relevant_all: sp.csr_array  # (n_users, n_items) distinct test invoices per item
-    relevant_new: sp.csr_array  # same, items bought before test_start removed
-    train_users: np.ndarray  # CustomerID of each train_matrix row
-    train_matrix: sp.csr_array  # (n_train_users, n_items) distinct invoices before test_start
-    train_row_of_user: np.ndarray  # (n_users,) row in train_matrix, -1 for cold users
-    half_life_days: float = 30.0
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def n_items(self) -> int:
-        return len(self.items)
-
-
-def recency_weights(age_days, half_life_days: float) -> np.ndarray:
-    """``0.5 ** (age / half_life)``: a purchase ``half_life_days`` old counts half.
-
-    Raises:
-        ValueError: non-positive half-life or negative ages (future events).
-    """
-    if half_life_days <= 0:
-        raise ValueError(f"half_life_days must be > 0, got {half_life_days}")
-    age = np.asarray(age_days, dtype=np.float64)
-    if (age < 0).any():
-        raise ValueError("recency weights got events after the reference time (negative age)")
-    return np.power(0.5, age / half_life_days)
-
-
-def build_recall_data(
-    clean: pd.DataFrame,
-    test_start,
-    *,
-    half_life_days: float = 30.0,
-    short_max: int = 5,
-    tail_share: float = 0.8,
-    max_users: int | None = None,
-    seed: int = 0,
-    catalogue: pd.DataFrame | None = None,
-) -> RecallData:
-    """Build items, events, histories and ground truths for the recall protocol.
-
-    Args:
-        clean: the cleaned Online Retail frame (``ecrec.data.load_clean_online_retail``).
-        test_start: start of the test window, e.g. the second value of
-            ``ecrec.features.split_dates(clean["InvoiceDate"])`` (chapter 03's split).
-        half_life_days: recency half-life of the user histories.
-        short_max: users with 1..short_max distinct past items are "short".
-        tail_share: the least popular ``tail_share`` of items (by distinct
-            buyers before test_start) are "tail" items.
-        max_users: evaluate a random subsample of this many test users (smoke
-            runs); ``None`` keeps all.
-        seed: seed of that subsample.
-        catalogue: a cleaned log to build the item table from with
-            :func:`ecrec.features.item_catalog` (StockCode, Description, UnitPrice)
-            item table from (default: ``clean`` itself). Pass the full log when
-            ``clean`` is a truncated log (a validation split) so that item indexes
-            match the test split's.
-
-    Raises:
-        ValueError: missing columns, no test user, an item of ``clean``
-            missing from ``catalogue``, or bad parameters.
-    """
-    need = {"InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country"}
-    missing = need - set(clean.columns)
-    if missing:
-        raise ValueError(f"clean is missing columns {sorted(missing)}; pass ecrec.data.load_clean_online_retail()[0]")
-    test_start = pd.Timestamp(test_start)
-    end = clean["InvoiceDate"].max().normalize() + pd.DateOffset(days=1)  # calendar day, also across DST
-    if not clean["InvoiceDate"].min() < test_start < end:
-        raise ValueError(f"test_start {test_start} must fall inside the log ({clean['InvoiceDate'].min()} .. {end})")
-    if not 0 < tail_share < 1:
-        raise ValueError(f"tail_share must be in (0, 1), got {tail_share}")
-    # chapter 03's tables: one events table and one item table for the whole book
-    items = item_catalog(clean if catalogue is None else catalogue)
-    items.insert(1, ITEM_IDX, np.arange(len(items), dtype=np.int64))
-    idx_of = pd.Series(items[ITEM_IDX].to_numpy(), index=items[ITEM_ID])
-    events = purchase_events(clean)
-    unknown = ~events[ITEM_ID].isin(idx_of.index)
-    if unknown.any():
-        raise ValueError(f"{int(unknown.sum())} purchase events of clean have a StockCode missing from catalogue, "
-                         f"e.g. {events.loc[unknown, ITEM_ID].iloc[0]!r}; pass the full log as catalogue")
-    events.insert(3, ITEM_IDX, events[ITEM_ID].map(idx_of).to_numpy(np.int64))
-    n_items = len(items)
-    past = events[events[TS] < test_start]
-    test = events[(events[TS] >= test_start) & (events[TS] < end)]
-    if test.empty:
-        raise ValueError("no purchase in the test window")
-
-    buyers = past.groupby(ITEM_IDX)[USER_ID].nunique().reindex(range(n_items), fill_value=0)
-    items["train_buyers"] = buyers.to_numpy()
-    items[COLD_ITEM] = cold_items(events, items[ITEM_ID], test_start)  # the book's one definition
-    rank = items["train_buyers"].rank(method="first", ascending=False).to_numpy()
-    items["tail_item"] = rank > (1 - tail_share) * n_items
-
-    train_users = np.sort(past[USER_ID].unique())
-    train_row = pd.Series(np.arange(len(train_users)), index=train_users)
-    counts = past.groupby([USER_ID, ITEM_IDX]).size().reset_index(name="n")
-    train_matrix = sp.csr_array(
-        (counts["n"].to_numpy(np.float64), (train_row[counts[USER_ID]].to_numpy(), counts[ITEM_IDX].to_numpy())),
-        shape=(len(train_users), n_items),
-    )
-
-    users = np.sort(test[USER_ID].unique())
-    if max_users is not None and max_users < len(users):
-        rng = np.random.default_rng(seed)
-        users = np.sort(rng.choice(users, size=max_users, replace=False))
-    row = pd.Series(np.arange(len(users)), index=users)
-
-    def matrix(frame: pd.DataFrame, values: np.ndarray) -> sp.csr_array:
-        keep = frame[USER_ID].isin(row.index).to_numpy()
-        f = frame[keep]
-        m = sp.csr_array(
-            (values[keep], (row[f[USER_ID]].to_numpy(), f[ITEM_IDX].to_numpy())), shape=(len(users), n_items)
-        )
-        m.sum_duplicates()
-        m.sort_indices()
-        return m
-
-    age = (test_start - past[TS]).dt.total_seconds().to_numpy() / 86400.0
-    history = matrix(past, recency_weights(age, half_life_days))
-    history_count = matrix(past, np.ones(len(past)))
-    relevant_all = matrix(test, np.ones(len(test)))
-    seen = history_count.copy()
-    seen.data[:] = 1.0
-    relevant_new = relevant_all - relevant_all.multiply(seen)
-    relevant_new = sp.csr_array(relevant_new)
-    relevant_new.eliminate_zeros()
-    relevant_new.sort_indices()
-
-    n_hist = np.diff(history_count.indptr)
-    group = np.where(n_hist == 0, "cold", np.where(n_hist <= short_max, "short", "warm"))
-    return RecallData(
-        test_start=test_start,
-        end=end,
-        items=items,
-        events=events,
-        users=users,
-        user_group=group,
-        history=history,
-        history_count=history_count,
-        relevant_all=relevant_all,
-        relevant_new=relevant_new,
-        train_users=train_users,
-        train_matrix=train_matrix,
-        train_row_of_user=train_row.reindex(users).fillna(-1).to_numpy(np.int64),
-        half_life_days=half_life_days,
-        meta={"short_max": short_max, "tail_share": tail_share, "n_test_users_total": int(test[USER_ID].nunique())},
-    )
 
 
 # --- ranking helpers ---------------------------------------------------------
@@ -738,312 +554,6 @@ def interleave(lists: Sequence[np.ndarray], k: int, weights: Sequence[int] | Non
     return dedupe_rows(merged, k)
 
 
-# --- MiniLM two-tower --------------------------------------------------------
-
-
-def encode_with_cache(
-    texts: Sequence[str],
-    *,
-    n_trainable: int = 1,
-    max_length: int = 32,
-    batch_size: int = 256,
-    model=None,
-    tokenizer=None,
-    progress: bool = False,
-):
-    """Zero-shot MiniLM embeddings AND the hidden states a partial fine-tune starts from.
-
-    One forward pass over the catalogue (:func:`ecrec.text.encode_texts`, the
-    book's one text encoder) gives (a) the mean-pooled, L2-normalised sentence
-    embeddings and (b) the hidden states entering the last ``n_trainable``
-    transformer layers. Fine-tuning only those layers on cached inputs makes a
-    training step ~6/n_trainable times cheaper than a full fine-tune: what
-    keeps it feasible on a CPU.
-
-    Returns:
-        ``(emb float32 (n, hidden), states float32 tensor (n, L, hidden),
-        mask int64 tensor (n, L), encoder)``; ``L`` = the longest tokenised text.
-
-    Raises:
-        ValueError: ``n_trainable`` outside 1..num_hidden_layers.
-        TypeError: a text is not a string.
-    """
-    from ecrec.text import encode_texts, load_encoder
-
-    model = model or load_encoder()
-    n_layers = model.config.num_hidden_layers
-    if not 1 <= n_trainable <= n_layers:
-        raise ValueError(f"n_trainable must be in 1..{n_layers}, got {n_trainable}")
-    emb, states, mask = encode_texts(
-        texts, model=model, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size,
-        progress=progress, hidden_states_at=n_layers - n_trainable,
-    )
-    return emb, states, mask, model
-
-
-class ItemTower(torch.nn.Module):
-    """The item tower: MiniLM's last ``n_trainable`` layers (trainable copies) + mean pooling + L2 norm.
-
-    Input: cached hidden states (batch, L, hidden) and their attention mask,
-    from :func:`encode_with_cache` with the same ``n_trainable``. Before
-    training it reproduces the zero-shot embeddings (up to float rounding).
-    """
-
-    def __init__(self, encoder, n_trainable: int = 1):
-        super().__init__()
-        import copy
-
-        layers = encoder.encoder.layer
-        if not 1 <= n_trainable <= len(layers):
-            raise ValueError(f"n_trainable must be in 1..{len(layers)}, got {n_trainable}")
-        self.layers = torch.nn.ModuleList(copy.deepcopy(layer) for layer in layers[-n_trainable:])
-
-    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(batch, L, hidden) float states, (batch, L) 0/1 mask -> (batch, hidden) unit vectors."""
-        from ecrec.text import mean_pool
-
-        h = states
-        ext = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
-        for layer in self.layers:
-            h = layer(h, attention_mask=ext)
-            if isinstance(h, tuple):  # older transformers return (hidden,)
-                h = h[0]
-        return torch.nn.functional.normalize(mean_pool(h, mask), dim=-1)
-
-    def embed_all(self, states: torch.Tensor, mask: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-        """Item vectors for the whole catalogue, float32 (n_items, hidden), computed in eval mode."""
-        was = self.training
-        self.eval()
-        out = []
-        with torch.inference_mode():
-            for start in range(0, len(states), batch_size):
-                sl = slice(start, start + batch_size)
-                out.append(self(states[sl], mask[sl]).numpy())
-        self.train(was)
-        return np.concatenate(out).astype(np.float32)
-
-
-@dataclass
-class Pairs:
-    """Training pairs (history -> next item) from purchases BEFORE a cut-off.
-
-    ``hist_items``/``hist_weights``: (n_pairs, max_history), -1 / 0 padded,
-    most recent first; ``target``: (n_pairs,) item indexes; ``target_time``:
-    (n_pairs,) datetime64 of the target purchase (for leakage checks).
-    """
-
-    hist_items: np.ndarray
-    hist_weights: np.ndarray
-    target: np.ndarray
-    target_time: np.ndarray | None = None
-
-
-def sample_pairs(
-    events: pd.DataFrame,
-    before,
-    n_pairs: int,
-    *,
-    max_history: int = 10,
-    half_life_days: float = 30.0,
-    new_items_only: bool = True,
-    since=None,
-    seed: int = 0,
-) -> Pairs:
-    """Sample (history -> next purchased item) pairs from events strictly before ``before``.
-
-    A pair picks a purchase (user, item, invoice) that is not in the user's
-    first invoice; its history is the user's distinct items from EARLIER
-    invoices (most recent first, at most ``max_history``), weighted by
-    recency relative to that invoice. With ``new_items_only`` the target is an
-    item the user had not bought before (the harder, more useful "new items"
-    task). Nothing at or after ``before`` is read: no test leakage. With
-    ``since``, only purchases at or after ``since`` are targets (their
-    history may start earlier): held-out pairs from a validation window.
-
-    Raises:
-        ValueError: no eligible purchase, ``n_pairs < 1`` or ``max_history < 1``.
-    """
-    if n_pairs < 1:
-        raise ValueError(f"n_pairs must be >= 1, got {n_pairs}")
-    if max_history < 1:
-        raise ValueError(f"max_history must be >= 1, got {max_history}")
-    ev = events[events[TS] < before].sort_values([USER_ID, TS, INVOICE_NO, ITEM_IDX]).reset_index(drop=True)
-    user = ev[USER_ID].to_numpy()
-    t = ev[TS].to_numpy()
-    item = ev[ITEM_IDX].to_numpy()
-    # first row of the user's current invoice, and first row of the user
-    new_user = np.r_[True, user[1:] != user[:-1]]
-    new_inv = new_user | np.r_[True, ev[INVOICE_NO].to_numpy()[1:] != ev[INVOICE_NO].to_numpy()[:-1]]
-    inv_start = np.maximum.accumulate(np.where(new_inv, np.arange(len(ev)), 0))
-    user_start = np.maximum.accumulate(np.where(new_user, np.arange(len(ev)), 0))
-    eligible = inv_start > user_start
-    if new_items_only:
-        first_buy = ev.groupby([USER_ID, ITEM_IDX])[TS].transform("min").to_numpy()
-        eligible &= first_buy == t
-    if since is not None:
-        eligible &= t >= pd.Timestamp(since).to_datetime64()
-    cand = np.flatnonzero(eligible)
-    if cand.size == 0:
-        raise ValueError("no eligible (history -> next item) purchase before the cut-off")
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(cand, size=n_pairs, replace=cand.size < n_pairs)
-    hist_items = np.full((n_pairs, max_history), -1, dtype=np.int64)
-    hist_w = np.zeros((n_pairs, max_history), dtype=np.float32)
-    for p, r in enumerate(chosen):
-        lo, hi = user_start[r], inv_start[r]
-        rows = np.arange(hi - 1, lo - 1, -1)  # most recent first
-        _, first = np.unique(item[rows], return_index=True)
-        keep = rows[np.sort(first)][:max_history]
-        age = (t[r] - t[keep]) / np.timedelta64(1, "D")
-        hist_items[p, : len(keep)] = item[keep]
-        hist_w[p, : len(keep)] = recency_weights(age, half_life_days)
-    return Pairs(hist_items, hist_w, item[chosen].astype(np.int64), t[chosen])
-
-
-def target_log_q(pairs: Pairs, n_items: int) -> torch.Tensor:
-    """log of each item's share of the training targets (how often it is an in-batch negative).
-
-    Items never a target get a count of 1 (a small share, not log 0).
-    """
-    freq = np.bincount(pairs.target, minlength=n_items).astype(np.float64)
-    return torch.from_numpy(np.log(np.maximum(freq, 1.0) / freq.sum()).astype(np.float32))
-
-
-def _in_batch_logits(tower, states, mask, hist, w, tgt, temperature, log_q):
-    """(B, B) logits user_i . item_j / temperature (- log q_j), same-item duplicates masked."""
-    uniq = np.unique(np.r_[hist[hist >= 0], tgt])
-    vec = tower(states[uniq], mask[uniq])
-    lookup = torch.from_numpy(np.searchsorted(uniq, np.where(hist >= 0, hist, uniq[0])))
-    hv = vec[lookup] * torch.as_tensor(w)[..., None]  # padding has weight 0
-    users = torch.nn.functional.normalize(hv.sum(1), dim=-1)
-    targets = vec[torch.from_numpy(np.searchsorted(uniq, tgt))]
-    logits = users @ targets.T / temperature
-    if log_q is not None:
-        logits = logits - log_q[tgt][None, :]
-    same = torch.from_numpy(tgt[:, None] == tgt[None, :]) & ~torch.eye(len(tgt), dtype=torch.bool)
-    return logits.masked_fill(same, float("-inf"))
-
-
-def in_batch_eval(
-    tower, states, mask, pairs: Pairs, *, batch_size: int, temperature: float, log_q=None
-) -> tuple[float, float]:
-    """Held-out in-batch loss and top-1 accuracy over consecutive batches of ``pairs``.
-
-    The same objective as :func:`train_two_tower` (pass its ``log_q`` to
-    compare with the training loss), on pairs the model was not trained on,
-    e.g. targets from the validation window (``sample_pairs(..., since=...)``).
-    Accuracy = share of pairs whose own target gets the highest logit among
-    the batch's targets WITHOUT the logQ shift (what serving ranks by); a
-    random scorer gets about 1 / batch_size. An incomplete last batch is dropped.
-
-    Returns:
-        ``(mean loss, accuracy)``.
-
-    Raises:
-        ValueError: fewer pairs than one batch, ``batch_size < 2``, ``temperature <= 0``.
-    """
-    n = len(pairs.target)
-    if batch_size < 2 or temperature <= 0 or n < batch_size:
-        raise ValueError(f"need batch_size >= 2, temperature > 0 and >= batch_size pairs; got {batch_size}, "
-                         f"{temperature}, {n} pairs")
-    was = tower.training
-    tower.eval()
-    losses, correct, seen = [], 0, 0
-    with torch.inference_mode():
-        for start in range(0, n - batch_size + 1, batch_size):
-            sl = slice(start, start + batch_size)
-            tgt = pairs.target[sl]
-            raw = _in_batch_logits(tower, states, mask, pairs.hist_items[sl], pairs.hist_weights[sl], tgt,
-                                   temperature, None)
-            logits = raw - log_q[tgt][None, :] if log_q is not None else raw
-            losses.append(float(torch.nn.functional.cross_entropy(logits, torch.arange(len(tgt)))))
-            correct += int((raw.argmax(1) == torch.arange(len(tgt))).sum())
-            seen += len(tgt)
-    tower.train(was)
-    return float(np.mean(losses)), correct / seen
-
-
-def train_two_tower(
-    tower,
-    states,
-    mask,
-    pairs: Pairs,
-    *,
-    steps: int,
-    batch_size: int = 64,
-    lr: float = 1e-4,
-    temperature: float = 0.1,
-    logq_correction: bool = True,
-    seed: int = 0,
-    progress: bool = True,
-    eval_pairs: Pairs | None = None,
-    eval_every: int = 0,
-    eval_log: list | None = None,
-) -> list[float]:
-    """Fine-tune the item tower with in-batch negatives (sampled softmax).
-
-    For a batch of pairs, the user vector is the recency-weighted mean of the
-    tower's vectors of the history items (L2-normalised: the same tower on
-    both sides), the target's vector is the positive and the other targets of
-    the batch are the negatives: ``loss = CE(U T^T / temperature, diag)``.
-    In-batch copies of the same target item are masked out of the negatives.
-
-    In-batch negatives are drawn in proportion to popularity, so without a
-    correction the model learns to push popular items DOWN. With
-    ``logq_correction`` each logit gets ``- log q_j`` (q_j = item j's share of
-    the training targets, :func:`target_log_q`; Yi et al., 2019), which
-    removes that bias. The shifted loss is no longer ``ln B`` for a uniform
-    scorer: compare it with the held-out loss at step 0 instead.
-
-    Args:
-        eval_pairs, eval_every, eval_log: if all given, :func:`in_batch_eval`
-            on ``eval_pairs`` (same batch size, temperature and log q) runs
-            before step 1 and every ``eval_every`` steps (and after the last);
-            ``{"step", "loss", "accuracy"}`` dicts are appended to ``eval_log``.
-
-    Returns:
-        The loss of every step (for a loss curve).
-
-    Raises:
-        ValueError: non-positive temperature, steps or batch size.
-    """
-    from tqdm.auto import tqdm
-
-    if temperature <= 0 or steps < 1 or batch_size < 2:
-        raise ValueError(f"need temperature > 0, steps >= 1, batch_size >= 2; got {temperature}, {steps}, {batch_size}")
-    gen = np.random.default_rng(seed)
-    n_items = int(max(pairs.target.max(), states.shape[0] - 1)) + 1
-    log_q = target_log_q(pairs, n_items)
-    evaluate = eval_pairs is not None and eval_every > 0 and eval_log is not None
-
-    def record(step):
-        loss, acc = in_batch_eval(tower, states, mask, eval_pairs, batch_size=batch_size, temperature=temperature,
-                                  log_q=log_q if logq_correction else None)
-        eval_log.append({"step": step, "loss": loss, "accuracy": acc})
-
-    opt = torch.optim.AdamW(tower.parameters(), lr=lr)
-    if evaluate:
-        record(0)
-    tower.train()
-    losses = []
-    n = len(pairs.target)
-    for step in tqdm(range(1, steps + 1), disable=not progress, desc="fine-tune two-tower"):
-        idx = gen.choice(n, size=min(batch_size, n), replace=False)
-        tgt = pairs.target[idx]
-        logits = _in_batch_logits(tower, states, mask, pairs.hist_items[idx], pairs.hist_weights[idx], tgt,
-                                  temperature, log_q if logq_correction else None)
-        loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(tgt)))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        if evaluate and (step % eval_every == 0 or step == steps):
-            record(step)
-    tower.eval()
-    return losses
-
-
 def per_1000_users(seconds: float, n_users: int) -> float:
     """Seconds per 1,000 users from a timing over ``n_users``."""
     return float(seconds / max(n_users, 1) * 1000)
-
