@@ -14,7 +14,10 @@ plus what makes it correct and fast, each a few lines:
   (e.g. a head warm-started from the linear probe);
 * per-step logs of the loss, gradient norm and logit spread, to diagnose a
   model that does not learn;
-* optional FGM adversarial training (:class:`FGM`) and atomic checkpoints.
+* optional FGM adversarial training (:class:`FGM`) and atomic checkpoints;
+* the same loop under ``torch.distributed`` (DDP, started with ``torchrun``):
+  :class:`ecrec.distributed.DistContext` shards each batch over the ranks and
+  is the identity in a single process (chapter 07).
 
 Validation AUC is computed from **logits**: sigmoid saturates in float64
 (``sigmoid(36) == sigmoid(40) == 1.0``) and would turn a perfect ranking into ties.
@@ -22,6 +25,7 @@ Validation AUC is computed from **logits**: sigmoid saturates in float64
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -294,6 +298,7 @@ def backward_window(
     pad_id: int = 0,
     scaler=None,
     fgm: FGM | None = None,
+    denominator: float | None = None,
 ) -> tuple[float, float, int]:
     """Forward and backward over the micro-batches of one optimizer step.
 
@@ -302,13 +307,38 @@ def backward_window(
     the mean over the window's examples, whatever the micro-batch sizes
     (a short last window included).
 
+    Under DDP (``model`` a ``DistributedDataParallel``, chapter 07) each rank
+    passes its shard of the window and ``denominator`` = examples in the
+    *global* window / world size: DDP averages the ranks' gradients, so every
+    example still weighs 1 / (global window), however unequal the shards.
+    Gradients are all-reduced on the window's last micro-batch (``no_sync``
+    before it; with FGM after both of its passes, which is still the mean). An
+    empty micro-batch (a rank without an example in a short last batch), or
+    an FGM pass whose gradient overflowed (fp16), runs with weight 0 instead of
+    being skipped, so that every rank takes part in every all-reduce.
+
+    Args:
+        denominator: what each micro-batch's loss sum is divided by; None: the
+            examples in ``window``.
+
     Returns:
-        ``(mean loss over the window, std of the window's logits, tokens)``.
+        ``(mean loss over the window, std of the window's logits, tokens)``
+        (this rank's examples; 0.0, 0.0, 0 for a window without any).
     """
     n_window = sum(len(idx) for idx in window)
+    denominator = n_window if denominator is None else denominator
     total, tokens, logits_seen = 0.0, 0, []
-    embed = _word_embeddings(model) if fgm is not None else None
-    for idx in window:
+    embed = _word_embeddings(getattr(model, "module", model)) if fgm is not None else None
+    ddp = hasattr(model, "no_sync")  # DistributedDataParallel: all-reduce on the last micro-batch only
+
+    def sync(last: bool):  # no_sync must cover the forward and the backward
+        return model.no_sync() if ddp and not last else contextlib.nullcontext()
+
+    for i, idx in enumerate(window):
+        last = i == len(window) - 1
+        dummy = len(idx) == 0
+        if dummy:
+            idx = np.zeros(1, dtype=np.int64)
         batch = {k: v.to(device) for k, v in data.batch(idx, pad_id).items()}
         labels = torch.as_tensor(data.labels[idx], dtype=torch.float32, device=device)
         captured: dict[str, torch.Tensor] = {}
@@ -322,10 +352,12 @@ def backward_window(
 
             hook = embed.register_forward_hook(keep)
         try:
-            with plan.autocast(device):
-                logits = model(**batch)
-            loss = ctr_loss(logits, labels, reduction="sum")
-            (scaler.scale(loss / n_window) if scaler else loss / n_window).backward()
+            with sync(last):
+                with plan.autocast(device):
+                    logits = model(**batch)
+                loss = ctr_loss(logits, labels, reduction="sum")
+                loss = loss * 0.0 if dummy else loss
+                (scaler.scale(loss / denominator) if scaler else loss / denominator).backward()
         finally:
             if hook is not None:
                 hook.remove()
@@ -333,20 +365,25 @@ def backward_window(
             grad = captured["emb"].grad.float()
             if scaler is not None:
                 grad = grad / scaler.get_scale()
-            if bool(grad.isfinite().all()):  # fp16: an overflowed gradient has no direction
-                r_adv = fgm.perturbation(grad).to(captured["emb"].dtype)
+            finite = bool(grad.isfinite().all())  # fp16: an overflowed gradient has no direction
+            if finite or ddp:
+                r_adv = fgm.perturbation(grad if finite else torch.zeros_like(grad)).to(captured["emb"].dtype)
                 hook = embed.register_forward_hook(lambda _m, _i, out, r=r_adv: out + r)
                 try:
-                    with plan.autocast(device):
-                        adv = ctr_loss(model(**batch), labels, reduction="sum")
-                    (scaler.scale(adv / n_window) if scaler else adv / n_window).backward()
+                    with sync(last):
+                        with plan.autocast(device):
+                            adv = ctr_loss(model(**batch), labels, reduction="sum")
+                        adv = adv * 0.0 if dummy or not finite else adv
+                        (scaler.scale(adv / denominator) if scaler else adv / denominator).backward()
                 finally:
                     hook.remove()
+        if dummy:
+            continue
         total += float(loss.detach())
         logits_seen.append(logits.detach().float().reshape(-1))
         tokens += int(batch["attention_mask"].sum())
     spread = float(torch.cat(logits_seen).std()) if n_window > 1 else 0.0
-    return total / n_window, spread, tokens
+    return (total / n_window if n_window else 0.0), spread, tokens
 
 
 def evaluate_logits(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
@@ -393,6 +430,19 @@ def train_ctr_model(
     (:func:`evaluate_logits`); the best state, step 0 included, is kept and
     written to ``checkpoint_dir`` atomically.
 
+    **Under torch.distributed** (a process group initialised, e.g. by
+    :func:`ecrec.distributed.init_distributed` under ``torchrun``) the same
+    loop runs on every rank (:class:`ecrec.distributed.DistContext`): every
+    rank draws the same global batches of ``batch_size * world_size``
+    examples and takes its ``batch[rank::world_size]`` share; the model is
+    wrapped in ``DistributedDataParallel``; the gradient is the mean over the
+    global window (:func:`backward_window`); validation is sharded and
+    gathered, so every rank takes the same early-stopping decisions; only rank
+    0 shows progress and writes the checkpoint; dropout draws from ``seed +
+    rank``. ``batch_size`` is then per rank, and the logged loss, samples and
+    tokens are the global ones (``logit_std``: rank 0's examples). In a single
+    process every one of these is the identity and the loop is unchanged.
+
     Args:
         model: from :func:`ecrec.bert.load_ctr_model` (possibly with LoRA); moved to ``device``.
         train, valid: :class:`ecrec.pairs.EncodedPairs` for a cross-encoder,
@@ -421,8 +471,11 @@ def train_ctr_model(
     device = pick_device(device) if device is None else torch.device(device)
     plan = amp_plan(device, config.precision)
     model.to(device)
-    torch.manual_seed(config.seed)
-    n_batches = math.ceil(len(train) / config.batch_size)
+    from ecrec.distributed import DistContext
+
+    dist = DistContext.current()  # rank 0 of 1 without torch.distributed: every dist.* is the identity
+    torch.manual_seed(config.seed + dist.rank)
+    n_batches = math.ceil(len(train) / (config.batch_size * dist.world_size))
     steps_per_epoch = math.ceil(n_batches / config.grad_accum)
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps is not None:
@@ -435,6 +488,7 @@ def train_ctr_model(
     scaler = torch.amp.GradScaler("cuda") if plan.use_scaler else None
     fgm = FGM(config.fgm_epsilon) if config.fgm_epsilon > 0 else None
     params = [p for g in groups for p in g["params"]]
+    net = dist.wrap(model, device)  # DistributedDataParallel under torch.distributed, else model
     trainable, total = count_params(model)
     result = TrainResult(trainable_params=trainable, total_params=total, precision=plan.name, device=str(device))
     sign = 1.0 if config.monitor == "auc" else -1.0
@@ -446,7 +500,7 @@ def train_ctr_model(
     def evaluate(step: int, epoch: int) -> bool:
         """Score valid, keep the state if best; True when patience is exhausted."""
         nonlocal best_score, best_state, bad_evals, running, running_n
-        scores = evaluate_logits(valid.labels, predict_logits(
+        scores = evaluate_logits(valid.labels, dist.predict_logits(
             model, valid, pad_id=pad_id, batch_size=config.eval_batch_size, device=device, precision=plan.name))
         result.history.append({"step": step, "epoch": epoch, "train_loss": running / running_n if running_n else None,
                                "valid_auc": scores["auc"], "valid_log_loss": scores["log_loss"]})
@@ -456,8 +510,10 @@ def train_ctr_model(
             best_score, bad_evals = score, 0
             result.best_step, result.best_valid_auc, result.best_valid_log_loss = step, scores["auc"], scores["log_loss"]
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if checkpoint_dir is not None:
+            if checkpoint_dir is not None and dist.is_main:
                 save_checkpoint(model, checkpoint_dir, **dict(checkpoint_meta or {}))
+            if checkpoint_dir is not None:
+                dist.barrier()  # the checkpoint is on disk before any rank goes on
         else:
             bad_evals += 1
         model.train()
@@ -466,16 +522,17 @@ def train_ctr_model(
     evaluate(0, 0)
     result.start_valid_auc = result.history[0]["valid_auc"]
     step, done = 0, False
-    bar = tqdm(total=total_steps, desc=f"train ({plan.name}, {device.type})", disable=not config.progress)
+    bar = tqdm(total=total_steps, desc=f"train ({plan.name}, {device.type})", disable=not (config.progress and dist.is_main))
     for epoch in range(config.epochs):
-        batches = length_grouped_batches(train.lengths, config.batch_size, seed=config.seed + epoch)
+        batches = length_grouped_batches(train.lengths, config.batch_size * dist.world_size, seed=config.seed + epoch)
         windows = [batches[i : i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)]
         model.train()
         for window in windows:
             started = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            loss, spread, tokens = backward_window(
-                model, train, window, device=device, plan=plan, pad_id=pad_id, scaler=scaler, fgm=fgm)
+            shards = [dist.shard(b) for b in window]
+            loss, spread, tokens = backward_window(net, train, shards, device=device, plan=plan, pad_id=pad_id,
+                                                   scaler=scaler, fgm=fgm, denominator=dist.denominator(window))
             if scaler is not None:
                 scaler.unscale_(optimizer)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
@@ -489,6 +546,7 @@ def train_ctr_model(
                 torch.cuda.synchronize()
             result.train_seconds += time.perf_counter() - started
             n = sum(len(i) for i in window)
+            loss, tokens = dist.window_totals(loss, sum(len(i) for i in shards), tokens, n)
             step += 1
             result.train_samples += n
             result.train_tokens += tokens
@@ -508,6 +566,7 @@ def train_ctr_model(
     bar.close()
     result.optimizer_steps = step
     result.samples_per_s = result.train_samples / max(result.train_seconds, 1e-9)
+    del net  # DDP's gradient hooks go with it
     model.load_state_dict(best_state)
     model.eval()
     return result
