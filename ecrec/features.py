@@ -1,10 +1,13 @@
 """Chapter 03's point-in-time CTR dataset, built from the cleaned Online Retail log.
 
-The contract that chapters 03 (ID-based CTR models), 04 (BERT) and 05 (recall)
-share. Every chapter calls :func:`load_or_build_ctr_dataset` with the same
-:class:`CtrDatasetConfig`, so they all read exactly the same examples and split
+The contract that the chapters reading chapter 03's examples share: 03 (ID-based
+CTR models), 04 (BERT), 06 (multi-task) and 07. Each calls
+:func:`load_or_build_ctr_dataset` with the :class:`CtrDatasetConfig` of
+:func:`dataset_config`, so they all read exactly the same examples and split
 from one parquet file cached under a hash of the config, of the code that builds
-it and of the data (:func:`dataset_key`).
+it and of the data (:func:`dataset_key`). Chapter 05 (recall) does not read this
+dataset: :func:`ecrec.recall.build_recall_data` starts from the same
+:func:`purchase_events` and :func:`item_catalog`.
 
 Functions
 ---------

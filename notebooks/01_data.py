@@ -35,6 +35,23 @@
 #   a UK online gift shop over about a year (we count them in section 1.1).
 # * **Women's E-Commerce Clothing Reviews** (Brooks, 2018): product reviews with
 #   a star rating and a "would recommend" flag (counted in section 1.9).
+#
+# **You will learn to**
+#
+# * read a transaction log row by row and turn it into purchases with named
+#   cleaning rules, counting what each rule removes;
+# * measure users, items and orders over time, the long tail of item
+#   popularity, repeat purchases and basket sizes;
+# * look at product text the way a language model sees it: words and
+#   WordPiece tokens;
+# * measure cold start at a time cutoff, and say what these facts force on
+#   the later chapters (sampled negatives, time splits, text);
+# * relate the two labels of a review dataset, and choose a `max_length` from
+#   token lengths.
+#
+# **You need** Python and pandas (`groupby`, `value_counts`); no machine
+# learning yet. The data ship with the repository under `data/` and are
+# checked against their sha256 when loaded, offline.
 
 # %% tags=["parameters"]
 profile = "auto"  # "auto" | "smoke" | "cpu" | "full"
@@ -367,7 +384,7 @@ Markdown(
 #
 # * **Implicit feedback, no impressions.** The log only records purchases. It
 #   does not say which items a customer saw and did not buy. A CTR model needs
-#   negatives (label 0), so chapter 3 **samples negatives**: items the customer
+#   negatives (label 0), so chapter 03 **samples negatives**: items the customer
 #   did not buy at that time.
 # * **Time order.** Activity changes with the season, and in real use we
 #   predict the future from the past. So we **split by time**: train before a
@@ -426,9 +443,10 @@ Markdown(
 #
 # Online Retail has product names but no review text and no explicit
 # feedback. The Women's Clothing Reviews data has both: a 1–5 star **rating**,
-# a binary **recommend** flag and a free-text review. Chapter 6 will use it to
-# fine-tune BERT on a binary label (chapter 4 fine-tunes on Online Retail's
-# purchases). First, how do the two labels relate?
+# a binary **recommend** flag and a free-text review. Chapter 06 predicts both
+# labels from the review text with MiniLM, one task at a time and together
+# (chapter 04 fine-tunes MiniLM on Online Retail's purchases). First, how do
+# the two labels relate?
 
 # %%
 reviews = load_reviews()
@@ -534,17 +552,49 @@ write_metrics(output_dir, metrics, profile=run_profile, seed=seed, started=START
 pd.Series({k: v for k, v in metrics.items() if not isinstance(v, dict)}).to_frame("value")
 
 # %% [markdown]
-# ## What to try next
+# ## Summary
+
+# %%
+Markdown(
+    f"* Cleaning is a list of named decisions: {100 * report.rows_out / report.rows_in:.1f}% of the "
+    f"{report.rows_in:,} raw rows are purchases of real products by known customers; `{biggest_rule}` "
+    f"removes the most ({100 * report.removed[biggest_rule] / report.rows_in:.1f}% of the log).\n"
+    f"* {n_customers:,} customers, {n_items:,} items and {n_invoices:,} invoices fill "
+    f"{100 * density:.2f}% of the customer x item matrix. Item popularity has a long tail: the top 20% of "
+    f"items hold {100 * top20_share:.0f}% of the purchase lines.\n"
+    f"* Customers come back: {100 * repeat_customer_rate:.0f}% order more than once and "
+    f"{100 * repeat_pair_rate:.0f}% of (customer, item) pairs are bought again, so \"buy it again\" is a "
+    "baseline every recommender here must beat.\n"
+    f"* A description is short ({n_words.median():.0f} words, {np.median(n_tokens):.0f} MiniLM tokens): all "
+    "that a text model will know about an item.\n"
+    f"* Activity is seasonal, so every later chapter splits by time. At the {CUTOFF.date()} cutoff "
+    f"{100 * cold_user_share:.0f}% of the test customers and {100 * cold_item_share:.1f}% of the test "
+    "items are new.\n"
+    f"* In the reviews the recommend flag is nearly a threshold on the rating, "
+    f"{100 * reviews['Recommended IND'].mean():.0f}% positive, and {100 * over_128:.1f}% of the reviews "
+    "are longer than 128 tokens."
+)
+
+# %% [markdown]
+# ## Exercises
 #
-# * Move the `cutoff` parameter (for example to `"2011-09-01"`) and watch the
-#   cold-start shares change. An earlier cutoff gives a longer test window
-#   with more new customers.
-# * Change one cleaning decision. Keep the rows without a customer and count
-#   them as anonymous sessions, or keep cancellations as negative feedback.
-#   How do the popularity and repeat numbers move?
-# * Count popularity by quantity sold instead of by distinct customers. Which
-#   items move into the head? (Wholesale orders of cheap items.)
-# * Tokenize the descriptions with another tokenizer (e.g. `bert-base-cased`
-#   on a machine with internet) and compare token counts for the upper-case text.
-# * In the reviews, read some 5-star reviews that do *not* recommend the item.
-#   Are they label noise?
+# 1. *(runnable)* Cleaning rule 1 drops every cancellation. Count them
+#    instead, per customer (keep rules 2 and 3: known customers, real
+#    products). What share of customers ever cancel, and is it the one-time
+#    buyers or the repeat customers who do? Would "has returned" be a
+#    negative signal? A worked solution is in
+#    `notebooks/solutions/01_exercises.py`; chapter 06 turns returns into a
+#    second label.
+# 2. *(runnable)* The repeat-customer and repeat-pair rates of section 1.5,
+#    by country (a customer's country: the one on most of its lines). Is
+#    "buy it again" a UK habit? Mind how many customers each rate rests on.
+#    (solution in the same file)
+# 3. *(runnable)* Move the `cutoff` parameter to `"2011-09-01"` and compare
+#    the cold-start shares of section 1.8 with the default. (solution in the
+#    same file)
+# 4. Count popularity by quantity sold instead of by distinct customers.
+#    Which items move into the head, and why (wholesale orders of cheap
+#    items)? Which count should a "most popular" recommender use?
+# 5. In the reviews, read some 5-star reviews that do *not* recommend the
+#    item. Are they label noise, or a different question ("would you
+#    recommend it" vs "did you like it")?

@@ -21,15 +21,26 @@
 # inherits them; get one wrong and a model trains slowly, produces `nan`, or
 # silently learns nothing.
 #
-# This chapter derives each piece and checks it in executed code:
+# This chapter derives each piece and checks it in executed code, on a real
+# task from Online Retail.
 #
-# 1. why a click is a Bernoulli event and why log loss, not AUC, is the loss;
-# 2. the forward pass of an MLP and the shape of every tensor;
-# 3. the gradient $\partial L / \partial z = \hat y - y$ and back-propagation;
-# 4. the numerics: overflow, the stable loss from logits, clamping, half precision;
-# 5. an MLP written from scratch in numpy (`ecrec.mlp`), checked against finite
-#    differences and torch autograd;
-# 6. logistic regression against that MLP on a real task from Online Retail.
+# **You will learn to**
+#
+# * say why a click (or a purchase) is a Bernoulli event and why log loss,
+#   not AUC, is the loss to train on;
+# * write the forward pass of an MLP with the shape of every tensor;
+# * derive the gradient $\partial L / \partial z = \hat y - y$ and
+#   back-propagation, and spot a wrong "shorthand" gradient;
+# * compute the loss from logits so that it never overflows, and see what
+#   clamping and half precision do to the loss and its gradient;
+# * check an MLP written from scratch in numpy (`ecrec.mlp`) against finite
+#   differences and torch autograd;
+# * train logistic regression and that MLP on real data and read their loss
+#   curves, test metrics and calibration.
+#
+# **You need** chapter 01 (the cleaned Online Retail log), calculus up to the
+# chain rule, and a little numpy and torch. The whole chapter runs on a CPU in
+# seconds.
 
 # %% tags=["parameters"]
 profile = "auto"  # "auto" | "smoke" | "cpu" | "full"
@@ -96,7 +107,7 @@ torch.set_default_dtype(torch.float64)
 print(size)
 
 # %% [markdown]
-# ## The task: will this customer buy again within 30 days?
+# ## 2.1 The task: will this customer buy again within 30 days?
 #
 # Online Retail has no ad impressions, so we build the closest honest binary
 # event it does hold. At a **cutoff date** $t$ we look at every customer who
@@ -168,7 +179,7 @@ y_train, y_valid, y_test = (d["label"].to_numpy(np.float64) for d in (train, val
 X_train.shape, X_train.dtype, y_train.shape
 
 # %% [markdown]
-# ## 1. A click is a Bernoulli event
+# ## 2.2 A click is a Bernoulli event
 #
 # For one example with features $x$ the outcome $y \in \{0, 1\}$ is a coin
 # flip whose bias depends on $x$: $y \sim \text{Bernoulli}(p(x))$. A CTR model
@@ -241,7 +252,7 @@ Markdown(
 )
 
 # %% [markdown]
-# ## 2. The forward pass: from logistic regression to an MLP
+# ## 2.3 The forward pass: from logistic regression to an MLP
 #
 # Logistic regression is one affine map and a sigmoid:
 # $\hat y = \sigma(w^\top x + b)$ with $\sigma(z) = 1 / (1 + e^{-z})$.
@@ -307,7 +318,7 @@ ratio = grad_norms.iloc[0] / grad_norms.iloc[-1]
 print("first-layer / last-layer gradient norm:", ratio.round(6).to_dict())
 
 # %% [markdown]
-# ## 3. The gradient
+# ## 2.4 The gradient
 #
 # For one example write $\ell = -[y \log \hat y + (1 - y) \log (1 - \hat y)]$. Then
 #
@@ -399,7 +410,7 @@ for layer in range(len(params) // 2, 0, -1):
 pd.DataFrame(rows).set_index("layer")
 
 # %% [markdown]
-# ## 4. Numerics: why frameworks compute the loss from logits
+# ## 2.5 Numerics: why frameworks compute the loss from logits
 #
 # Computing $\hat y = \sigma(z)$ and then $\log \hat y$ fails at both ends. In
 # float64 $\sigma(40) = 1 - 4 \cdot 10^{-18}$ rounds to exactly $1$, so
@@ -520,7 +531,7 @@ Markdown(
 # `binary_cross_entropy_with_logits` in float32 and refuses the probability-space
 # `binary_cross_entropy` outright.
 #
-# ## 5. The MLP from scratch, checked two ways
+# ## 2.6 The MLP from scratch, checked two ways
 #
 # `ecrec.mlp` implements the forward pass, the stable loss and
 # back-propagation in numpy (float64). Before training anything with it we
@@ -566,7 +577,7 @@ print(f"gradients: max relative error over {len(np_grads)} tensors {torch_grad_e
 assert torch_loss_error < 1e-6 and torch_grad_error < 1e-6
 
 # %% [markdown]
-# ## 6. Training on real data: logistic regression against the MLP
+# ## 2.7 Training on real data: logistic regression against the MLP
 #
 # Both models are trained by the same loop: mini-batches, the from-scratch
 # gradient, and Adam written out in `ecrec.mlp.Adam` (its unit test holds it
@@ -696,16 +707,51 @@ write_metrics(output_dir, {
 }, profile=run_profile, seed=seed, started=STARTED)
 
 # %% [markdown]
-# ## What to try next
+# ## Summary
+
+# %%
+Markdown(
+    "* A click is a Bernoulli event; its negative log-likelihood is the log loss, a proper scoring rule. "
+    f"AUC cannot see calibration: dividing the fitted probabilities by ten keeps AUC at "
+    f"{auc_vs_loss.loc['p (fitted)', 'AUC']:.3f} and raises the log loss from "
+    f"{auc_vs_loss.loc['p (fitted)', 'log loss']:.3f} to {auc_vs_loss.loc['p / 10', 'log loss']:.3f}.\n"
+    "* The gradient at the logit is $\\hat y - y$; back-propagation carries it down with three lines per "
+    f"layer. The from-scratch gradient agrees with finite differences to {grad_check_error:.0e} and with "
+    f"torch autograd to {torch_grad_error:.0e}.\n"
+    "* Compute the loss from logits, $\\operatorname{softplus}(z) - yz$: finite and with gradient "
+    "$\\pm 1$ where the naive formula gives `inf` and `nan`; clamping keeps the value finite but kills the "
+    "gradient of confident mistakes, and half precision breaks the naive loss already at moderate logits.\n"
+    f"* On {len(FEATURES)} RFM features the MLP (test AUC {mlp_row['AUC']:.3f}) adds little to logistic "
+    f"regression ({lr_row['AUC']:.3f}); both beat the constant base rate by "
+    f"{constant_loss - max(lr_row['log loss'], mlp_row['log loss']):.3f} nats of test log loss or more."
+)
+
+# %% [markdown]
+# ## Exercises
 #
-# - Make the MLP deeper with `activation="sigmoid"` (`init_mlp(..., activation="sigmoid")`,
-#   `loss_and_grads(..., activation="sigmoid")`) and watch the loss curves: the
-#   vanishing gradients of section 2 turn into slow training.
-# - Break the backward pass on purpose (change one sign in a copy of
-#   `mlp_backward`) and see how large `gradient_check` becomes.
-# - Train with the clamped loss of section 4 on a batch with a few labels
-#   flipped: do the confidently wrong examples ever move?
-# - Change the horizon from 30 to 7 or 90 days, or test on 2011-11-01: how do
-#   the base rate, log loss and calibration change, and does AUC?
-# - Add features (distinct countries, share of returns, day-of-week) and see
-#   whether the MLP starts to pull ahead of logistic regression.
+# 1. *(runnable)* Derive the gradient of logistic regression's mean log loss,
+#    $\nabla_w L = \frac1n X^\top (\sigma(Xw + b) - y)$ and
+#    $\partial L / \partial b = \frac1n \sum_i (\sigma(z_i) - y_i)$, and check
+#    it on this chapter's task against central finite differences and torch
+#    autograd (`binary_cross_entropy_with_logits`). Then evaluate it at
+#    scikit-learn's unpenalised fit: what does $\partial L / \partial b = 0$
+#    say about the mean prediction? A worked solution is in
+#    `notebooks/solutions/02_exercises.py`.
+# 2. *(runnable)* Evaluate the log loss at $z \in \{\pm 1000, \pm 100,
+#    \pm 40, \pm 20, \dots\}$ for both labels in five ways: the naive formula,
+#    $\operatorname{softplus}(z) - yz$ literally (softplus as the log-sum-exp
+#    `np.logaddexp(0, z)`), $\operatorname{softplus}((1 - 2y) z)$, and
+#    `torch.nn.functional.binary_cross_entropy_with_logits` in float64 and
+#    float32. Which are finite, which are accurate to the last digit, and for
+#    which label does each lose *relative* accuracy? Does it matter for
+#    training? (solution in the same file)
+# 3. Make the MLP deeper with `activation="sigmoid"` (`init_mlp(...,
+#    activation="sigmoid")`, `loss_and_grads(..., activation="sigmoid")`) and
+#    watch the loss curves: the vanishing gradients of section 2.3 turn into
+#    slow training.
+# 4. Break the backward pass on purpose (change one sign in a copy of
+#    `mlp_backward`) and see how large `gradient_check` becomes.
+# 5. Train with the clamped loss of section 2.5 on a batch with a few labels
+#    flipped: do the confidently wrong examples ever move?
+# 6. Change the horizon from 30 to 7 or 90 days, or test on 2011-11-01: how
+#    do the base rate, log loss and calibration change, and does AUC?

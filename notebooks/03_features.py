@@ -29,7 +29,10 @@
 #    item never appears in training.
 #
 # The dataset built here is saved as a parquet file keyed by its
-# configuration, so chapters 04 and 05 read exactly the same examples.
+# configuration, so that chapters 04 and 06 read exactly the same examples.
+# Chapter 05 (recall) does not read these examples: it builds its own data
+# from the same purchase events (`ecrec.features.purchase_events`) and item
+# table (`ecrec.features.item_catalog`).
 #
 # **You will learn to**
 #
@@ -105,7 +108,7 @@ warnings.filterwarnings("ignore", message="Bins whose width")
 size
 
 # %% [markdown]
-# ## One global time split, test last
+# ## 3.1 One global time split, test last
 #
 # A recommender is trained on the past and used on the future. A per-user
 # random split, or "leave the last purchase of each user out", breaks that:
@@ -136,7 +139,7 @@ ax.set_title("Traffic grows towards Christmas: the test window is the busiest")
 save(fig, output_dir, "daily_events_split")
 
 # %% [markdown]
-# ## Positives, and negatives that are not impressions
+# ## 3.2 Positives, and negatives that are not impressions
 #
 # A positive is a (customer, item, invoice time), de-duplicated within an
 # invoice. For each positive we draw `neg_ratio` negatives. Two choices decide
@@ -213,7 +216,7 @@ display(Markdown(
 data.head(3).T
 
 # %% [markdown]
-# ## Point-in-time features
+# ## 3.3 Point-in-time features
 #
 # Every feature of an example uses purchases strictly before its time (the
 # other lines of the same invoice are not "before"):
@@ -265,7 +268,7 @@ print(f"{len(times)} times from {times.min():%Y-%m-%d} to {times.max():%Y-%m-%d}
       "identical features with and without the future")
 
 # %% [markdown]
-# ## Text: TF-IDF and MiniLM embeddings of the descriptions
+# ## 3.4 Text: TF-IDF and MiniLM embeddings of the descriptions
 #
 # An item ID says nothing about an item never seen in training; its
 # description does. We embed the ~3.7k distinct descriptions once with MiniLM
@@ -301,7 +304,7 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# ## Models
+# ## 3.5 Models
 #
 # Encoders are fitted on the train split only. Unseen users and items fall in
 # an explicit unknown bucket (one-hot "infrequent" column for the logistic
@@ -410,7 +413,7 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# ## Results on the test window
+# ## 3.6 Results on the test window
 #
 # AUC ranks all test examples together; log loss also checks the
 # probabilities. GAUC is the AUC within a group, averaged with the group's
@@ -474,7 +477,7 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# ## Ablation: which feature groups matter?
+# ## 3.7 Ablation: which feature groups matter?
 #
 # Logistic regression on all groups but one (cheap enough to repeat). A big
 # drop means the group carries information the others do not.

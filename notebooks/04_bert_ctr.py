@@ -210,7 +210,8 @@ pd.Series(pooler_check, dtype=float)
 #   candidate's description into $v$; the user vector $u$ is the mean of the
 #   item vectors of the last `n_history` purchases; the head reads
 #   $[u, v, u \odot v]$. Item vectors depend on the item only: computed once,
-#   cached, and reusable by chapter 03's DNN and chapter 05's recall.
+#   cached, and reusable: by chapter 03's DNN (section 4.8) or by a recall
+#   index like chapter 05's.
 
 # %%
 tokenizer = load_tokenizer(model_name)
@@ -420,15 +421,39 @@ pd.DataFrame({f"{r} {m}": {"valid AUC at step 0": res.start_valid_auc, "best val
                            "samples/s": res.samples_per_s} for (r, m), res in runs.items()}).T
 
 # %% [markdown]
-# LoRA (Hu et al., 2021) freezes the pretrained weights $W$ and learns a
-# low-rank update of the attention's query and value projections,
-# $W x + \frac{\alpha}{r} B A x$ with $A \in \mathbb{R}^{r \times d}$ random,
-# $B \in \mathbb{R}^{d \times r}$ zero at the start (so the model starts
-# unchanged), $r = 8$, $\alpha = 16$. FGM (Miyato, Dai and Goodfellow, 2017)
-# adds to each step the loss at word embeddings moved by
-# $r_{adv} = \varepsilon\, g / \lVert g \rVert_2$, with $g$ the gradient of the
-# loss with respect to them: the direction that hurts most. Both on the
-# popularity-matched regime, from the same warm start.
+# **LoRA** (Hu et al., 2021) freezes the pretrained weights and learns a
+# low-rank update of the attention's query and value projections
+# (`ecrec.bert.add_lora(model, r=8, alpha=16)`, with peft's `LoraConfig`).
+# Each adapted linear layer with weight $W \in \mathbb{R}^{d \times k}$
+# ($k$ inputs, $d$ outputs) becomes
+#
+# $$h = W x + \frac{\alpha}{r} B A\, \operatorname{dropout}(x),\qquad
+# A \in \mathbb{R}^{r \times k},\quad B \in \mathbb{R}^{d \times r},\quad
+# W' = W + \frac{\alpha}{r} B A,$$
+#
+# with $A$ random and $B = 0$ at the start, so the model starts exactly where
+# the warm start left it; only $A$, $B$ (and the head) are trained, $r (d + k)$
+# parameters per adapted matrix instead of $d k$. Here $r = 8$, $\alpha = 16$
+# and the adapters' input dropout is 0.1 (`add_lora`'s defaults);
+# `ecrec.bert.merge_lora` folds $\frac{\alpha}{r} B A$ into $W$ afterwards.
+#
+# **FGM** (Miyato, Dai and Goodfellow, 2017) trains on a second, adversarial
+# input at every step. Let $e$ be the output of the word-embedding layer (the
+# token vectors, before position embeddings and LayerNorm), shape (batch,
+# tokens, hidden), and $g = \nabla_e L(e)$ the gradient of the batch's loss
+# with respect to it. For each sequence $b$ of the batch,
+#
+# $$r_{adv,b} = \varepsilon\, \frac{g_b}{\lVert g_b \rVert_2},$$
+#
+# the norm taken over all of that sequence's tokens and hidden dimensions
+# (`ecrec.finetune.FGM.perturbation`, with $\varepsilon$ = `fgm_epsilon`).
+# The loss at $e + r_{adv}$ is back-propagated with $r_{adv}$ held constant,
+# and the optimizer steps on the sum of both gradients,
+# $\nabla_\theta L(e) + \nabla_\theta L(e + r_{adv})$: the model learns to
+# keep its prediction when the input moves a little in the direction that
+# hurts most. `ecrec.finetune.train_ctr_model` does this when
+# `TrainConfig.fgm_epsilon` > 0. Both on the popularity-matched regime, from
+# the same warm start.
 
 # %%
 REGIME = "popularity_matched"
@@ -773,7 +798,8 @@ print(f"{len(metrics['auc'])} AUCs and {len(metrics['diff'])} differences writte
 #   under popularity-matched negatives the task is personal, and the numbers
 #   above say whether text added to the IDs helps, and by how much.
 # * A bi-encoder's item vectors are computed once and reused: by the DNN here,
-#   by recall in chapter 05.
+#   and a recall index could serve them too (chapter 05 fine-tunes its own
+#   two-tower for recall).
 #
 # ## Exercises
 #

@@ -127,7 +127,7 @@ print(dict(VALID_DAYS=VALID_DAYS, TEST_DAYS=TEST_DAYS, POP_WINDOW_DAYS=POP_WINDO
            N_BOOT=N_BOOT, HYBRID_PARTS=HYBRID_PARTS, HYBRID_GRID=list(HYBRID_GRID)))
 
 # %% [markdown]
-# ## The protocol
+# ## 5.1 The protocol
 #
 # We reuse chapter 03's global time split (`ecrec.features.split_dates`): the
 # last days of the log are the **test window**, the days before it the
@@ -176,7 +176,7 @@ pd.DataFrame(
 )
 
 # %% [markdown]
-# ## The metrics, defined once
+# ## 5.2 The metrics, defined once
 #
 # For a user with relevant set $G$ (items bought in the test window) and a
 # retrieved list $L_K$ (K items, best first, deduplicated first):
@@ -209,7 +209,7 @@ pd.DataFrame(
 # is vectorised over users (`ecrec.metrics`, checked against scikit-learn and a plain loop).
 
 # %% [markdown]
-# ## The generators
+# ## 5.3 The generators
 #
 # Each generator returns K_MAX items per user. Cold users get the popularity
 # list, computed once per setting and shared by all generators. The ID models
@@ -217,7 +217,7 @@ pd.DataFrame(
 # and on the history before the validation window (to choose the hybrid's mix
 # without looking at the test window).
 #
-# ### 1. Most popular
+# ### 5.3.1 Most popular
 # Distinct buyers over the `POP_WINDOW_DAYS` days before the cut-off: the same
 # list for everyone, and the baseline every other generator must beat.
 
@@ -241,18 +241,18 @@ display(Markdown(
 data.items.assign(buyers=models["pop"]).nlargest(5, "buyers")[["item_id", "description", "buyers"]]
 
 # %% [markdown]
-# ### 2. Item-to-item collaborative filtering
+# ### 5.3.2 Item-to-item collaborative filtering
 # "Customers who bought this also bought": cosine similarity between the sets
 # of customers of two items, then a user's score for item $j$ is
 # $\sum_i h_i S_{ij}$ over their recency-weighted history $h$. Items never
 # co-bought with the history get no score, so a list can run short of K.
 #
-# ### 3. Matrix factorisation (implicit ALS)
+# ### 5.3.3 Matrix factorisation (implicit ALS)
 # Each user and item gets a vector so that their dot product predicts a
 # purchase (Hu, Koren and Volinsky, 2008). Items with no purchase before the
 # cut-off get no useful vector: **ID models cannot recommend cold items.**
 #
-# ### 4. MiniLM two-tower, zero-shot
+# ### 5.3.4 MiniLM two-tower, zero-shot
 # The item tower is MiniLM's sentence embedding of the product description;
 # the user tower is the recency-weighted mean (half-life `HALF_LIFE_DAYS`) of
 # the embeddings of the user's `MAX_HISTORY` most recent items. Retrieval is
@@ -313,18 +313,36 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# ### 5. MiniLM two-tower, fine-tuned with in-batch negatives
+# ### 5.3.5 MiniLM two-tower, fine-tuned with in-batch negatives
 # Zero-shot MiniLM knows that "jumbo bag red retrospot" resembles "lunch bag
 # red retrospot"; it does not know what wholesale customers buy together.
 # We fine-tune on (history → next new-to-user item) pairs sampled from
-# purchases before the **validation** window: for a batch of B pairs, the
-# other B−1 targets are the negatives (sampled softmax with temperature
-# `TEMPERATURE`). In-batch negatives are popular items more often than rare
-# ones, so without a correction the model learns to push popular items down;
-# we subtract $\log q_j$ (the item's share of targets, Yi et al., 2019). Only
-# the last `ft_layers` layers are trained, on cached inputs: that is what
-# makes this feasible on a CPU. The histories hold at most `MAX_HISTORY`
-# items, as in serving.
+# purchases before the **validation** window. In a batch of $B$ pairs, pair
+# $i$ has a user vector $u_i$ (the recency-weighted sum of the tower's
+# vectors of its history items, L2-normalised: one tower on both sides) and a
+# target item with the tower's unit vector $v_i$; the other $B - 1$ targets of
+# the batch are its negatives (a sampled softmax). The logit of item $j$ for
+# pair $i$, and the loss, are
+#
+# $$s_{ij} = \frac{u_i^\top v_j}{\tau} - \log q_j, \qquad
+# L = -\frac{1}{B} \sum_{i=1}^{B} \log \frac{e^{s_{ii}}}{\sum_{j=1}^{B} e^{s_{ij}}},$$
+#
+# with the temperature $\tau$ = `TEMPERATURE`; a column $j \ne i$ holding the
+# same item as pair $i$'s target is masked out ($s_{ij} = -\infty$), so an item
+# is never its own negative. Why $-\log q_j$: in-batch negatives are popular
+# items more often than rare ones, since item $j$ turns up as a negative in
+# proportion to $q_j$, its share of the training targets; without a correction
+# the model learns to push popular items down. Subtracting $\log q_j$
+# corrects this sampling bias of the batch softmax (Yi et al., 2019). In the
+# code, $\log q_j$ is
+# `ecrec.recall.target_log_q(pairs, n_items)`:
+# $q_j = \max(c_j, 1) / n$, with $c_j$ the number of the $n$ training pairs
+# whose target is $j$ (an item that is never a target counts once instead of
+# giving $\log 0$); `ecrec.recall.train_two_tower` forms $s_{ij}$ and takes
+# $L$ with `torch.nn.functional.cross_entropy`. Serving ranks by
+# $u^\top v$ alone, without the shift. Only the last `ft_layers` layers are
+# trained, on cached inputs: that is what makes this feasible on a CPU. The
+# histories hold at most `MAX_HISTORY` items, as in serving.
 #
 # Because of the $\log q$ shift, "ln B" is NOT the loss of a uniform guess
 # here, so the training loss has no fixed reference. We monitor instead the
@@ -371,7 +389,7 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# ### Retrieval on the test window, and latency
+# ### 5.3.6 Retrieval on the test window, and latency
 # Both settings, every generator. Latency (seconds per 1,000 users, K = K_MAX,
 # best of `TIMING_REPEATS` runs, this machine, scoring + top-K, fitting
 # excluded) goes to `timing.json`, not to the deterministic metrics.
@@ -405,7 +423,7 @@ print("already-bought items left in the new-to-user lists:", already)
 print(f"share of users whose list holds fewer than K={K_EVAL} items (all):", {g: round(v, 4) for g, v in short.items()})
 
 # %% [markdown]
-# ### 6. Hybrid, its mix chosen on the validation window
+# ### 5.3.7 Hybrid, its mix chosen on the validation window
 # Merge generators round-robin, drop duplicates, cut to K. The weights of
 # `HYBRID_PARTS` (each in `HYBRID_GRID`) are chosen per setting by Recall@K_EVAL
 # on the **validation window**: the ID models are refitted on the history
@@ -453,9 +471,9 @@ display(Markdown(
 val_table.sort_values(["setting", f"validation Recall@{K_EVAL}"], ascending=[True, False]).groupby("setting").head(5).round(4)
 
 # %% [markdown]
-# ## Results
+# ## 5.4 Results
 #
-# ### Recall@K curves
+# ### 5.4.1 Recall@K curves
 
 # %%
 tables = {
@@ -480,7 +498,7 @@ axes[0].legend(fontsize="small")
 save(fig, output_dir, "recall_curves")
 
 # %% [markdown]
-# ### Every metric, one table per setting at K = K_EVAL
+# ### 5.4.2 Every metric, one table per setting at K = K_EVAL
 # `n_users` is the number of users with at least one relevant item: the others
 # are excluded from the means (their recall would be 0/0).
 
@@ -499,7 +517,7 @@ pd.concat({s: pd.DataFrame({g: tables[s, g]["recall"] for g in GENERATORS}).loc[
            for s in SETTINGS}, names=["setting"]).round(3)
 
 # %% [markdown]
-# ### How sure are we? Bootstrap intervals over users
+# ### 5.4.3 How sure are we? Bootstrap intervals over users
 # The same users are scored by every generator, so we resample users (with
 # replacement, `N_BOOT` times) and read the 2.5% and 97.5% quantiles of each
 # difference in mean Recall@K_EVAL. A difference whose interval contains 0 is
@@ -520,7 +538,7 @@ ci_table = ci_table.rename(columns={"excludes_0": "beyond noise"})
 ci_table.round(4)
 
 # %% [markdown]
-# ### AUC and GAUC over the whole catalogue
+# ### 5.4.4 AUC and GAUC over the whole catalogue
 # Recall looks at the top K only. Scoring the whole catalogue for a sample of
 # test users (`auc_users`) and asking how often a bought item outscores a
 # not-bought one gives chapter 03's AUC and per-user GAUC. In the
@@ -558,7 +576,7 @@ display(Markdown(
 auc_table.round(3)
 
 # %% [markdown]
-# ## Who benefits: users by history length, cold and long-tail items
+# ## 5.5 Who benefits: users by history length, cold and long-tail items
 #
 # Per-user Recall@K_EVAL averaged within each user group; then the
 # new-to-user ground truth restricted to **cold items** (no purchase before
@@ -606,7 +624,7 @@ display(Markdown(
 item_breakdown.round(3)
 
 # %% [markdown]
-# ## Exact vs approximate retrieval
+# ## 5.6 Exact vs approximate retrieval
 #
 # `IndexFlatIP` compares every user with every item. HNSW (a navigable
 # small-world graph) visits a fraction of the items; `efSearch` trades
@@ -680,7 +698,7 @@ atomic_write_text(Path(output_dir) / "timing.json", json.dumps(timing, indent=2)
 latency_table.round(4)
 
 # %% [markdown]
-# ## Loose definitions in circulation, measured
+# ## 5.7 Loose definitions in circulation, measured
 #
 # The same lists, scored with the strict definition and with a loose one that
 # circulates under the same name:
@@ -720,7 +738,7 @@ display(Markdown(
 loose_table.round(3)
 
 # %% [markdown]
-# ## The lesson, in numbers
+# ## 5.8 The lesson, in numbers
 # Every sentence below is computed from the tables above; "beyond noise"
 # means the bootstrap interval of the difference excludes 0.
 
