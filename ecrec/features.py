@@ -878,7 +878,7 @@ def load_or_build_ctr_dataset(
     """Read ``cache_dir/ctr_<key>.parquet`` if present, else build it and save it atomically.
 
     ``key`` is :func:`dataset_key` (config + the builder's source + data hash), so
-    chapters 03, 04 and 05 that pass the same config share one file, and a
+    the chapters that pass the same config (03, 04, 06, 07: :func:`dataset_config`) share one file, and a
     changed config or data never reads a stale one. A ``ctr_<key>.json``
     beside it records the config and row counts.
 
