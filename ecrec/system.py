@@ -1,0 +1,732 @@
+"""Chapter 07's two-stage system: recall -> ranking -> the final list, and what each stage costs.
+
+Pipeline (one request = one user at one moment)
+-----------------------------------------------
+1. **Recall** (:class:`RecallStage`): chapter 05's generators (most popular,
+   item-to-item CF, implicit ALS, the zero-shot MiniLM two-tower searched with
+   FAISS) merged into a hybrid (:func:`ecrec.recall.interleave`), K items.
+   Cold users (no history) get the popularity list.
+2. **Features** (:class:`FeatureStore`): chapter 03's point-in-time features of
+   every (user, candidate) pair, from a snapshot of the log frozen at one
+   instant ``at`` (a nightly batch job in a real shop), plus the request's own
+   context (country, hour, weekday, month).
+3. **Ranking** (:class:`DnnRanker`): chapter 03's embedding + MLP DNN scores
+   the K candidates; the final list is the top 10 by score.
+
+Every stage returns a defined result for the awkward inputs, with a message
+instead of a crash: an item outside the ranker's vocabulary is scored through
+the unknown-id bucket (and counted), an empty recall list gives an empty
+final list, ``k`` larger than the candidates pads with -1, and a -1 padding
+slot is never looked up or scored as an item (:class:`Ranked`).
+
+Cost
+----
+:func:`latency_ms` (per-request percentiles at batch 1, warm-up excluded,
+:func:`time.perf_counter`), :func:`throughput` (items per second in batches)
+and :func:`serving_threads` (one thread count for torch, FAISS, BLAS and
+ONNX Runtime while measuring).
+
+Lighter text rankers
+--------------------
+Chapter 04's cross-encoder with a linear-probe head (:func:`fit_probe_head`),
+dynamically quantised to int8 (:func:`quantize_int8`: ``torch.ao``'s
+``quantize_dynamic`` on the ``Linear`` layers; weights int8, activations
+quantised on the fly; Jacob et al., 2018) and exported to ONNX Runtime
+(:func:`export_onnx`, :class:`OnnxTextRanker`; optional: without the
+``onnx`` and ``onnxruntime`` packages :func:`onnx_status` says so and the
+chapter skips it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from ecrec import features as F
+from ecrec import recall as R
+from ecrec.schema import HIST_ITEMS, INVOICE_NO, ITEM_ID, TS, USER_ID
+
+__all__ = [
+    "serving_threads", "latency_ms", "throughput", "subset_users", "first_visits", "recall_ceiling", "RecallStage",
+    "FeatureStore", "Ranked", "DnnRanker", "top_n", "fit_probe_head", "pooled_pair_vectors", "quantize_int8",
+    "onnx_status", "export_onnx", "OnnxTextRanker", "text_logits", "model_bytes",
+]
+
+_DAY_S = 86_400.0
+
+
+# --- measuring ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serving_threads(n: int):
+    """Run the block with ``n`` threads in torch, FAISS and BLAS/OpenMP pools; restore them after.
+
+    Latencies depend on the thread count: state it with every number.
+
+    Raises:
+        ValueError: ``n < 1``.
+    """
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    if n < 1:
+        raise ValueError(f"n must be >= 1 thread, got {n}")
+    torch_threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+    try:
+        with threadpool_limits(n):
+            yield n
+    finally:
+        torch.set_num_threads(torch_threads)
+        faiss.omp_set_num_threads(faiss_threads)
+
+
+def latency_ms(fn: Callable, requests: Sequence, *, warmup: int = 20) -> dict[str, float]:
+    """Per-request latency of ``fn(request)`` at batch 1: p50/p95/p99/mean in milliseconds.
+
+    The first ``warmup`` requests (taken from the front of ``requests``) are
+    run but not timed (caches, lazy initialisation, allocator); every other
+    request is timed alone with :func:`time.perf_counter`.
+
+    Args:
+        fn: called once per request.
+        requests: at least ``warmup + 1`` requests.
+        warmup: untimed requests, >= 0.
+
+    Returns:
+        ``{"p50_ms", "p95_ms", "p99_ms", "mean_ms", "n"}`` (``n`` timed requests).
+
+    Raises:
+        ValueError: fewer than ``warmup + 1`` requests or ``warmup < 0``.
+    """
+    if warmup < 0 or len(requests) <= warmup:
+        raise ValueError(f"need more than warmup={warmup} requests, got {len(requests)}")
+    for r in requests[:warmup]:
+        fn(r)
+    times = np.empty(len(requests) - warmup)
+    for i, r in enumerate(requests[warmup:]):
+        t0 = time.perf_counter()
+        fn(r)
+        times[i] = time.perf_counter() - t0
+    ms = times * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "n": int(len(ms))}
+
+
+def throughput(fn: Callable, n_items: int, *, repeats: int = 3) -> float:
+    """Items per second of one batched call ``fn()`` handling ``n_items`` items (best of ``repeats``).
+
+    Raises:
+        ValueError: ``n_items < 1`` or ``repeats < 1``.
+    """
+    if n_items < 1 or repeats < 1:
+        raise ValueError(f"need n_items >= 1 and repeats >= 1, got {n_items}, {repeats}")
+    best = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return float(n_items / best)
+
+
+# --- recall -------------------------------------------------------------------
+
+
+_USER_ROW_FIELDS = ("users", "user_group", "history", "history_count", "relevant_all", "relevant_new",
+                    "train_row_of_user")
+
+
+def subset_users(data: R.RecallData, keep) -> R.RecallData:
+    """The same :class:`ecrec.recall.RecallData` restricted to some evaluated users.
+
+    Args:
+        data: from :func:`ecrec.recall.build_recall_data`.
+        keep: bool (n_users,) mask or an array of customer ids (``data.users`` values).
+
+    Returns:
+        A new RecallData whose per-user rows (``users``, ``user_group``,
+        ``history*``, ``relevant_*``, ``train_row_of_user``) are the kept
+        users, in ``data.users`` order; item and training tables are shared.
+
+    Raises:
+        ValueError: a mask of the wrong length, or ids not among ``data.users``.
+    """
+    keep = np.asarray(keep)
+    if keep.dtype == bool:
+        if keep.shape != (len(data.users),):
+            raise ValueError(f"mask must have shape ({len(data.users)},), got {keep.shape}")
+        rows = np.flatnonzero(keep)
+    else:
+        missing = np.setdiff1d(keep, data.users)
+        if missing.size:
+            raise ValueError(f"{missing.size} user ids are not evaluated test users, e.g. {missing[:3].tolist()}")
+        rows = np.flatnonzero(np.isin(data.users, keep))
+    out = {}
+    for name in _USER_ROW_FIELDS:
+        value = getattr(data, name)
+        out[name] = sp.csr_array(value[rows]) if sp.issparse(value) else np.asarray(value)[rows]
+    return replace(data, **out)
+
+
+def first_visits(events: pd.DataFrame, users: np.ndarray, since) -> pd.DataFrame:
+    """Each user's first invoice at or after ``since``: the moment (and country) of the request.
+
+    Args:
+        events: :func:`ecrec.features.purchase_events` (``user_id``, ``ts``, ``country``).
+        users: customer ids, each with an event at or after ``since``.
+        since: start of the window (the test start).
+
+    Returns:
+        Frame indexed like ``users`` (same order) with ``user_id``, ``ts`` and ``country``.
+
+    Raises:
+        ValueError: a user has no event at or after ``since``.
+    """
+    later = events[events[TS] >= pd.Timestamp(since)].sort_values([TS, INVOICE_NO], kind="stable")
+    first = later.drop_duplicates(USER_ID).set_index(USER_ID)
+    missing = ~pd.Index(users).isin(first.index)
+    if missing.any():
+        raise ValueError(f"{int(missing.sum())} users have no event at or after {since}, e.g. {users[missing][:3]}")
+    return first.loc[users, [TS, "country"]].rename_axis(USER_ID).reset_index()
+
+
+def recall_ceiling(lists: np.ndarray, relevant, k: int) -> float:
+    """Share of all relevant (user, item) pairs that appear in the users' first ``k`` candidates.
+
+    Pooled over users (a purchase is a purchase, whoever made it): the most any
+    ranker reordering these candidates can find. Duplicates and -1 padding
+    in a list count once / not at all.
+
+    Args:
+        lists: int (n_users, L) item indexes, -1 = padding.
+        relevant: sparse (n_users, n_items); non-zero = relevant.
+        k: candidates per user, >= 1 (all L when ``k >= L``).
+
+    Returns:
+        A share in [0, 1] (NaN when nothing is relevant).
+
+    Raises:
+        ValueError: ``k < 1`` or different numbers of users.
+    """
+    rel = sp.csr_array(relevant)
+    x = np.asarray(lists, dtype=np.int64)[:, :k]
+    if k < 1 or x.ndim != 2 or len(x) != rel.shape[0]:
+        raise ValueError(f"need k >= 1 and lists with one row per user ({rel.shape[0]}), got k={k}, {x.shape}")
+    rows, cols = np.nonzero(x >= 0)
+    found = sp.csr_array((np.ones(len(rows)), (rows, x[rows, cols])), shape=rel.shape)
+    rel_bin = (rel != 0).astype(np.float64)
+    total = rel_bin.sum()
+    return float(rel_bin.multiply(found != 0).sum() / total) if total else float("nan")
+
+
+@dataclass
+class RecallStage:
+    """Chapter 05's generators, fitted on purchases before ``data.test_start`` only, and their hybrid.
+
+    Attributes:
+        pop: (n_items,) distinct buyers in the ``pop_days`` before the test start.
+        sim: (n_items, n_items) item-item cosine of co-purchases.
+        user_f, item_f: ALS factors (rows of ``data.train_matrix`` and items).
+        text_emb: (n_items, d) unit MiniLM vectors of the descriptions (the zero-shot item tower).
+        text_index: a FAISS index over ``text_emb`` (exact by default).
+        max_history: the user tower reads the ``max_history`` most recent items.
+        tie_margin: extra FAISS results so that identical vectors tie by lower item index.
+    """
+
+    pop: np.ndarray
+    sim: sp.csr_array
+    user_f: np.ndarray
+    item_f: np.ndarray
+    text_emb: np.ndarray
+    text_index: object
+    max_history: int = 10
+    tie_margin: int = 0
+    generators: tuple[str, ...] = ("item_cf", "als", "text", "popular")
+
+    @classmethod
+    def fit(cls, data: R.RecallData, text_emb: np.ndarray, *, pop_days: int = 30, als_factors: int = 64,
+            als_iterations: int = 10, max_history: int = 10, seed: int = 0) -> RecallStage:
+        """Fit every generator on ``data`` (purchases before its ``test_start``).
+
+        Raises:
+            ValueError: ``text_emb`` rows differ from the catalogue size.
+        """
+        if len(text_emb) != data.n_items:
+            raise ValueError(f"text_emb has {len(text_emb)} rows for {data.n_items} items")
+        since = data.test_start - pd.Timedelta(days=pop_days)
+        pop = R.popular_scores(data.events, data.n_items, since, data.test_start)
+        user_f, item_f = R.fit_als(data.train_matrix, factors=als_factors, iterations=als_iterations, seed=seed)
+        _, counts = np.unique(text_emb, axis=0, return_counts=True)
+        return cls(pop, R.item_cosine(data.train_matrix), user_f, item_f, text_emb,
+                   R.build_index(text_emb), max_history, int(counts.max() - 1))
+
+    def user_vectors(self, history) -> np.ndarray:
+        """(n, d) text-tower user vectors from (n, n_items) recency weights (zero rows: no history)."""
+        return R.user_vectors(R.cap_history(history, self.max_history), self.text_emb)
+
+    def lists(self, data: R.RecallData, k: int) -> dict[str, np.ndarray]:
+        """Each generator's top ``k`` (n_users, k) item indexes; cold users get the popularity list."""
+        n = len(data.users)
+        cold = data.user_group == "cold"
+        popular = R.top_k(self.pop[None, :], k)[0]
+        cf = R.top_k(np.asarray((data.history @ self.sim).toarray()), k, min_score=0.0)
+        rows = data.train_row_of_user
+        als = R.top_k(np.where(rows[:, None] >= 0, self.user_f[np.maximum(rows, 0)] @ self.item_f.T, 0.0), k)
+        text = R.faiss_search(self.text_index, self.user_vectors(data.history), k, tie_margin=self.tie_margin)
+        out = {"item_cf": cf, "als": als, "text": text, "popular": np.broadcast_to(popular, (n, len(popular)))}
+        return {g: R.with_fallback(x, cold, popular) for g, x in out.items()}
+
+    @staticmethod
+    def hybrid(lists: dict[str, np.ndarray], weights: dict[str, int], k: int) -> np.ndarray:
+        """:func:`ecrec.recall.interleave` of the generators with positive weight, cut to ``k``.
+
+        Raises:
+            ValueError: no positive weight, or a generator missing from ``lists``.
+        """
+        used = {g: w for g, w in weights.items() if w > 0}
+        if not used or set(used) - set(lists):
+            raise ValueError(f"weights {weights} must name at least one of {sorted(lists)} with weight > 0")
+        return R.interleave([lists[g] for g in used], k, weights=list(used.values()))
+
+
+# --- features -----------------------------------------------------------------
+
+
+USER_COLUMNS = (HIST_ITEMS, "hist_len", "u_n_invoices", "u_n_lines", "u_spend", "u_days_since_last",
+                "u_tenure_days")
+PAIR_COLUMNS = ("ui_n_before", "ui_days_since_last")
+
+
+class FeatureStore:
+    """Chapter 03's point-in-time features, snapshotted at one instant ``at``.
+
+    User features (history, frequency, spend, recency) and item features
+    (popularity, shares, price, age) are computed once with
+    :func:`ecrec.features.point_in_time_features` at ``at`` for every known
+    user and item; user x item features come from a sorted table of past
+    (user, item) purchases. :meth:`frame` then assembles any (user, item)
+    rows by array lookups, without touching the log: what a serving system
+    does with a feature store refreshed nightly. Every value uses only events
+    strictly before ``at``: ``frame(...)`` equals ``point_in_time_features``
+    with ``ts = at`` on those columns (tested).
+
+    The request's context is its own: ``country`` and ``hour``, ``weekday``,
+    ``month`` of the request time ``when``. Features measured in days
+    (``u_days_since_last``...) are measured to ``at``, not to ``when``: a
+    request later than the snapshot sees them as of the snapshot.
+
+    Users and items never seen before ``at`` get what
+    ``point_in_time_features`` gives them: zero counts, NaN recencies and an
+    empty history.
+    """
+
+    def __init__(self, events: pd.DataFrame, at, *, history_len: int = 10, pop_windows: tuple[int, ...] = (7, 30)):
+        """Build the snapshot.
+
+        Args:
+            events: :func:`ecrec.features.purchase_events` (may include later events: they are ignored).
+            at: the snapshot instant.
+            history_len, pop_windows: as chapter 03's dataset (``CtrDatasetConfig``).
+
+        Raises:
+            ValueError: ``events`` lacks columns, or holds no event before ``at``.
+        """
+        self.at = pd.Timestamp(at)
+        past = events[events[TS] < self.at]
+        if past.empty:
+            raise ValueError(f"no purchase event before {self.at}: nothing to build features from")
+        self.history_len, self.pop_windows = history_len, tuple(pop_windows)
+        users = np.sort(past[USER_ID].unique())
+        items = np.sort(past[ITEM_ID].astype(str).unique())
+        ghost_user, ghost_item = int(users.min()) - 1, "\x00unknown"
+        kw = {"history_len": history_len, "pop_windows": self.pop_windows}
+        u_ex = pd.DataFrame({USER_ID: np.append(users, ghost_user), ITEM_ID: ghost_item, TS: self.at})
+        self.users = pd.Index(users)
+        self.user_table = F.point_in_time_features(u_ex, past, **kw)[list(USER_COLUMNS)].reset_index(drop=True)
+        i_ex = pd.DataFrame({USER_ID: ghost_user, ITEM_ID: np.append(items, ghost_item).astype(object), TS: self.at})
+        i_feats = F.point_in_time_features(i_ex, past, **kw)
+        self.item_columns = [c for c in i_feats.columns if c.startswith("i_")]
+        self.items = pd.Index(items)
+        self.item_table = i_feats[self.item_columns].reset_index(drop=True)
+        pairs = past.groupby([USER_ID, ITEM_ID], sort=False)[TS].agg(["size", "max"]).reset_index()
+        u_pos = self.users.get_indexer(pairs[USER_ID].to_numpy())
+        i_pos = self.items.get_indexer(pairs[ITEM_ID].astype(str).to_numpy())
+        keys = u_pos.astype(np.int64) * (len(items) + 1) + i_pos
+        order = np.argsort(keys)
+        self._pair_keys = keys[order]
+        self._pair_n = pairs["size"].to_numpy(np.float64)[order]
+        self._pair_days = ((self.at - pairs["max"]).dt.total_seconds().to_numpy() / _DAY_S)[order]
+
+    def frame(self, user_ids, item_ids, when, country) -> pd.DataFrame:
+        """Feature rows for (user, item) pairs at request times ``when``.
+
+        Args:
+            user_ids: (r,) customer ids.
+            item_ids: (r,) stock codes (str).
+            when: (r,) request times (datetime64) or one time for all rows.
+            country: (r,) request countries or one for all rows.
+
+        Returns:
+            Frame of r rows: ``user_id``, ``item_id``, ``ts`` (= ``when``),
+            ``invoice_no`` (one per user: ``"request-<user_id>"``), ``country``,
+            the user columns, ``i_*``, ``ui_*``, ``hour``, ``weekday``, ``month``:
+            the columns of chapter 03's dataset that the models read.
+
+        Raises:
+            ValueError: arrays of different lengths.
+        """
+        u = np.asarray(user_ids, dtype=np.int64)
+        it = np.asarray(item_ids).astype(str)
+        if len(u) != len(it):
+            raise ValueError(f"user_ids and item_ids differ in length: {len(u)} vs {len(it)}")
+        r = len(u)
+        when = pd.DatetimeIndex(np.broadcast_to(np.asarray(when, dtype="datetime64[ns]"), (r,)))
+        country = np.broadcast_to(np.asarray(country, dtype=object), (r,))
+        u_pos = self.users.get_indexer(u)
+        i_pos = self.items.get_indexer(it)
+        u_row = np.where(u_pos >= 0, u_pos, len(self.users))  # the ghost row: a user without history
+        i_row = np.where(i_pos >= 0, i_pos, len(self.items))
+        out = pd.DataFrame({USER_ID: u, ITEM_ID: it, TS: when, INVOICE_NO: np.char.add("request-", u.astype(str)),
+                            "country": country})
+        users = self.user_table.iloc[u_row].reset_index(drop=True)
+        items = self.item_table.iloc[i_row].reset_index(drop=True)
+        n_before = np.zeros(r)
+        days = np.full(r, np.nan)
+        known = (u_pos >= 0) & (i_pos >= 0)
+        if known.any() and len(self._pair_keys):
+            q = u_pos[known].astype(np.int64) * (len(self.items) + 1) + i_pos[known]
+            pos = np.minimum(np.searchsorted(self._pair_keys, q), len(self._pair_keys) - 1)
+            hit = self._pair_keys[pos] == q
+            idx = np.flatnonzero(known)
+            n_before[idx[hit]] = self._pair_n[pos[hit]]
+            days[idx[hit]] = self._pair_days[pos[hit]]
+        out = pd.concat([out, users, items], axis=1)
+        out["ui_n_before"], out["ui_days_since_last"] = n_before, days
+        out["hour"] = np.asarray(when.hour, dtype=np.int64)
+        out["weekday"] = np.asarray(when.day_of_week, dtype=np.int64)
+        out["month"] = np.asarray(when.month, dtype=np.int64)
+        return out
+
+
+# --- ranking ------------------------------------------------------------------
+
+
+@dataclass
+class Ranked:
+    """One user's final list: item indexes best first (-1 padded), their scores (-inf padded), messages."""
+
+    items: np.ndarray
+    scores: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+
+def top_n(scores: np.ndarray, candidates: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` best candidates of each row by score; ties keep the recall order (stable sort).
+
+    Args:
+        scores: float (u, K) scores of ``candidates``; -inf for padding.
+        candidates: int (u, K) item indexes, -1 = padding (never returned as an item).
+        n: list length, >= 1; rows with fewer than ``n`` candidates are padded with -1 / -inf.
+
+    Returns:
+        ``(items int64 (u, n), scores float64 (u, n))``.
+
+    Raises:
+        ValueError: shapes differ or ``n < 1``.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    c = np.asarray(candidates, dtype=np.int64)
+    if s.shape != c.shape or s.ndim != 2:
+        raise ValueError(f"scores {s.shape} and candidates {c.shape} must be the same 2-D shape")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    s = np.where(c >= 0, s, -np.inf)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :n]
+    items = np.take_along_axis(c, order, axis=1)
+    best = np.take_along_axis(s, order, axis=1)
+    items = np.where(best == -np.inf, -1, items)
+    if items.shape[1] < n:
+        pad = n - items.shape[1]
+        items = np.hstack([items, np.full((len(items), pad), -1, dtype=np.int64)])
+        best = np.hstack([best, np.full((len(best), pad), -np.inf)])
+    return items, best
+
+
+class DnnRanker:
+    """Chapter 03's DNN (:class:`ecrec.ctr.TrainedDnn`) scoring recall's candidates through a :class:`FeatureStore`.
+
+    Args:
+        model: the trained DNN (categorical, numeric and text inputs as in chapter 03).
+        store: the feature snapshot.
+        catalog: :func:`ecrec.features.item_catalog` rows (``item_id``, ``description``, ``category``).
+        item_ids: (n_items,) stock code of each item index of recall's catalogue.
+        text: ``(item_ids, vectors)`` as given to :func:`ecrec.ctr.train_dnn`, or ``None``.
+    """
+
+    def __init__(self, model, store: FeatureStore, catalog: pd.DataFrame, item_ids: np.ndarray, text=None):
+        self.model, self.store, self.catalog, self.text = model, store, catalog, text
+        self.item_ids = np.asarray(item_ids).astype(str)
+        vocab = model.preprocessor.encoders_[ITEM_ID].vocabulary_ if ITEM_ID in model.preprocessor.encoders_ else None
+        self.in_vocabulary = (np.asarray(pd.Index(vocab).get_indexer(self.item_ids)) >= 0) if vocab is not None \
+            else np.ones(len(self.item_ids), dtype=bool)
+
+    def features(self, user_ids, candidates: np.ndarray, when, country) -> tuple[pd.DataFrame, np.ndarray]:
+        """The model's input frame for the non-padding candidates, and their (row, column) positions.
+
+        Args:
+            user_ids: (u,) customer ids; candidates: int (u, K) item indexes, -1 = padding;
+            when, country: (u,) request times and countries.
+
+        Returns:
+            ``(frame, (rows, cols))``: one frame row per candidate >= 0, in row-major order.
+
+        Raises:
+            ValueError: an item index outside the catalogue (other than -1), or shapes that differ.
+        """
+        c = np.asarray(candidates, dtype=np.int64)
+        if c.ndim != 2 or len(c) != len(user_ids):
+            raise ValueError(f"candidates must be (len(user_ids), K), got {c.shape} for {len(user_ids)} users")
+        if c.size and (c.min() < -1 or c.max() >= len(self.item_ids)):
+            raise ValueError(f"candidate item indexes must be -1 (padding) or in 0..{len(self.item_ids) - 1}")
+        rows, cols = np.nonzero(c >= 0)
+        frame = self.store.frame(np.asarray(user_ids)[rows], self.item_ids[c[rows, cols]],
+                                 np.asarray(when, dtype="datetime64[ns]")[rows], np.asarray(country, dtype=object)[rows])
+        frame = F.add_item_attributes(frame, self.catalog, self.text)
+        return frame, (rows, cols)
+
+    def arrays(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """The preprocessed model inputs of a feature frame (the feature-lookup stage ends here)."""
+        return self.model.preprocessor.transform(frame)
+
+    def logits(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """(r,) float64 logits of preprocessed rows (the DNN-scoring stage)."""
+        return self.model.predict_logits_arrays(arrays)
+
+    def score(self, user_ids, candidates: np.ndarray, when, country, *, chunk_rows: int = 200_000) -> np.ndarray:
+        """(u, K) float64 logits of the candidates; -inf where a slot is padding (-1).
+
+        Users are processed in chunks of about ``chunk_rows`` candidate rows.
+        """
+        c = np.asarray(candidates, dtype=np.int64)
+        out = np.full(c.shape, -np.inf)
+        if c.size == 0:
+            return out
+        step = max(1, chunk_rows // max(c.shape[1], 1))
+        when = np.asarray(when, dtype="datetime64[ns]")
+        country = np.asarray(country, dtype=object)
+        for s in range(0, len(c), step):
+            sl = slice(s, s + step)
+            frame, (rows, cols) = self.features(np.asarray(user_ids)[sl], c[sl], when[sl], country[sl])
+            if len(frame):
+                out[sl][rows, cols] = self.logits(self.arrays(frame))
+        return out
+
+    def rank(self, user_id, candidates: Sequence[int], when, country, k: int = 10) -> Ranked:
+        """One request: score one user's candidates and return the top ``k``, with messages, never a crash.
+
+        * an empty candidate list gives ``k`` slots of -1 and a note;
+        * -1 entries are padding: dropped, never scored;
+        * candidates outside the DNN's item vocabulary are scored through its
+          unknown-id bucket (their features and text still count); the note says how many;
+        * ``k`` larger than the number of candidates pads with -1 and says so.
+
+        Raises:
+            ValueError: ``k < 1`` or an item index outside the catalogue (not a padding -1).
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        c = np.asarray(list(candidates), dtype=np.int64).reshape(1, -1)
+        notes = []
+        valid = c[c >= 0]
+        if valid.size == 0:
+            notes.append(f"user {user_id}: empty recall list, nothing to rank; returning {k} empty slots (-1)")
+            return Ranked(np.full(k, -1, dtype=np.int64), np.full(k, -np.inf), notes)
+        if valid.size < c.size:
+            notes.append(f"user {user_id}: {c.size - valid.size} padding slots (-1) dropped before ranking")
+        if len(np.unique(valid)) < valid.size:
+            notes.append(f"user {user_id}: {valid.size - len(np.unique(valid))} duplicate candidates kept once")
+            _, first = np.unique(valid, return_index=True)
+            valid = valid[np.sort(first)]
+        c = valid.reshape(1, -1)
+        if not (c < len(self.item_ids)).all():
+            raise ValueError(f"candidate item indexes must be in 0..{len(self.item_ids) - 1} (or -1 for padding)")
+        oov = int((~self.in_vocabulary[c[0]]).sum())
+        if oov:
+            notes.append(f"user {user_id}: {oov} of {c.size} candidates are outside the ranker's item vocabulary; "
+                         "scored through its unknown-item embedding")
+        if k > c.size:
+            notes.append(f"user {user_id}: k={k} but only {c.size} candidates; the last {k - c.size} slots are -1")
+        scores = self.score([user_id], c, [np.datetime64(pd.Timestamp(when))], [country])
+        items, best = top_n(scores, c, k)
+        return Ranked(items[0], best[0], notes)
+
+
+# --- text rankers: fp32, int8, ONNX ------------------------------------------
+
+
+def pooled_pair_vectors(model, data, *, batch_size: int = 64, pad_id: int = 0) -> np.ndarray:
+    """A cross-encoder's pooled vectors of every pair (what its head reads), float32 (n, hidden), eval mode."""
+    from ecrec.pairs import sorted_batches
+
+    out = np.empty((len(data), model.hidden_size), dtype=np.float32)
+    was = model.training
+    model.eval()
+    with torch.inference_mode():
+        for idx in sorted_batches(data.lengths, batch_size):
+            out[idx] = model.features(**data.batch(idx, pad_id)).float().numpy()
+    model.train(was)
+    return out
+
+
+def fit_probe_head(model, data, *, batch_size: int = 64, pad_id: int = 0, C: float = 1.0, seed: int = 0) -> float:
+    """Fit a logistic-regression probe on the frozen pooled vectors and copy it into the model's head.
+
+    Chapter 04's linear probe ("LP" of Kumar et al., 2022) on a cross-encoder:
+    the encoder stays as pretrained, only the head learns.
+
+    Returns:
+        The probe's training AUC.
+
+    Raises:
+        ValueError: ``data`` holds one label only.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    from ecrec.bert import init_head_from_probe
+    from ecrec.metrics import roc_auc
+
+    if len(np.unique(data.labels)) != 2:
+        raise ValueError("fit_probe_head needs both labels (0 and 1) in data")
+    x = pooled_pair_vectors(model, data, batch_size=batch_size, pad_id=pad_id)
+    probe = LogisticRegression(C=C, max_iter=1000, random_state=seed).fit(x, data.labels)
+    init_head_from_probe(model, probe.coef_, probe.intercept_)
+    return roc_auc(data.labels, probe.decision_function(x))
+
+
+def quantize_int8(model):
+    """A copy of ``model`` with every ``nn.Linear`` dynamically quantised to int8 (CPU inference only).
+
+    Weights are stored as int8 with one scale per tensor; activations are
+    quantised per batch at run time (``torch.ao.quantization.quantize_dynamic``).
+    Embeddings and LayerNorm stay fp32. The original model is not modified.
+    """
+    q = copy.deepcopy(model).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notice in favour of torchao
+        return torch.ao.quantization.quantize_dynamic(q, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def model_bytes(model) -> int:
+    """Bytes of the model's ``state_dict`` as torch saves it (int8 weights count 1 byte each)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getbuffer().nbytes
+
+
+def onnx_status() -> tuple[bool, str]:
+    """Whether the ONNX export and runtime are installed: ``(ok, message)``.
+
+    The export needs the ``onnx`` package, running it ``onnxruntime``; both
+    are optional in ecrec (``pip install onnx onnxruntime``).
+    """
+    missing = []
+    for name in ("onnx", "onnxruntime"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        return False, (f"ONNX Runtime comparison skipped: {', '.join(missing)} not installed "
+                       f"(pip install {' '.join(missing)})")
+    import onnxruntime
+
+    return True, f"onnxruntime {onnxruntime.__version__}"
+
+
+class _CrossInputs(torch.nn.Module):
+    """Positional (input_ids, attention_mask, token_type_ids) -> logits: what the exporter traces."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+
+
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def export_onnx(model, path: str | Path, example: dict, *, opset: int = 17) -> Path:
+    """Export a cross-encoder to ONNX (TorchScript exporter), batch and sequence axes dynamic.
+
+    Args:
+        model: a :class:`ecrec.bert.CrossEncoderCtr` (exported in eval mode; not modified).
+        path: the ``.onnx`` file to write.
+        example: one batch (:meth:`ecrec.pairs.EncodedPairs.batch`) to trace with.
+
+    Raises:
+        ImportError: ``onnx`` is not installed (see :func:`onnx_status`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapped = _CrossInputs(copy.deepcopy(model).eval())
+    axes = {name: {0: "batch", 1: "sequence"} for name in _INPUTS} | {"logit": {0: "batch"}}
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
+        torch.onnx.export(wrapped, tuple(example[k] for k in _INPUTS), str(path), input_names=list(_INPUTS),
+                          output_names=["logit"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+    return path
+
+
+class OnnxTextRanker:
+    """An exported cross-encoder run by ONNX Runtime on the CPU with ``threads`` threads.
+
+    ``ranker(**batch)`` returns a torch tensor of logits (batch,), like the torch model.
+    """
+
+    def __init__(self, path: str | Path, threads: int = 1):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.path = Path(path)
+
+    def __call__(self, **batch):
+        feed = {k: batch[k].numpy() for k in _INPUTS}
+        return torch.from_numpy(self.session.run(None, feed)[0])
+
+    def eval(self):
+        return self
+
+
+def text_logits(model, data, *, batch_size: int = 64, pad_id: int = 0) -> np.ndarray:
+    """float32 (n,) logits of a torch cross-encoder (fp32 or int8) or an :class:`OnnxTextRanker`.
+
+    Batches are sorted by length (little padding) and put back in order.
+    """
+    from ecrec.pairs import sorted_batches
+
+    out = np.empty(len(data), dtype=np.float32)
+    if hasattr(model, "training"):
+        model.eval()
+    with torch.inference_mode():
+        for idx in sorted_batches(data.lengths, batch_size):
+            out[idx] = model(**data.batch(idx, pad_id)).float().reshape(-1).numpy()
+    return out

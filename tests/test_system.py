@@ -1,0 +1,324 @@
+"""ecrec.system and ecrec.ann: the pipeline's invariants, the feature snapshot against the offline
+features, awkward requests, quantised vs fp32 text ranker, and the index comparison (no timings)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from ecrec import ann, ctr
+from ecrec import features as F
+from ecrec import recall as R
+from ecrec import system as S
+
+# --- ann ---------------------------------------------------------------------
+
+
+def _exact_top(items: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    x = items / np.linalg.norm(items, axis=1, keepdims=True)
+    return np.argsort(-(queries @ x.T), axis=1, kind="stable")[:, :k]
+
+
+def test_synthetic_catalogue_is_unit_norm_seeded_and_near_its_base():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(50, 16)).astype(np.float32)
+    a = ann.synthetic_catalogue(base, 300, noise=0.1, seed=3)
+    assert a.shape == (300, 16) and a.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(a, ann.synthetic_catalogue(base, 300, noise=0.1, seed=3))
+    unit = base / np.linalg.norm(base, axis=1, keepdims=True)
+    # small noise: each synthetic item is closest to some base item with cosine > 0.9
+    assert (a @ unit.T).max(1).min() > 0.9
+    with pytest.raises(ValueError, match="all-zero row"):
+        ann.synthetic_catalogue(np.zeros((2, 4)), 5)
+    with pytest.raises(ValueError, match="n >= 1"):
+        ann.synthetic_catalogue(base, 0)
+
+
+def test_overlap_and_index_bytes_by_hand():
+    exact = np.array([[0, 1, 2, 3], [4, 5, 6, 7]])
+    approx = np.array([[3, 2, 9, -1], [4, 5, 6, 7]])
+    assert ann.overlap_at_k(approx, exact, 4) == pytest.approx((2 / 4 + 1) / 2)
+    assert ann.overlap_at_k(approx, exact, 2) == pytest.approx((0 + 1) / 2)
+    items = np.random.default_rng(1).normal(size=(500, 8)).astype(np.float32)
+    flat = R.build_index(items)
+    assert 500 * 8 * 4 <= ann.index_bytes(flat) <= 500 * 8 * 4 + 1024
+
+
+def test_indexes_against_numpy_exact_search_and_breadth_rules():
+    rng = np.random.default_rng(2)
+    items = ann.synthetic_catalogue(rng.normal(size=(40, 16)), 2000, noise=0.5, seed=2)
+    queries = ann.synthetic_catalogue(rng.normal(size=(40, 16)), 50, noise=0.5, seed=4)
+    truth = _exact_top(items, queries, 20)
+    flat = ann.build_ann_index(items, "flat")
+    assert ann.overlap_at_k(R.faiss_search(flat, queries, 20), truth, 20) == 1.0
+    hnsw = ann.build_ann_index(items, "hnsw")
+    assert ann.set_breadth(hnsw, 400) == "efSearch=400"
+    assert ann.overlap_at_k(R.faiss_search(hnsw, queries, 20), truth, 20) >= 0.99
+    ivf = ann.build_ann_index(items, "ivfpq", m=8, nbits=6)
+    assert ann.set_breadth(ivf, 10_000) == f"nprobe={ivf.nlist}"  # capped at nlist
+    found = R.faiss_search(ivf, queries, 20)
+    assert (found >= 0).all()  # every cell visited: 20 results each, no -1 used as an item
+    assert ann.overlap_at_k(found, truth, 20) >= 0.5  # lossy codes, but far above chance (20/2000)
+    with pytest.raises(ValueError, match="exact"):
+        ann.set_breadth(flat, 10)
+    with pytest.raises(ValueError, match="efSearch"):
+        ann.set_breadth(hnsw, None)
+    with pytest.raises(ValueError, match="kind"):
+        ann.build_ann_index(items, "lsh")
+
+
+def test_compare_indexes_and_right_choice():
+    rng = np.random.default_rng(3)
+    items = ann.synthetic_catalogue(rng.normal(size=(30, 8)), 800, seed=1)
+    queries = ann.synthetic_catalogue(rng.normal(size=(30, 8)), 40, seed=2)
+    table = ann.compare_indexes(items, queries, 10, {"flat": [None], "hnsw": [10, 200]}, n_latency=10, warmup=2,
+                                label="toy")
+    assert list(table["breadth"]) == ["exact", "efSearch=10", "efSearch=200"]
+    assert table.loc[0, "overlap@10"] == 1.0 and table["n_items"].eq(800).all()
+    assert table["bytes_per_item"].iloc[1] > table["bytes_per_item"].iloc[0]  # a graph on top of the vectors
+    hand = pd.DataFrame({
+        "n_items": [10, 10, 10, 99, 99],
+        "index": ["flat", "hnsw", "ivfpq", "flat", "hnsw"],
+        "breadth": ["exact", "efSearch=10", "nprobe=4", "exact", "efSearch=10"],
+        "overlap@10": [1.0, 0.99, 0.5, 1.0, 0.96],
+        "p50_ms": [1.0, 2.0, 0.1, 9.0, 3.0],
+        "bytes_per_item": [32, 60, 4, 32, 60],
+    })
+    choice = ann.right_choice(hand, 10, 0.95)
+    assert choice["index"].tolist() == ["flat", "hnsw"]  # ivfpq is fastest at 10 items but misses the target
+    assert choice["speed-up vs flat"].tolist() == pytest.approx([1.0, 3.0])
+    with pytest.raises(ValueError, match="min_overlap"):
+        ann.right_choice(hand, 10, 1.5)
+
+
+# --- measuring -----------------------------------------------------------------
+
+
+def test_latency_counts_requests_and_excludes_warmup():
+    calls = []
+    out = S.latency_ms(calls.append, list(range(30)), warmup=5)
+    assert calls == list(range(30)) and out["n"] == 25
+    assert out["p50_ms"] <= out["p95_ms"] <= out["p99_ms"]
+    with pytest.raises(ValueError, match="warmup"):
+        S.latency_ms(calls.append, [1, 2], warmup=2)
+    with pytest.raises(ValueError, match="n_items"):
+        S.throughput(lambda: None, 0)
+
+
+def test_serving_threads_restores_the_thread_counts():
+    import faiss
+
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    with S.serving_threads(1):
+        assert torch.get_num_threads() == 1 and faiss.omp_get_max_threads() == 1
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
+    with pytest.raises(ValueError):
+        with S.serving_threads(0):
+            pass
+
+
+# --- pipeline pieces -------------------------------------------------------------
+
+
+def test_recall_ceiling_by_hand():
+    relevant = sp.csr_array(np.array([[1, 0, 2, 0], [0, 1, 0, 0], [0, 0, 0, 0]]))
+    lists = np.array([[2, 2, 3], [0, -1, 3], [1, 2, 3]])
+    # relevant pairs: (0,0), (0,2), (1,1); found in the first 3: (0,2) only (duplicates count once)
+    assert S.recall_ceiling(lists, relevant, 3) == pytest.approx(1 / 3)
+    assert S.recall_ceiling(lists, relevant, 1) == pytest.approx(1 / 3)
+    assert np.isnan(S.recall_ceiling(lists, sp.csr_array((3, 4)), 2))
+    with pytest.raises(ValueError, match="one row per user"):
+        S.recall_ceiling(lists[:2], relevant, 2)
+
+
+def test_top_n_keeps_recall_order_on_ties_and_never_returns_padding():
+    cand = np.array([[5, 3, -1, 7], [-1, -1, -1, -1]])
+    scores = np.array([[1.0, 2.0, 99.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
+    items, best = S.top_n(scores, cand, 3)
+    np.testing.assert_array_equal(items, [[3, 7, 5], [-1, -1, -1]])  # 3 before 7: recall order on the tie
+    np.testing.assert_array_equal(best[1], [-np.inf] * 3)
+    items, _ = S.top_n(scores[:1], cand[:1], 6)  # more slots than candidates: -1 padded
+    np.testing.assert_array_equal(items, [[3, 7, 5, -1, -1, -1]])
+
+
+def test_first_visits_and_subset_users():
+    ev = pd.DataFrame({
+        "user_id": [1, 1, 2, 2, 3],
+        "ts": pd.to_datetime(["2011-01-01 00:00", "2011-02-03 10:00", "2011-02-05 00:00", "2011-02-02 09:00",
+                             "2011-01-09 00:00"]),
+        "invoice_no": ["a", "b", "c", "d", "e"],
+        "country": ["UK", "France", "UK", "Spain", "UK"],
+    })
+    out = S.first_visits(ev, np.array([2, 1]), "2011-02-01")
+    assert out["user_id"].tolist() == [2, 1] and out["country"].tolist() == ["Spain", "France"]
+    assert out["ts"].tolist() == list(pd.to_datetime(["2011-02-02 09:00", "2011-02-03 10:00"]))
+    with pytest.raises(ValueError, match="no event"):
+        S.first_visits(ev, np.array([3]), "2011-02-01")
+
+    m = sp.csr_array(np.arange(12.0).reshape(3, 4))
+    data = R.RecallData(
+        test_start=pd.Timestamp("2011-02-01"), end=pd.Timestamp("2011-03-01"), items=pd.DataFrame({"x": range(4)}),
+        events=ev, users=np.array([10, 20, 30]), user_group=np.array(["cold", "warm", "short"]), history=m,
+        history_count=m, relevant_all=m, relevant_new=m, train_users=np.array([20, 30]), train_matrix=m[1:],
+        train_row_of_user=np.array([-1, 0, 1]),
+    )
+    sub = S.subset_users(data, np.array([30, 10]))
+    assert sub.users.tolist() == [10, 30] and sub.user_group.tolist() == ["cold", "short"]
+    np.testing.assert_array_equal(sub.history.toarray(), m.toarray()[[0, 2]])
+    assert sub.train_row_of_user.tolist() == [-1, 1] and sub.train_matrix is data.train_matrix
+    assert S.subset_users(data, np.array([False, True, False])).users.tolist() == [20]
+    with pytest.raises(ValueError, match="not evaluated test users"):
+        S.subset_users(data, np.array([99]))
+
+
+def _toy_events() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    n = 400
+    ts = pd.Timestamp("2011-01-01") + pd.to_timedelta(np.sort(rng.integers(0, 90 * 24 * 60, n)), unit="min")
+    ev = pd.DataFrame({
+        "invoice_no": [f"i{j // 3}" for j in range(n)],
+        "user_id": rng.integers(1, 20, n).astype(np.int64),
+        "item_id": [f"s{k}" for k in rng.integers(0, 30, n)],
+        "ts": ts,
+        "price": rng.uniform(0.5, 5, n),
+        "country": "UK",
+    })
+    ev["user_id"] = ev.groupby("invoice_no")["user_id"].transform("first")  # one user per invoice
+    ev["ts"] = ev.groupby("invoice_no")["ts"].transform("min")
+    ev = ev.drop_duplicates(["invoice_no", "item_id"]).reset_index(drop=True)
+    ev["quantity"] = 1
+    ev["spend"] = ev["price"]
+    return ev
+
+
+def test_feature_store_equals_offline_point_in_time_features():
+    ev = _toy_events()
+    at = pd.Timestamp("2011-03-01")
+    store = S.FeatureStore(ev, at, history_len=5, pop_windows=(7, 30))
+    users = np.r_[np.arange(1, 20), 999]  # 999: never seen
+    items = [f"s{k}" for k in range(30)] + ["new-item"]
+    grid = pd.DataFrame([(u, i) for u in users for i in items], columns=["user_id", "item_id"])
+    served = store.frame(grid["user_id"], grid["item_id"], at, "UK")
+    offline = F.point_in_time_features(grid.assign(ts=at), ev, history_len=5, pop_windows=(7, 30))
+    cols = [c for c in offline.columns if c.startswith(("u_", "i_", "ui_", "hist"))]
+    assert {"ui_n_before", "hist_items", "i_share_7d"} <= set(cols)
+    pd.testing.assert_frame_equal(served[cols], offline[cols], check_dtype=False)
+    assert (served["ui_n_before"] > 0).any()  # the pair table is exercised
+    # the request's own context: hour/weekday/month of `when`, not of the snapshot
+    later = store.frame([1], ["s1"], pd.Timestamp("2011-03-05 14:30"), "France")
+    assert later[["hour", "weekday", "month"]].iloc[0].tolist() == [14, 5, 3]
+    assert later["country"].iloc[0] == "France"
+    with pytest.raises(ValueError, match="no purchase event before"):
+        S.FeatureStore(ev, "2000-01-01")
+
+
+# --- the DNN ranker on real data ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ranker_setup():
+    from ecrec.data import load_clean_online_retail
+
+    clean, _ = load_clean_online_retail()
+    _, test_start = F.split_dates(clean["InvoiceDate"])
+    dataset = F.build_ctr_dataset(clean, F.CtrDatasetConfig(max_users=60, seed=5))
+    catalog = F.item_catalog(clean)
+    vectors = np.random.default_rng(0).normal(size=(len(catalog), 8)).astype(np.float32)
+    text = (pd.Index(catalog["item_id"]), vectors)
+    frame = F.add_item_attributes(dataset, catalog, text)
+    train, valid, _ = (frame[frame["split"] == s].reset_index(drop=True) for s in F.SPLITS)
+    cats, nums = ctr.group_columns(list(ctr.GROUPS), frame.columns)
+    model = ctr.train_dnn(train, valid, categorical=cats, numeric=nums, text=text,
+                          config=ctr.DnnConfig(max_epochs=1, seed=0))
+    events = F.purchase_events(clean)
+    store = S.FeatureStore(events, test_start)
+    ranker = S.DnnRanker(model, store, catalog, catalog["item_id"].to_numpy(), text)
+    user = int(train["user_id"].iloc[0])
+    return ranker, frame, user, test_start
+
+
+def test_ranker_scores_match_the_dnn_on_the_same_rows(ranker_setup):
+    ranker, _, user, at = ranker_setup
+    cand = np.array([[0, 5, -1, 17, 42]])
+    scores = ranker.score([user], cand, [np.datetime64(at)], ["United Kingdom"])
+    assert scores[0, 2] == -np.inf and np.isfinite(scores[0, [0, 1, 3, 4]]).all()
+    rows = ranker.store.frame([user] * 4, ranker.item_ids[[0, 5, 17, 42]], at, "United Kingdom")
+    rows = F.add_item_attributes(rows, ranker.catalog, ranker.text)
+    expected = ranker.model.predict_logits_arrays(ranker.model.preprocessor.transform(rows))
+    np.testing.assert_allclose(scores[0, [0, 1, 3, 4]], expected, rtol=1e-6)
+    # the score of a pair does not depend on the other candidates of the list
+    alone = ranker.score([user], np.array([[17]]), [np.datetime64(at)], ["United Kingdom"])
+    assert alone[0, 0] == pytest.approx(scores[0, 3], rel=1e-6)
+
+
+def test_ranker_answers_awkward_requests_without_crashing(ranker_setup):
+    ranker, _, user, at = ranker_setup
+    empty = ranker.rank(user, [], at, "United Kingdom", k=10)
+    assert (empty.items == -1).all() and len(empty.items) == 10 and "empty recall list" in empty.notes[0]
+    padded = ranker.rank(user, [-1, -1], at, "United Kingdom", k=3)
+    assert (padded.items == -1).all() and "empty recall list" in padded.notes[0]
+    few = ranker.rank(user, [3, -1, 8, 3], at, "United Kingdom", k=5)
+    assert sorted(few.items[:2].tolist()) == [3, 8] and (few.items[2:] == -1).all()
+    assert any("only 2 candidates" in n for n in few.notes) and any("duplicate" in n for n in few.notes)
+    oov = np.flatnonzero(~ranker.in_vocabulary)[:2]
+    known = np.flatnonzero(ranker.in_vocabulary)[:2]
+    out = ranker.rank(user, [*oov, *known], at, "United Kingdom", k=4)
+    assert sorted(out.items.tolist()) == sorted([*oov, *known]) and np.isfinite(out.scores).all()
+    assert any("outside the ranker's item vocabulary" in n for n in out.notes)
+    with pytest.raises(ValueError, match="item indexes"):
+        ranker.rank(user, [len(ranker.item_ids)], at, "United Kingdom")
+    unknown_user = ranker.rank(-5, known.tolist(), at, "Atlantis", k=2)  # never seen: defaults, still a list
+    assert np.isfinite(unknown_user.scores).all()
+
+
+# --- the text ranker: fp32, int8, ONNX ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def text_setup(tiny_st):
+    from ecrec import bert, pairs
+    from ecrec.text import load_tokenizer
+
+    tok = load_tokenizer()
+    rng = np.random.default_rng(0)
+    words = ["red", "blue", "bag", "mug", "heart", "light", "candle", "box", "paper", "garden"]
+    a = [" ".join(rng.choice(words, 4)) for _ in range(160)]
+    b = [" ".join(rng.choice(words, 3)) for _ in range(160)]
+    y = np.array([float("red" in x) for x in b])  # learnable from the candidate's text
+    data = pairs.encode_pairs(tok, a, b, y, 24)
+    torch.manual_seed(0)
+    model = bert.load_ctr_model(tiny_st, architecture="cross", seed=0).eval()
+    S.fit_probe_head(model, data.subset(range(80)), seed=0)
+    return model, data.subset(range(80, 160)), tok.pad_token_id
+
+
+def test_int8_text_ranker_keeps_auc_within_tolerance(text_setup):
+    from ecrec.metrics import roc_auc
+
+    model, test, pad = text_setup
+    fp32 = S.text_logits(model, test, pad_id=pad)
+    q = S.quantize_int8(model)
+    int8 = S.text_logits(q, test, pad_id=pad)
+    assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in q.modules())
+    assert not any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in model.modules())  # a copy
+    auc32 = roc_auc(test.labels, fp32)
+    assert auc32 > 0.7  # the probe learned the rule, so the tolerance below is tested on a real ranking
+    assert abs(roc_auc(test.labels, int8) - auc32) <= 0.02  # the stated tolerance
+    assert np.corrcoef(fp32, int8)[0, 1] > 0.99
+    assert S.model_bytes(q) < S.model_bytes(model)
+
+
+def test_onnx_export_matches_torch_or_is_skipped_with_a_message(text_setup, tmp_path):
+    model, test, pad = text_setup
+    ok, message = S.onnx_status()
+    if not ok:
+        assert "not installed" in message and "pip install" in message
+        pytest.skip(message)
+    path = S.export_onnx(model, tmp_path / "m.onnx", test.batch([0, 1], pad))
+    runner = S.OnnxTextRanker(path, threads=1)
+    np.testing.assert_allclose(S.text_logits(runner, test, pad_id=pad), S.text_logits(model, test, pad_id=pad),
+                               atol=1e-4)
