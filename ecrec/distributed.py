@@ -62,6 +62,7 @@ __all__ = [
     "init_distributed",
     "close_distributed",
     "per_rank_batch",
+    "set_dropout",
     "shard_batch",
     "load_job_data",
     "main",
@@ -271,6 +272,27 @@ class DistContext:
         return out
 
 
+def set_dropout(model: torch.nn.Module, p: float) -> int:
+    """Set the probability of every ``torch.nn.Dropout`` in ``model`` (encoder and head) to ``p``.
+
+    With ``p = 0`` a training run on W processes follows the single process
+    weight by weight: otherwise each rank draws its own masks (``seed +
+    rank``), which matches one process in expectation only.
+
+    Returns:
+        The number of dropout modules changed.
+
+    Raises:
+        ValueError: ``p`` not in ``[0, 1)``.
+    """
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {p}")
+    modules = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    for m in modules:
+        m.p = float(p)
+    return len(modules)
+
+
 def init_distributed(backend: str | None = None) -> DistContext:
     """Join the ``torch.distributed`` job that ``torchrun`` started, if any.
 
@@ -358,7 +380,7 @@ def load_job_data(args: argparse.Namespace, tokenizer, ctx: DistContext):
 
         with ctx.main_first():
             clean, _ = load_clean_online_retail()
-            size = {**DATASET_SIZES["smoke"], "max_users": args.max_users}
+            size = {**DATASET_SIZES["smoke"], "max_users": args.max_users or None}
             data = load_or_build_ctr_dataset(clean, dataset_config(size, seed=args.seed, negatives=args.negatives),
                                              args.cache_dir)
         desc = item_catalog(clean).set_index("item_id")["description"]
@@ -399,14 +421,16 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--head-lr", type=float, default=1e-3)
     ap.add_argument("--warmup-ratio", type=float, default=0.1)
-    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--dropout", type=float, default=None,
+                    help="every dropout of the model, encoder and head (default: the head 0.1, the encoder its "
+                         "config's); 0 makes the runs comparable weight by weight")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--n-train", type=int, default=256)
     ap.add_argument("--n-valid", type=int, default=256)
     ap.add_argument("--n-history", type=int, default=3)
     ap.add_argument("--max-length", type=int, default=48, help="tokens per pair (cross)")
     ap.add_argument("--item-tokens", type=int, default=24, help="tokens per item text (bi)")
-    ap.add_argument("--max-users", type=int, default=250, help="chapter 03's dataset: users kept")
+    ap.add_argument("--max-users", type=int, default=250, help="chapter 03's dataset: users kept (0: all)")
     ap.add_argument("--negatives", default="uniform", choices=("uniform", "popularity"))
     ap.add_argument("--cache-dir", default="_output/cache", help="chapter 03's dataset cache")
     ap.add_argument("--train-file", default=None, help="parquet examples instead of chapter 03's dataset")
@@ -452,7 +476,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         train, valid = load_job_data(args, tokenizer, ctx)
         ctx.print(f"[ecrec.distributed] {len(train)} train / {len(valid)} valid examples ({args.architecture}), "
                   f"mean {train.lengths.mean():.1f} tokens")
-        model = bert.load_ctr_model(args.model, architecture=args.architecture, dropout=args.dropout, seed=args.seed)
+        model = bert.load_ctr_model(args.model, architecture=args.architecture, seed=args.seed)
+        if args.dropout is not None:
+            set_dropout(model, args.dropout)
         config = TrainConfig(epochs=args.epochs, batch_size=batch, grad_accum=args.grad_accum, lr=args.lr,
                              head_lr=args.head_lr, warmup_ratio=args.warmup_ratio, precision=args.precision,
                              eval_every=args.eval_every, patience=args.patience, max_steps=args.max_steps,
@@ -524,7 +550,11 @@ def run_job(job_args: Sequence[str], output: str | Path, *, nproc: int = 1, thre
     Raises:
         RuntimeError: the job failed (its log's end is in the message).
     """
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    import ecrec
+
+    root = str(Path(ecrec.__file__).resolve().parents[1])  # ecrec importable in the child, installed or not
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path}
     cmd = torchrun_command([*job_args, "--output", str(output), "--threads", str(threads)], nproc)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     log = proc.stdout + proc.stderr

@@ -35,6 +35,13 @@ ITEMS = pd.Series({
 })
 
 
+@pytest.fixture(scope="module")
+def tokenizer():
+    from ecrec.text import load_tokenizer
+
+    return load_tokenizer()
+
+
 def _examples(n: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     return pd.DataFrame([{"hist_items": list(rng.choice(ITEMS.index, size=int(rng.integers(0, 3)), replace=False)),
@@ -77,16 +84,14 @@ def test_single_process_context_is_the_identity():
 
 
 @pytest.mark.parametrize("sizes,world", [((4, 3), 2), ((4, 1), 2), ((6, 5), 3), ((2,), 4)])
-def test_averaging_rank_gradients_gives_the_mean_over_the_global_window(tiny_st, sizes, world):
+def test_averaging_rank_gradients_gives_the_mean_over_the_global_window(tiny_st, tokenizer, sizes, world):
     """What DDP computes, done by hand: each rank's backward_window on its shard with the
     global denominator, then the mean over ranks, equals one process on the whole window,
     with unequal shards ((4, 3) over 2: shards 2+2 and 2+1) and empty ones ((4, 1): rank 1
     forwards example 0 with weight 0; (2,) over 4: ranks 2 and 3 get nothing)."""
-    from ecrec.text import load_tokenizer
-
     n = sum(sizes)
     ex = _examples(n, seed=1)
-    data = pairs.encode_histories(load_tokenizer(), ex, ITEMS, n_history=2, max_length=16)
+    data = pairs.encode_histories(tokenizer, ex, ITEMS, n_history=2, max_length=16)
     model = bert.load_ctr_model(tiny_st, architecture="bi", dropout=0.0).eval()
     plan = finetune.amp_plan("cpu", "fp32")
     cuts = np.cumsum((0, *sizes))
@@ -114,6 +119,24 @@ def test_averaging_rank_gradients_gives_the_mean_over_the_global_window(tiny_st,
     # the logged loss: the example-weighted mean of the ranks' losses (what window_totals all-reduces)
     ref = finetune.backward_window(model, data, window, device="cpu", plan=plan)[0]
     assert sum(loss * m for loss, m in losses) / n == pytest.approx(ref, rel=1e-5)
+
+
+def test_set_dropout_turns_every_dropout_off(tiny_st, tokenizer):
+    model = bert.load_ctr_model(tiny_st, architecture="bi", dropout=0.5)
+    for m in model.modules():  # the tiny encoder has none of its own: give it some, as MiniLM's 0.1
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.3
+    n_dropout = sum(isinstance(m, torch.nn.Dropout) for m in model.modules())
+    data = pairs.encode_histories(tokenizer, _examples(8), ITEMS, n_history=2, max_length=16)
+    batch = data.batch(np.arange(8))
+    model.train()
+    torch.manual_seed(0)
+    a = model(**batch)
+    assert not torch.equal(a, model(**batch))  # dropout on: two forwards differ
+    assert distributed.set_dropout(model, 0.0) == n_dropout > 1
+    assert torch.equal(model(**batch), model(**batch))  # train mode, yet deterministic
+    with pytest.raises(ValueError, match="dropout"):
+        distributed.set_dropout(model, 1.0)
 
 
 def test_torchrun_command():
