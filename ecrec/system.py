@@ -28,13 +28,15 @@ ONNX Runtime while measuring).
 
 Lighter text rankers
 --------------------
-Chapter 04's cross-encoder with a linear-probe head (:func:`fit_probe_head`),
-dynamically quantised to int8 (:func:`quantize_int8`: ``torch.ao``'s
-``quantize_dynamic`` on the ``Linear`` layers; weights int8, activations
-quantised on the fly; Jacob et al., 2018) and exported to ONNX Runtime
-(:func:`export_onnx`, :class:`OnnxTextRanker`; optional: without the
-``onnx`` and ``onnxruntime`` packages :func:`onnx_status` says so and the
-chapter skips it).
+Chapter 04's bi-encoder with a linear-probe head (:func:`fit_probe_head`):
+its item tower (MiniLM + mean pooling) runs once per item and its vectors are
+cached, so a request only runs the head. The tower is what a new item costs
+and what a catalogue refresh costs; it is dynamically quantised to int8
+(:func:`quantize_int8`: ``torch.ao``'s ``quantize_dynamic`` on the ``Linear``
+layers; weights int8, activations quantised on the fly; Jacob et al., 2018)
+and exported to ONNX Runtime (:func:`export_onnx`, :class:`OnnxItemTower`;
+optional: without the ``onnx`` and ``onnxruntime`` packages
+:func:`onnx_status` says so and the chapter skips it).
 """
 
 from __future__ import annotations
@@ -58,8 +60,8 @@ from ecrec.schema import HIST_ITEMS, INVOICE_NO, ITEM_ID, TS, USER_ID
 
 __all__ = [
     "serving_threads", "latency_ms", "throughput", "subset_users", "first_visits", "recall_ceiling", "RecallStage",
-    "FeatureStore", "Ranked", "DnnRanker", "top_n", "fit_probe_head", "pooled_pair_vectors", "quantize_int8",
-    "onnx_status", "export_onnx", "OnnxTextRanker", "text_logits", "model_bytes",
+    "FeatureStore", "Ranked", "DnnRanker", "top_n", "fit_probe_head", "quantize_int8", "model_bytes",
+    "onnx_status", "export_onnx", "OnnxItemTower", "item_tower_vectors",
 ]
 
 _DAY_S = 86_400.0
@@ -239,8 +241,8 @@ class RecallStage:
         pop: (n_items,) distinct buyers in the ``pop_days`` before the test start.
         sim: (n_items, n_items) item-item cosine of co-purchases.
         user_f, item_f: ALS factors (rows of ``data.train_matrix`` and items).
-        text_emb: (n_items, d) unit MiniLM vectors of the descriptions (the zero-shot item tower).
-        text_index: a FAISS index over ``text_emb`` (exact by default).
+        text_emb: (n_items, d) unit MiniLM vectors of the descriptions (the zero-shot item tower), or None.
+        text_index: an exact FAISS index over ``text_emb`` (None without text).
         max_history: the user tower reads the ``max_history`` most recent items.
         tie_margin: extra FAISS results so that identical vectors tie by lower item index.
     """
@@ -249,43 +251,57 @@ class RecallStage:
     sim: sp.csr_array
     user_f: np.ndarray
     item_f: np.ndarray
-    text_emb: np.ndarray
+    text_emb: np.ndarray | None
     text_index: object
     max_history: int = 10
     tie_margin: int = 0
-    generators: tuple[str, ...] = ("item_cf", "als", "text", "popular")
 
     @classmethod
-    def fit(cls, data: R.RecallData, text_emb: np.ndarray, *, pop_days: int = 30, als_factors: int = 64,
+    def fit(cls, data: R.RecallData, text_emb: np.ndarray | None, *, pop_days: int = 30, als_factors: int = 64,
             als_iterations: int = 10, max_history: int = 10, seed: int = 0) -> RecallStage:
         """Fit every generator on ``data`` (purchases before its ``test_start``).
+
+        ``text_emb=None`` leaves the text tower out (no MiniLM needed).
 
         Raises:
             ValueError: ``text_emb`` rows differ from the catalogue size.
         """
-        if len(text_emb) != data.n_items:
+        if text_emb is not None and len(text_emb) != data.n_items:
             raise ValueError(f"text_emb has {len(text_emb)} rows for {data.n_items} items")
         since = data.test_start - pd.Timedelta(days=pop_days)
         pop = R.popular_scores(data.events, data.n_items, since, data.test_start)
         user_f, item_f = R.fit_als(data.train_matrix, factors=als_factors, iterations=als_iterations, seed=seed)
-        _, counts = np.unique(text_emb, axis=0, return_counts=True)
-        return cls(pop, R.item_cosine(data.train_matrix), user_f, item_f, text_emb,
-                   R.build_index(text_emb), max_history, int(counts.max() - 1))
+        index, margin = None, 0
+        if text_emb is not None:
+            _, counts = np.unique(text_emb, axis=0, return_counts=True)
+            index, margin = R.build_index(text_emb), int(counts.max() - 1)
+        return cls(pop, R.item_cosine(data.train_matrix), user_f, item_f, text_emb, index, max_history, margin)
 
     def user_vectors(self, history) -> np.ndarray:
-        """(n, d) text-tower user vectors from (n, n_items) recency weights (zero rows: no history)."""
+        """(n, d) text-tower user vectors from (n, n_items) recency weights (zero rows: no history).
+
+        Raises:
+            ValueError: the stage has no text tower.
+        """
+        if self.text_emb is None:
+            raise ValueError("this RecallStage was fitted without text vectors (text_emb=None)")
         return R.user_vectors(R.cap_history(history, self.max_history), self.text_emb)
 
     def lists(self, data: R.RecallData, k: int) -> dict[str, np.ndarray]:
-        """Each generator's top ``k`` (n_users, k) item indexes; cold users get the popularity list."""
+        """Each generator's top ``k`` (n_users, k) item indexes; cold users get the popularity list.
+
+        Keys: ``item_cf``, ``als``, ``text`` (when the stage has text vectors), ``popular``.
+        """
         n = len(data.users)
         cold = data.user_group == "cold"
         popular = R.top_k(self.pop[None, :], k)[0]
-        cf = R.top_k(np.asarray((data.history @ self.sim).toarray()), k, min_score=0.0)
+        out = {"item_cf": R.top_k(np.asarray((data.history @ self.sim).toarray()), k, min_score=0.0)}
         rows = data.train_row_of_user
-        als = R.top_k(np.where(rows[:, None] >= 0, self.user_f[np.maximum(rows, 0)] @ self.item_f.T, 0.0), k)
-        text = R.faiss_search(self.text_index, self.user_vectors(data.history), k, tie_margin=self.tie_margin)
-        out = {"item_cf": cf, "als": als, "text": text, "popular": np.broadcast_to(popular, (n, len(popular)))}
+        out["als"] = R.top_k(np.where(rows[:, None] >= 0, self.user_f[np.maximum(rows, 0)] @ self.item_f.T, 0.0), k)
+        if self.text_emb is not None:
+            out["text"] = R.faiss_search(self.text_index, self.user_vectors(data.history), k,
+                                         tie_margin=self.tie_margin)
+        out["popular"] = np.broadcast_to(popular, (n, len(popular)))
         return {g: R.with_fallback(x, cold, popular) for g, x in out.items()}
 
     @staticmethod
@@ -576,43 +592,36 @@ class DnnRanker:
 # --- text rankers: fp32, int8, ONNX ------------------------------------------
 
 
-def pooled_pair_vectors(model, data, *, batch_size: int = 64, pad_id: int = 0) -> np.ndarray:
-    """A cross-encoder's pooled vectors of every pair (what its head reads), float32 (n, hidden), eval mode."""
-    from ecrec.pairs import sorted_batches
+def fit_probe_head(model, vectors: np.ndarray, hist: np.ndarray, cand: np.ndarray, labels: np.ndarray, *,
+                   C: float = 1.0, seed: int = 0) -> float:
+    """Fit a logistic-regression probe on a bi-encoder's frozen features and copy it into its head.
 
-    out = np.empty((len(data), model.hidden_size), dtype=np.float32)
-    was = model.training
-    model.eval()
-    with torch.inference_mode():
-        for idx in sorted_batches(data.lengths, batch_size):
-            out[idx] = model.features(**data.batch(idx, pad_id)).float().numpy()
-    model.train(was)
-    return out
+    Chapter 04's linear probe ("LP" of Kumar et al., 2022): the features are
+    ``[u, v, u * v]`` (:func:`ecrec.bert.bi_features`) from the frozen item
+    vectors; only the head learns.
 
-
-def fit_probe_head(model, data, *, batch_size: int = 64, pad_id: int = 0, C: float = 1.0, seed: int = 0) -> float:
-    """Fit a logistic-regression probe on the frozen pooled vectors and copy it into the model's head.
-
-    Chapter 04's linear probe ("LP" of Kumar et al., 2022) on a cross-encoder:
-    the encoder stays as pretrained, only the head learns.
+    Args:
+        model: a :class:`ecrec.bert.BiEncoderCtr`.
+        vectors: float (n_items, hidden) item vectors of the frozen model.
+        hist, cand, labels: chapter 04's :class:`ecrec.pairs.EncodedHistories` fields.
 
     Returns:
         The probe's training AUC.
 
     Raises:
-        ValueError: ``data`` holds one label only.
+        ValueError: one label only.
     """
     from sklearn.linear_model import LogisticRegression
 
-    from ecrec.bert import init_head_from_probe
+    from ecrec.bert import bi_features, init_head_from_probe
     from ecrec.metrics import roc_auc
 
-    if len(np.unique(data.labels)) != 2:
-        raise ValueError("fit_probe_head needs both labels (0 and 1) in data")
-    x = pooled_pair_vectors(model, data, batch_size=batch_size, pad_id=pad_id)
-    probe = LogisticRegression(C=C, max_iter=1000, random_state=seed).fit(x, data.labels)
+    if len(np.unique(labels)) != 2:
+        raise ValueError("fit_probe_head needs both labels (0 and 1)")
+    x = bi_features(vectors, hist, cand)
+    probe = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(x, labels)
     init_head_from_probe(model, probe.coef_, probe.intercept_)
-    return roc_auc(data.labels, probe.decision_function(x))
+    return roc_auc(labels, probe.decision_function(x))
 
 
 def quantize_int8(model):
@@ -657,46 +666,48 @@ def onnx_status() -> tuple[bool, str]:
     return True, f"onnxruntime {onnxruntime.__version__}"
 
 
-class _CrossInputs(torch.nn.Module):
-    """Positional (input_ids, attention_mask, token_type_ids) -> logits: what the exporter traces."""
+class _ItemTower(torch.nn.Module):
+    """(input_ids, attention_mask) -> pooled item vectors: what the exporter traces."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+    def forward(self, input_ids, attention_mask):
+        return self.model.item_vectors(input_ids, attention_mask)
 
 
-_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def export_onnx(model, path: str | Path, example: dict, *, opset: int = 17) -> Path:
-    """Export a cross-encoder to ONNX (TorchScript exporter), batch and sequence axes dynamic.
+def export_onnx(model, path: str | Path, example_tokens: Sequence[Sequence[int]], *, pad_id: int = 0,
+                opset: int = 17) -> Path:
+    """Export a bi-encoder's item tower (encoder + pooling) to ONNX, batch and sequence axes dynamic.
 
     Args:
-        model: a :class:`ecrec.bert.CrossEncoderCtr` (exported in eval mode; not modified).
+        model: a :class:`ecrec.bert.BiEncoderCtr` (exported in eval mode; not modified).
         path: the ``.onnx`` file to write.
-        example: one batch (:meth:`ecrec.pairs.EncodedPairs.batch`) to trace with.
+        example_tokens: token ids of a few items, to trace with.
 
     Raises:
-        ImportError: ``onnx`` is not installed (see :func:`onnx_status`).
+        ImportError / torch.onnx errors: ``onnx`` is not installed (see :func:`onnx_status`).
     """
+    from ecrec.pairs import _pad
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = _CrossInputs(copy.deepcopy(model).eval())
-    axes = {name: {0: "batch", 1: "sequence"} for name in _INPUTS} | {"logit": {0: "batch"}}
+    ids, mask = _pad(list(example_tokens), pad_id)
+    wrapped = _ItemTower(copy.deepcopy(model).eval())
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+            "vectors": {0: "batch"}}
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
-        torch.onnx.export(wrapped, tuple(example[k] for k in _INPUTS), str(path), input_names=list(_INPUTS),
-                          output_names=["logit"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+        torch.onnx.export(wrapped, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
+                          output_names=["vectors"], dynamic_axes=axes, opset_version=opset, dynamo=False)
     return path
 
 
-class OnnxTextRanker:
-    """An exported cross-encoder run by ONNX Runtime on the CPU with ``threads`` threads.
+class OnnxItemTower:
+    """An exported item tower run by ONNX Runtime on the CPU with ``threads`` threads.
 
-    ``ranker(**batch)`` returns a torch tensor of logits (batch,), like the torch model.
+    ``item_vectors(input_ids, attention_mask)`` returns a torch tensor (batch, hidden), like the torch model.
     """
 
     def __init__(self, path: str | Path, threads: int = 1):
@@ -708,25 +719,31 @@ class OnnxTextRanker:
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.path = Path(path)
 
-    def __call__(self, **batch):
-        feed = {k: batch[k].numpy() for k in _INPUTS}
+    def item_vectors(self, input_ids, attention_mask):
+        feed = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
         return torch.from_numpy(self.session.run(None, feed)[0])
 
-    def eval(self):
-        return self
 
+def item_tower_vectors(tower, item_tokens: Sequence[Sequence[int]], *, pad_id: int = 0,
+                       batch_size: int = 256) -> np.ndarray:
+    """Item vectors from a bi-encoder's tower: torch (fp32 or int8) or :class:`OnnxItemTower`.
 
-def text_logits(model, data, *, batch_size: int = 64, pad_id: int = 0) -> np.ndarray:
-    """float32 (n,) logits of a torch cross-encoder (fp32 or int8) or an :class:`OnnxTextRanker`.
+    Items are batched sorted by length (little padding) and put back in order.
 
-    Batches are sorted by length (little padding) and put back in order.
+    Returns:
+        float32 (n_items, hidden).
     """
-    from ecrec.pairs import sorted_batches
+    from ecrec.pairs import _pad, sorted_batches
 
-    out = np.empty(len(data), dtype=np.float32)
-    if hasattr(model, "training"):
-        model.eval()
+    lengths = np.fromiter((len(t) for t in item_tokens), dtype=np.int64, count=len(item_tokens))
+    out = None
+    if hasattr(tower, "eval"):
+        tower.eval()
     with torch.inference_mode():
-        for idx in sorted_batches(data.lengths, batch_size):
-            out[idx] = model(**data.batch(idx, pad_id)).float().reshape(-1).numpy()
+        for idx in sorted_batches(lengths, batch_size):
+            ids, mask = _pad([item_tokens[i] for i in idx], pad_id)
+            vec = tower.item_vectors(ids, mask).float().numpy()
+            if out is None:
+                out = np.empty((len(item_tokens), vec.shape[1]), dtype=np.float32)
+            out[idx] = vec
     return out

@@ -280,45 +280,61 @@ def test_ranker_answers_awkward_requests_without_crashing(ranker_setup):
 
 @pytest.fixture(scope="module")
 def text_setup(tiny_st):
-    from ecrec import bert, pairs
+    from ecrec import bert
     from ecrec.text import load_tokenizer
 
     tok = load_tokenizer()
     rng = np.random.default_rng(0)
     words = ["red", "blue", "bag", "mug", "heart", "light", "candle", "box", "paper", "garden"]
-    a = [" ".join(rng.choice(words, 4)) for _ in range(160)]
-    b = [" ".join(rng.choice(words, 3)) for _ in range(160)]
-    y = np.array([float("red" in x) for x in b])  # learnable from the candidate's text
-    data = pairs.encode_pairs(tok, a, b, y, 24)
+    texts = [" ".join(rng.choice(words, 3)) for _ in range(60)]
+    tokens = tok(texts, truncation=True, max_length=16)["input_ids"]
+    n = 300
+    cand = rng.integers(0, 60, n)
+    hist = rng.integers(-1, 60, (n, 3))
+    labels = np.array([float("red" in texts[c]) for c in cand])  # learnable from the candidate's text
     torch.manual_seed(0)
-    model = bert.load_ctr_model(tiny_st, architecture="cross", seed=0).eval()
-    S.fit_probe_head(model, data.subset(range(80)), seed=0)
-    return model, data.subset(range(80, 160)), tok.pad_token_id
+    model = bert.load_ctr_model(tiny_st, architecture="bi", seed=0).eval()
+    vectors = S.item_tower_vectors(model, tokens, pad_id=tok.pad_token_id)
+    S.fit_probe_head(model, vectors, hist[:150], cand[:150], labels[:150], seed=0)
+    return model, tokens, vectors, (hist[150:], cand[150:], labels[150:]), tok.pad_token_id
+
+
+def test_item_tower_vectors_equal_the_models_own_features(text_setup):
+    from ecrec import bert
+    from ecrec.pairs import EncodedHistories
+
+    model, tokens, vectors, (hist, cand, labels), pad = text_setup
+    # batched, length-sorted tower vectors = what the model computes inside forward()
+    data = EncodedHistories(tokens, cand, hist, labels.astype(np.float32))
+    with torch.inference_mode():
+        direct = model(**data.batch(np.arange(20), pad)).numpy()
+    np.testing.assert_allclose(bert.bi_logits(model, vectors, hist[:20], cand[:20]), direct, atol=1e-5)
 
 
 def test_int8_text_ranker_keeps_auc_within_tolerance(text_setup):
+    from ecrec import bert
     from ecrec.metrics import roc_auc
 
-    model, test, pad = text_setup
-    fp32 = S.text_logits(model, test, pad_id=pad)
+    model, tokens, vectors, (hist, cand, labels), pad = text_setup
     q = S.quantize_int8(model)
-    int8 = S.text_logits(q, test, pad_id=pad)
     assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in q.modules())
     assert not any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in model.modules())  # a copy
-    auc32 = roc_auc(test.labels, fp32)
+    v8 = S.item_tower_vectors(q, tokens, pad_id=pad)
+    fp32 = bert.bi_logits(model, vectors, hist, cand)
+    int8 = bert.bi_logits(model, v8, hist, cand)
+    auc32 = roc_auc(labels, fp32)
     assert auc32 > 0.7  # the probe learned the rule, so the tolerance below is tested on a real ranking
-    assert abs(roc_auc(test.labels, int8) - auc32) <= 0.02  # the stated tolerance
-    assert np.corrcoef(fp32, int8)[0, 1] > 0.99
+    assert abs(roc_auc(labels, int8) - auc32) <= 0.02  # the stated tolerance
+    assert (v8 * vectors).sum(1).min() > 0.95  # unit vectors that barely turn
     assert S.model_bytes(q) < S.model_bytes(model)
 
 
-def test_onnx_export_matches_torch_or_is_skipped_with_a_message(text_setup, tmp_path):
-    model, test, pad = text_setup
+def test_onnx_item_tower_matches_torch_or_is_skipped_with_a_message(text_setup, tmp_path):
+    model, tokens, vectors, _, pad = text_setup
     ok, message = S.onnx_status()
     if not ok:
         assert "not installed" in message and "pip install" in message
         pytest.skip(message)
-    path = S.export_onnx(model, tmp_path / "m.onnx", test.batch([0, 1], pad))
-    runner = S.OnnxTextRanker(path, threads=1)
-    np.testing.assert_allclose(S.text_logits(runner, test, pad_id=pad), S.text_logits(model, test, pad_id=pad),
-                               atol=1e-4)
+    path = S.export_onnx(model, tmp_path / "tower.onnx", tokens[:2], pad_id=pad)
+    runner = S.OnnxItemTower(path, threads=1)
+    np.testing.assert_allclose(S.item_tower_vectors(runner, tokens, pad_id=pad), vectors, atol=1e-5)
