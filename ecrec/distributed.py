@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import subprocess
@@ -213,8 +214,6 @@ class DistContext:
         device = torch.device(device)
         ids = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else None
-        import inspect
-
         # torch >= 2.13 renames broadcast_buffers (and warns about the old name)
         new_name = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
         no_buffer_sync = {"forward_sync_buffers" if new_name else "broadcast_buffers": False}
