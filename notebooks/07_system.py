@@ -1,0 +1,784 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 7. The two-stage system, end to end: quality, latency and memory
+#
+# Chapters 03 to 05 built the parts of a recommender one at a time: a ranker
+# that scores (user, item) pairs and candidate generators that pick a few
+# hundred items out of the catalogue. A shop serves them **together**, for
+# one customer at a time, within a latency budget. Two things only show up
+# when the parts are joined. First, quality: the ranker can only reorder what
+# recall found, and it was trained on examples that may not look like recall's
+# candidates. Second, cost: every request pays for a user vector, a nearest-
+# neighbour search, a feature lookup and one model call per candidate, and a
+# catalogue of a million items changes which index is the right one.
+#
+# This chapter evaluates the pipeline as one system on the test window, then
+# measures what each stage costs on this machine, and what lighter models
+# (int8, ONNX Runtime) and approximate indexes (HNSW, IVF-PQ) buy.
+#
+# **You will learn to**
+#
+# * join recall and ranking and evaluate the **final** top 10 with chapter
+#   05's metric definitions: recall alone, recall + ranking, and ranking over
+#   the whole catalogue;
+# * read the **recall ceiling** (the share of purchases that survive recall)
+#   and see how quality and ranking cost change with the number of candidates K;
+# * serve chapter 03's point-in-time features from a snapshot (a feature store)
+#   and check that it matches the offline features exactly;
+# * measure latency percentiles at batch 1 and batch throughput per stage,
+#   honestly (warm-up excluded, threads stated);
+# * shrink a text ranker with dynamic int8 quantisation and ONNX Runtime, and
+#   measure what it costs in AUC;
+# * choose between exact search, HNSW and IVF-PQ by catalogue size.
+#
+# **You need** chapter 03 (the time split, point-in-time features, the DNN),
+# chapter 04 (the MiniLM bi-encoder and its linear probe) and chapter 05
+# (the generators, FAISS, Recall@K and NDCG@K).
+
+# %% tags=["parameters"]
+profile = "auto"  # "auto" | "smoke" | "cpu" | "full"
+seed = 42
+output_dir = "outputs/07_system"
+sizes = None  # optional dict overriding the profile's sizes
+model_name = "minilm"
+cache_dir = None  # chapter 03's dataset cache; None: <output_dir>/../cache
+threads = 1  # threads per request when measuring latency (torch, FAISS, BLAS, ONNX Runtime)
+
+# %%
+# In Colab: fetch the book's code and data, then install it (skipped elsewhere).
+import os
+import subprocess
+import sys
+
+if "google.colab" in sys.modules and not os.path.isdir("ecrec-book"):
+    subprocess.run(["git", "clone", "--depth", "1", "https://github.com/ecrec-book/ecrec", "ecrec-book"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "requirements.txt"], cwd="ecrec-book", check=True)
+    sys.path.insert(0, os.path.abspath("ecrec-book"))
+
+# %%
+import inspect
+import itertools
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from IPython.display import Markdown, display
+from tqdm.auto import tqdm
+
+from ecrec import ann, bert, ctr, pairs
+from ecrec import features as F
+from ecrec import metrics as M
+from ecrec import recall as R
+from ecrec import system as S
+from ecrec.data import load_clean_online_retail
+from ecrec.io import write_metrics
+from ecrec.plots import save
+from ecrec.profiles import pick_sizes, seed_everything
+from ecrec.stats import bootstrap_auc, paired_mean_diff
+from ecrec.text import encode_texts, load_tokenizer
+
+STARTED = time.time()
+SIZES = {
+    # The dataset's own sizes (users, negatives per positive, history length) start from
+    # F.DATASET_SIZES, shared with chapters 03 and 04. Evaluated users: the dataset's users
+    # with a test-window purchase (the ranker knows their ids). latency_requests: timed
+    # requests per stage at batch 1; text_requests: the same for the item tower (one new item each);
+    # ann_sizes: synthetic catalogues for the exact-vs-approximate study.
+    # _minutes: smoke and cpu measured on 2 CPU cores; full is an estimate (1M-item HNSW build on one thread)
+    "smoke": {**F.DATASET_SIZES["smoke"], "dnn_epochs": 2, "als_iterations": 10, "latency_requests": 300,
+              "text_requests": 150, "cost_requests": 30, "n_probe": 512, "n_text_test": 400,
+              "ann_sizes": [20_000], "ann_queries": 300, "n_boot": 300, "_minutes": (3, 4)},
+    "cpu": {**F.DATASET_SIZES["smoke"], "max_users": 600, "dnn_epochs": 4, "als_iterations": 15,
+            "latency_requests": 1000, "text_requests": 1000, "cost_requests": 100, "n_probe": 2000,
+            "n_text_test": 1500, "ann_sizes": [20_000, 100_000], "ann_queries": 1000, "n_boot": 1000,
+            "_minutes": (7, 9)},
+    "full": {**F.DATASET_SIZES["full"], "dnn_epochs": 8, "als_iterations": 15, "latency_requests": 1000,
+             "text_requests": 1000, "cost_requests": 200, "n_probe": 10_000, "n_text_test": 5000,
+             "ann_sizes": [30_000, 100_000, 300_000, 1_000_000], "ann_queries": 1000, "n_boot": 1000,
+             "_minutes": (30, 45)},
+}
+run_profile, size = pick_sizes(profile, SIZES, sizes)
+seed_everything(seed)
+output_dir = Path(output_dir)
+cache_dir = Path(cache_dir) if cache_dir else output_dir.parent / "cache"
+
+# Settings of the system (the same in every profile).
+KS = [50, 100, 200, 500]  # candidates per user handed to the ranker
+K_SERVE = 100  # the K whose per-stage latency is measured
+TOP = 10  # the final list
+POP_DAYS, MAX_HISTORY, HALF_LIFE_DAYS = 30, 10, 30.0  # chapter 05's generator settings
+GENERATORS = ("item_cf", "als", "text", "popular")
+MIX_GRID = range(0, 3)  # each generator's weight in the hybrid, chosen on the validation window
+N_HISTORY, ITEM_TOKENS = 3, 24  # the bi-encoder's user: the last 3 items; tokens per description
+MIN_OVERLAP = 0.95  # an approximate index qualifies when >= 95% of the exact top K come back
+WARMUP = 20  # untimed requests before every latency measurement
+EXTRA_METRICS = {}  # sections merged into this chapter later add their headline numbers here (e.g. "ddp")
+print(size)
+
+# %% [markdown]
+# ## 7.1 One split, two stages, no look into the test window
+#
+# Both stages use chapter 03's global time split. The ranker (chapter 03's DNN
+# with every feature group, text included) learns from the **train** window and
+# stops early on the **validation** window; the recall generators (chapter 05)
+# are fitted on everything before the **test** window. At serving time the
+# features come from a snapshot of the log frozen at the test start (a nightly
+# feature-store job): nothing the system uses happened in the test window.
+#
+# Each evaluated user sends **one request** at the moment of their first
+# test-window invoice (its time and country are the request's context). The
+# ground truth is chapter 05's "all" setting: every item the user buys in the
+# test window, repeat purchases included. The evaluated users are the users
+# of chapter 03's dataset who buy in the test window, so the ranker has seen
+# their ids in training (in the train window only).
+
+# %%
+clean, _ = load_clean_online_retail()
+valid_start, test_start = F.split_dates(clean["InvoiceDate"])
+config = F.dataset_config(size, seed=seed)
+dataset = F.load_or_build_ctr_dataset(clean, config, cache_dir)
+data_all = R.build_recall_data(clean, test_start, half_life_days=HALF_LIFE_DAYS)
+data = S.subset_users(data_all, np.isin(data_all.users, dataset["user_id"].unique()))
+requests = S.first_visits(data.events, data.users, test_start)
+n_users, n_items = len(data.users), data.n_items
+assert dataset.loc[dataset["split"] == "test", "ts"].min() >= test_start > dataset.loc[
+    dataset["split"] != "test", "ts"].max(), "chapter 03's split and chapter 05's must be the same"
+display(Markdown(
+    f"Test window from {test_start.date()}, validation window from {valid_start.date()}. Catalogue: "
+    f"{n_items:,} items. Evaluated users: {n_users} (the users of chapter 03's {run_profile} dataset, "
+    f"{dataset['user_id'].nunique():,} in all, who buy in the test window; "
+    f"{int((data.user_group == 'cold').sum())} of them have no purchase before it). "
+    f"{data.relevant_all.sum():.0f} test purchases (distinct invoice × item) to find."
+))
+
+# %% [markdown]
+# ### The ranker: chapter 03's DNN, trained before the test window
+#
+# The same code as chapter 03 (`ecrec.ctr.train_dnn`): embeddings of the
+# categorical fields, the mean-pooled purchase history, MiniLM vectors of the
+# descriptions through a linear layer, numeric features, an MLP, early
+# stopping on the validation log loss. The item text vectors are computed once
+# for the whole catalogue and shared with recall's text tower.
+
+# %%
+catalog = data.items[["item_id", "description", "category", "price"]]
+item_vectors = encode_texts(catalog["description"].tolist(), model_name, progress=True)
+text = (pd.Index(catalog["item_id"]), item_vectors)
+frame = F.add_item_attributes(dataset, catalog, text)
+train, valid, test = (frame[frame["split"] == s].reset_index(drop=True) for s in F.SPLITS)
+cats, nums = ctr.group_columns(list(ctr.GROUPS), frame.columns)
+dnn_config = ctr.DnnConfig(max_epochs=size["dnn_epochs"], history_len=config.history_len, seed=seed,
+                           monitor="log_loss")
+dnn = ctr.train_dnn(train, valid, categorical=cats, numeric=nums, text=text, config=dnn_config, progress=True)
+dnn_test = ctr.evaluate(test, dnn.predict_proba(test))
+leakage = {
+    # each must be > 0: checked by tests/test_nb_07_system.py
+    "days_from_last_train_example_to_valid_start": (valid_start - train["ts"].max()) / pd.Timedelta(days=1),
+    "days_from_last_valid_example_to_test_start": (test_start - valid["ts"].max()) / pd.Timedelta(days=1),
+    "days_from_last_recall_event_to_test_start": (
+        test_start - data.events.loc[data.events["ts"] < test_start, "ts"].max()) / pd.Timedelta(days=1),
+}
+assert all(v > 0 for v in leakage.values()), leakage
+display(Markdown(
+    f"DNN: {len(train):,} training examples up to {train['ts'].max():%Y-%m-%d %H:%M}, early stopping on "
+    f"{len(valid):,} validation examples up to {valid['ts'].max():%Y-%m-%d %H:%M} (kept epoch {dnn.best_epoch}); "
+    f"test AUC on chapter 03's sampled test examples {dnn_test['auc']:.3f}. The last example it learned from "
+    f"is {leakage['days_from_last_valid_example_to_test_start']:.1f} days before the test start: checked, "
+    "not assumed."
+))
+
+# %% [markdown]
+# ### The feature store: chapter 03's features, served from a snapshot
+#
+# Offline, `point_in_time_features` recomputes every feature from the whole log
+# for every example. A request cannot wait for that, so `ecrec.system.FeatureStore`
+# computes the user and item features **once**, at the snapshot instant (the test
+# start), and serves any (user, item) pair by array lookups. It must give the
+# same numbers as the offline code: we check that on the evaluated users' top
+# candidates before trusting it. (One simplification, stated: recency features
+# such as "days since the last purchase" are measured to the snapshot, not to
+# the request; the request's own hour, weekday, month and country are exact.)
+
+# %%
+store = S.FeatureStore(data.events, test_start, history_len=config.history_len, pop_windows=config.pop_windows)
+rng = np.random.default_rng(seed)
+check_rows = pd.DataFrame({"user_id": np.repeat(data.users, 5),
+                           "item_id": catalog["item_id"].to_numpy()[rng.integers(0, n_items, 5 * n_users)],
+                           "ts": test_start})
+served = store.frame(check_rows["user_id"], check_rows["item_id"], test_start, "United Kingdom")
+offline = F.point_in_time_features(check_rows, data.events, history_len=config.history_len,
+                                   pop_windows=config.pop_windows)
+compared = [c for c in offline.columns if c.startswith(("u_", "i_", "ui_", "hist"))]
+pd.testing.assert_frame_equal(served[compared], offline[compared].reset_index(drop=True), check_dtype=False)
+display(Markdown(f"{len(check_rows):,} (user, item) pairs: the snapshot's {len(compared)} feature columns equal "
+                 "chapter 03's offline point-in-time features exactly."))
+
+# %% [markdown]
+# ## 7.2 The recall stage and its ceiling
+#
+# Chapter 05's generators, fitted on the history before the test start:
+# item-to-item CF, implicit ALS, the zero-shot MiniLM two-tower (exact FAISS
+# search) and the most popular items; cold users get the popularity list. The
+# hybrid interleaves them; its mix (a weight in {0, 1, 2} per generator) is
+# chosen on the **validation** window by the share of purchases that survive at
+# K = `K_SERVE`, with the generators refitted on the history before it.
+#
+# The **recall ceiling** at K is that share on the test window: the fraction of
+# test purchases among the user's K candidates. No ranker can put an item in
+# the final list that recall did not hand it.
+
+# %%
+
+
+
+vclean = clean[clean["InvoiceDate"] < test_start]
+vdata = R.build_recall_data(vclean, valid_start, half_life_days=HALF_LIFE_DAYS, catalogue=clean)
+vstage = S.RecallStage.fit(vdata, item_vectors, pop_days=POP_DAYS, als_iterations=size["als_iterations"],
+                           max_history=MAX_HISTORY, seed=seed)
+vlists = vstage.lists(vdata, K_SERVE)
+mixes = [dict(zip(GENERATORS, w, strict=True)) for w in itertools.product(MIX_GRID, repeat=len(GENERATORS))
+         if sum(w) > 0]
+mix_scores = [S.recall_ceiling(S.RecallStage.hybrid(vlists, w, K_SERVE), vdata.relevant_all, K_SERVE) for w in mixes]
+MIX = mixes[int(np.argmax(mix_scores))]  # the first of the best: ties go to the earlier grid point
+stage = S.RecallStage.fit(data_all, item_vectors, pop_days=POP_DAYS, als_iterations=size["als_iterations"],
+                          max_history=MAX_HISTORY, seed=seed)
+lists = stage.lists(data, max(KS))
+hybrid = S.RecallStage.hybrid(lists, MIX, max(KS))
+display(Markdown(
+    f"Validation window: {len(vdata.users):,} users, {len(mixes)} mixes; chosen "
+    + ", ".join(f"{w}×{g}" for g, w in MIX.items() if w) + f" (validation ceiling at K = {K_SERVE}: "
+    f"{max(mix_scores):.3f})."
+))
+ceil_table = pd.DataFrame({g: [S.recall_ceiling(x, data.relevant_all, k) for k in KS]
+                           for g, x in {**lists, "hybrid": hybrid}.items()}, index=pd.Index(KS, name="K"))
+ceil_table.round(3)
+
+# %% [markdown]
+# ## 7.3 Ranking the candidates: the final top 10
+#
+# The DNN scores a (user, item) pair the same way whatever else is in the list,
+# so we score every user's **whole catalogue** once and read every variant from
+# that one matrix:
+#
+# * **recall alone**: the hybrid's first 10 items;
+# * **recall + ranking at K**: the 10 best-scored of the hybrid's first K;
+# * **ranking over the whole catalogue**: the 10 best-scored of all items, the
+#   usual "upper bound" of a ranker (no recall loss);
+# * **ranking over the active catalogue**: the same, restricted to items sold
+#   in the 30 days before the test start, the pool chapter 03's negatives were
+#   drawn from, hence the only items the ranker learned to tell apart.
+#
+# Metrics are chapter 05's (`ecrec.metrics`): for a user with test purchases
+# $G$ and final list $L$,
+# $\mathrm{Recall@10} = |L_{10} \cap G| / |G|$,
+# $\mathrm{HitRate@10} = \mathbb{1}[L_{10} \cap G \neq \emptyset]$ and
+# $\mathrm{NDCG@10} = \sum_{i \le 10} \mathbb{1}[L_i \in G] / \log_2(i+1)$
+# divided by the same sum for an ideal list built from all of $G$.
+
+# %%
+print(inspect.getsource(S.DnnRanker.score))
+ranker = S.DnnRanker(dnn, store, catalog, catalog["item_id"].to_numpy(), text)
+all_items = np.broadcast_to(np.arange(n_items), (n_users, n_items))
+scores = ranker.score(data.users, all_items, requests["ts"].to_numpy(), requests["country"].to_numpy())
+assert POP_DAYS == config.neg_window_days  # "active" = sold in the window the ranker's negatives came from
+active = stage.pop > 0
+
+
+def final_lists(candidates: np.ndarray) -> np.ndarray:
+    """The TOP best-scored candidates of each user (ties: recall order)."""
+    cand_scores = np.take_along_axis(scores, np.maximum(candidates, 0), axis=1)
+    return S.top_n(np.where(candidates >= 0, cand_scores, -np.inf), candidates, TOP)[0]
+
+
+def quality(lists_: np.ndarray) -> dict[str, float]:
+    rel = data.relevant_all
+    return {"recall@10": M.recall_at_k(lists_, rel, TOP), "ndcg@10": M.ndcg_at_k(lists_, rel, TOP),
+            "hit_rate@10": M.hit_rate_at_k(lists_, rel, TOP)}
+
+
+FINAL = {"recall alone": hybrid[:, :TOP]}
+FINAL |= {f"recall@{k} + ranking": final_lists(hybrid[:, :k]) for k in KS}
+FINAL["ranking, whole catalogue"] = final_lists(all_items)
+FINAL["ranking, active catalogue"] = final_lists(np.where(active[None, :], all_items, -1))
+results = pd.DataFrame({name: quality(x) for name, x in FINAL.items()}).T
+results["recall ceiling"] = [np.nan] + [S.recall_ceiling(hybrid, data.relevant_all, k) for k in KS] + [1.0, float(
+    S.recall_ceiling(np.where(active[None, :], all_items, -1), data.relevant_all, n_items))]
+results.round(4)
+
+# %% [markdown]
+# ### How quality and ranking cost grow with K
+#
+# The ranking cost is measured per request at batch 1 (one user, K candidates:
+# the feature lookup and the DNN call, `threads` thread(s), `cost_requests`
+# requests per K after `WARMUP` untimed ones).
+
+# %%
+req_rng = np.random.default_rng(seed + 1)
+when, country = requests["ts"].to_numpy(), requests["country"].to_numpy()
+
+
+def rank_request(i: int, k: int):
+    frame_, _ = ranker.features(data.users[i : i + 1], hybrid[i : i + 1, :k], when[i : i + 1], country[i : i + 1])
+    return ranker.logits(ranker.arrays(frame_))
+
+
+cost = {}
+with S.serving_threads(threads):
+    for k in tqdm(KS, desc="ranking cost per K"):
+        ids = req_rng.integers(0, n_users, size["cost_requests"] + WARMUP)
+        cost[k] = S.latency_ms(lambda i, k=k: rank_request(i, k), ids, warmup=WARMUP)
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+for m, mk in (("recall@10", "o"), ("ndcg@10", "s")):
+    axes[0].plot(KS, [results.loc[f"recall@{k} + ranking", m] for k in KS], marker=mk, label=f"{m}, recall + ranking")
+    axes[0].axhline(results.loc["recall alone", m], ls=":", color="grey")
+axes[0].plot(KS, [results.loc[f"recall@{k} + ranking", "recall ceiling"] for k in KS], marker="^", color="black",
+             label="recall ceiling (share of purchases in the K)")
+axes[0].set_xscale("log")
+axes[0].set_xticks(KS, [str(k) for k in KS])
+axes[0].set_xlabel("K candidates per user")
+axes[0].legend(fontsize="small")
+axes[0].set_title("Quality of the final top 10 (dotted: recall alone)", fontsize="small")
+axes[1].plot(KS, [cost[k]["p50_ms"] for k in KS], marker="o", label="p50")
+axes[1].plot(KS, [cost[k]["p95_ms"] for k in KS], marker="o", label="p95")
+axes[1].set_xscale("log")
+axes[1].set_xticks(KS, [str(k) for k in KS])
+axes[1].set_xlabel("K candidates per user")
+axes[1].set_ylabel(f"ms per request ({threads} thread)")
+axes[1].legend()
+axes[1].set_title("Ranking cost: feature lookup + DNN", fontsize="small")
+save(fig, output_dir, "quality_cost_vs_k")
+
+# %%
+per_user = {name: M.recall_at_k(x, data.relevant_all, TOP, per_user=True) for name, x in FINAL.items()}
+best_k = max(KS, key=lambda k: results.loc[f"recall@{k} + ranking", "recall@10"])
+gain = paired_mean_diff(per_user[f"recall@{best_k} + ranking"], per_user["recall alone"], n_boot=size["n_boot"],
+                        seed=seed)
+drop = paired_mean_diff(per_user[f"recall@{max(KS)} + ranking"], per_user[f"recall@{min(KS)} + ranking"],
+                        n_boot=size["n_boot"], seed=seed)
+r = results["recall@10"]
+display(Markdown(
+    f"Recall alone puts {r['recall alone']:.3f} of a user's test purchases in the top 10 (Recall@10). Ranking "
+    f"the first K = {best_k} candidates with the DNN gives {r[f'recall@{best_k} + ranking']:.3f} "
+    f"({gain['diff']:+.3f}, 95% interval {gain['low']:+.3f} to {gain['high']:+.3f} over users: "
+    f"{'beyond' if gain['excludes_0'] else 'within'} noise). More candidates raise the ceiling from "
+    f"{results.loc[f'recall@{min(KS)} + ranking', 'recall ceiling']:.3f} (K = {min(KS)}) to "
+    f"{results.loc[f'recall@{max(KS)} + ranking', 'recall ceiling']:.3f} (K = {max(KS)}), yet Recall@10 after "
+    f"ranking moves by {drop['diff']:+.3f} (interval {drop['low']:+.3f} to {drop['high']:+.3f}), while the "
+    f"ranking cost grows from {cost[min(KS)]['p50_ms']:.1f} to {cost[max(KS)]['p50_ms']:.1f} ms per request (p50). "
+    f"Ranking the whole catalogue gives {r['ranking, whole catalogue']:.3f}, the active catalogue "
+    f"{r['ranking, active catalogue']:.3f}."
+))
+
+# %% [markdown]
+# **Why is the "upper bound" not one?** A ranker is only as good as the
+# examples it was trained on. Chapter 03's negatives are drawn from items sold
+# in the 30 days before each purchase, so the DNN never saw a negative that had
+# not sold recently, while a first sale or a comeback after a quiet month is
+# always a positive there. Over the whole catalogue it meets thousands of
+# dormant items it has never seen as negatives, and ranks some of them high.
+# Recall protects the ranker from that part of the catalogue: the two stages
+# must be trained for each other (the ranker's negatives should look like
+# recall's candidates; exercise 1 tries popularity-matched negatives).
+
+# %%
+dormant_share = {name: float((~active[np.maximum(x, 0)] & (x >= 0)).sum() / max((x >= 0).sum(), 1))
+                 for name, x in FINAL.items()}
+display(Markdown(
+    "Share of final-list slots holding an item **not** sold in the 30 days before the test start: "
+    + "; ".join(f"{name} {v:.1%}" for name, v in dormant_share.items()) + "."
+))
+
+# %% [markdown]
+# ### Awkward requests get a defined answer
+#
+# A serving system meets inputs an offline evaluation never does. `DnnRanker.rank`
+# scores one request and answers every one of them with a list and a message:
+
+# %%
+cold_item = int(np.flatnonzero(~ranker.in_vocabulary)[0]) if (~ranker.in_vocabulary).any() else 0
+awkward = {
+    "empty recall list": ([], TOP),
+    "only padding (-1)": ([-1, -1, -1], TOP),
+    "k larger than the candidates": (hybrid[0, :3].tolist(), TOP),
+    "an item outside the ranker's vocabulary": ([cold_item, *hybrid[0, :4].tolist()], 3),
+}
+awkward_rows = []
+for case, (cands, k) in awkward.items():
+    out = ranker.rank(data.users[0], cands, when[0], country[0], k=k)
+    awkward_rows.append({"case": case, "returned": out.items.tolist(), "notes": " | ".join(out.notes) or "-"})
+    assert len(out.items) == k and set(out.items[out.items >= 0]) <= set(c for c in cands if c >= 0)
+oov_share = float((~ranker.in_vocabulary[hybrid[:, :K_SERVE][hybrid[:, :K_SERVE] >= 0]]).mean())
+display(pd.DataFrame(awkward_rows).set_index("case"))
+display(Markdown(f"{oov_share:.1%} of the hybrid's top-{K_SERVE} candidates are outside the DNN's item vocabulary "
+                 "(items no training example held): the DNN scores them through its unknown-item embedding, "
+                 "trained by dropping ids at random (`id_dropout`), plus their features and text."))
+
+# %% [markdown]
+# ## 7.4 Latency, throughput and memory, stage by stage
+#
+# One request at a time (batch 1, `threads` thread(s), `WARMUP` untimed
+# requests first, `time.perf_counter` around each call), for the stages of a
+# request at K = `K_SERVE`:
+#
+# 1. **user vector**: the recency-weighted mean of the text vectors of the
+#    user's last `MAX_HISTORY` items (chapter 05's user tower);
+# 2. **FAISS search**: exact inner product over the catalogue's text vectors;
+# 3. **feature lookup**: the snapshot's rows for K candidates, chapter 03's item
+#    attributes and text similarity, and the DNN's preprocessing;
+# 4. **DNN scoring**: one forward pass over the K rows;
+# 5. **text-model scoring**: chapter 04's MiniLM bi-encoder with a probe head
+#    over the K candidates, from cached item vectors, and its item tower on one
+#    new item (the cost of a cache miss), in fp32, int8 and ONNX Runtime (section 7.5).
+#
+# Throughput is the same work in one large batch (best of 3), in items per second.
+
+# %%
+warm = np.flatnonzero(data.user_group != "cold")
+user_vecs = stage.user_vectors(data.history)
+lat_ids = np.random.default_rng(seed + 2).choice(warm, size["latency_requests"] + WARMUP, replace=True)
+looked_up = {}
+
+
+def lookup(i):
+    frame_, _ = ranker.features(data.users[i : i + 1], hybrid[i : i + 1, :K_SERVE], when[i : i + 1], country[i : i + 1])
+    looked_up[i] = ranker.arrays(frame_)
+
+
+batch_users = np.arange(min(n_users, 50))
+with S.serving_threads(threads):
+    latency = {
+        "user vector": S.latency_ms(lambda i: stage.user_vectors(data.history[[i]]), lat_ids, warmup=WARMUP),
+        "FAISS search (exact)": S.latency_ms(
+            lambda i: R.faiss_search(stage.text_index, user_vecs[i : i + 1], K_SERVE), lat_ids, warmup=WARMUP),
+        f"feature lookup (K={K_SERVE})": S.latency_ms(lookup, lat_ids, warmup=WARMUP),
+        f"DNN scoring (K={K_SERVE})": S.latency_ms(lambda i: ranker.logits(looked_up[i]), lat_ids, warmup=WARMUP),
+    }
+    big_frame, _ = ranker.features(data.users[batch_users], hybrid[batch_users, :K_SERVE], when[batch_users],
+                                   country[batch_users])
+    big_arrays = ranker.arrays(big_frame)
+    batch = {
+        "user vector": S.throughput(lambda: stage.user_vectors(data.history), n_users),
+        "FAISS search (exact)": S.throughput(lambda: R.faiss_search(stage.text_index, user_vecs[warm], K_SERVE),
+                                             len(warm)),
+        f"feature lookup (K={K_SERVE})": S.throughput(
+            lambda: ranker.arrays(ranker.features(data.users[batch_users], hybrid[batch_users, :K_SERVE],
+                                                  when[batch_users], country[batch_users])[0]),
+            len(batch_users), repeats=1),
+        f"DNN scoring (K={K_SERVE})": S.throughput(lambda: ranker.logits(big_arrays), len(batch_users)),
+    }
+print(f"measured with {threads} thread(s); {size['latency_requests']} timed requests per stage")
+
+# %% [markdown]
+# ## 7.5 A lighter text ranker: int8 and ONNX Runtime
+#
+# Chapter 04's bi-encoder reads the candidate's description through MiniLM (the
+# **item tower**, mean pooling, unit norm) and the user as the mean of their last
+# `N_HISTORY` items' vectors; a linear head reads $[u, v, u \odot v]$. Its head
+# here is chapter 04's linear probe ("LP": the encoder frozen, a logistic
+# regression fitted on `n_probe` training examples). Item vectors depend on the
+# item only, so they are computed once and cached: a request runs the head on K
+# cached vectors, and the encoder runs only for an item without a vector (a new
+# item, a catalogue refresh). A cross-encoder would run the encoder on every
+# (user, candidate) pair instead: K encoder passes per request.
+#
+# The item tower is served three ways, and the ranker's AUC is measured with
+# the vectors each one computes for the items of the same test examples:
+#
+# * **fp32**: the torch model;
+# * **int8**: `torch.ao.quantization.quantize_dynamic` on every `Linear` layer
+#   (weights stored as int8 with a scale, $w \approx s\,q$, $q \in \{-128..127\}$;
+#   activations quantised per batch at run time);
+# * **ONNX Runtime**: the fp32 tower exported to ONNX and run by ONNX Runtime's
+#   CPU kernels (when `onnx` and `onnxruntime` are installed: they are optional).
+
+# %%
+descriptions = catalog.set_index("item_id")["description"]
+tokenizer = load_tokenizer(model_name)
+PAD = tokenizer.pad_token_id
+
+
+def text_examples(part: pd.DataFrame, n: int, seed_: int) -> tuple[pairs.EncodedHistories, pd.DataFrame]:
+    rows = part.iloc[np.sort(np.random.default_rng(seed_).choice(len(part), min(n, len(part)), replace=False))]
+    return pairs.encode_histories(tokenizer, rows, descriptions, N_HISTORY, ITEM_TOKENS), rows
+
+
+probe_ex, _ = text_examples(train, size["n_probe"], seed)
+test_ex, test_rows = text_examples(test, size["n_text_test"], seed + 1)
+bi = bert.load_ctr_model(model_name, architecture="bi", seed=seed).eval()
+# the cached catalogue vectors ARE the frozen item tower's (same model, pooling and norm)
+probe_train_auc = S.fit_probe_head(bi, item_vectors, probe_ex.hist, probe_ex.cand, probe_ex.labels, seed=seed)
+TOWERS = {"fp32": bi, "int8": S.quantize_int8(bi)}
+onnx_ok, onnx_message = S.onnx_status()
+if onnx_ok:
+    onnx_path = S.export_onnx(bi, output_dir / "item_tower.onnx", test_ex.item_tokens[:2], pad_id=PAD)
+    TOWERS["onnx"] = S.OnnxItemTower(onnx_path, threads=threads)
+print(onnx_message)
+used = np.unique(np.r_[test_ex.cand, test_ex.hist[test_ex.hist >= 0]])  # the items the test examples read
+used_tokens = [test_ex.item_tokens[j] for j in used]
+text_scores, tower_vectors = {}, {}
+with S.serving_threads(threads):
+    for name, tower in TOWERS.items():
+        tower_vectors[name] = S.item_tower_vectors(tower, used_tokens, pad_id=PAD)
+        table = item_vectors.copy()
+        table[used] = tower_vectors[name]
+        text_scores[name] = bert.bi_logits(bi, table, test_ex.hist, test_ex.cand)  # the fp32 head on these vectors
+        item_ids_ = np.random.default_rng(seed + 3).choice(used, size["text_requests"] + WARMUP)
+        latency[f"item tower, {name} (1 new item)"] = S.latency_ms(
+            lambda j, tower=tower: S.item_tower_vectors(tower, [test_ex.item_tokens[j]], pad_id=PAD), item_ids_,
+            warmup=WARMUP)
+        batch[f"item tower, {name} (1 new item)"] = S.throughput(
+            lambda tower=tower: S.item_tower_vectors(tower, used_tokens, pad_id=PAD), len(used), repeats=1)
+    user_rows = np.random.default_rng(seed + 4).integers(0, len(test_ex), size["latency_requests"] + WARMUP)
+    cand_k = hybrid[0, :K_SERVE]
+    latency[f"text scoring (K={K_SERVE}, cached vectors)"] = S.latency_ms(
+        lambda r: bert.bi_logits(bi, item_vectors, np.repeat(test_ex.hist[r : r + 1], K_SERVE, axis=0), cand_k),
+        user_rows, warmup=WARMUP)
+    batch[f"text scoring (K={K_SERVE}, cached vectors)"] = S.throughput(
+        lambda: bert.bi_logits(bi, item_vectors, np.repeat(test_ex.hist, K_SERVE, axis=0),
+                               np.tile(cand_k, len(test_ex))), len(test_ex))
+text_scores["DNN (same examples)"] = dnn.predict_proba(test_rows)
+auc_text = bootstrap_auc(test_ex.labels, text_scores, test_rows["user_id"].to_numpy(),
+                         pairs=[(n, "fp32") for n in TOWERS if n != "fp32"] + [("DNN (same examples)", "fp32")],
+                         n_boot=size["n_boot"], seed=seed)
+sizes_mb = {"fp32": S.model_bytes(bi) / 1e6, "int8": S.model_bytes(TOWERS["int8"]) / 1e6}
+if onnx_ok:
+    sizes_mb["onnx"] = onnx_path.stat().st_size / 1e6
+light = pd.DataFrame({
+    name: {"AUC": auc_text[name]["auc"],
+           "AUC - fp32": auc_text[f"{name} - fp32"]["diff"] if name != "fp32" else 0.0,
+           "min cosine to fp32 vector": float((tower_vectors[name] * tower_vectors["fp32"]).sum(1).min()),
+           "p50 ms (1 item)": latency[f"item tower, {name} (1 new item)"]["p50_ms"],
+           "p50 speed-up vs fp32": latency["item tower, fp32 (1 new item)"]["p50_ms"]
+           / latency[f"item tower, {name} (1 new item)"]["p50_ms"],
+           "items/s (batches of 256)": batch[f"item tower, {name} (1 new item)"],
+           "size MB": sizes_mb[name]}
+    for name in TOWERS
+}).T
+light.round(4)
+
+# %%
+i8 = light.loc["int8"]
+dnn_vs_text = auc_text["DNN (same examples) - fp32"]
+refresh_s = n_items / light["items/s (batches of 256)"]
+display(Markdown(
+    f"On {len(test_ex):,} test examples ({len(used):,} distinct items read), the probe-headed bi-encoder has AUC "
+    f"{light.loc['fp32', 'AUC']:.3f} (training AUC of the probe {probe_train_auc:.3f}). With int8 item vectors "
+    f"it changes by {i8['AUC - fp32']:+.4f} (95% interval {auc_text['int8 - fp32']['low']:+.4f} to "
+    f"{auc_text['int8 - fp32']['high']:+.4f}; every int8 vector keeps a cosine of at least "
+    f"{i8['min cosine to fp32 vector']:.4f} with its fp32 vector), and the int8 tower is "
+    f"{i8['p50 speed-up vs fp32']:.2f}× as fast on one new item, in a file "
+    f"{light.loc['fp32', 'size MB'] / i8['size MB']:.1f}× smaller. "
+    + (f"ONNX Runtime: AUC {light.loc['onnx', 'AUC - fp32']:+.4f}, {light.loc['onnx', 'p50 speed-up vs fp32']:.2f}× "
+       "as fast on one item. " if onnx_ok else onnx_message + ". ")
+    + f"Re-encoding the whole catalogue ({n_items:,} items) takes about {refresh_s['fp32']:.0f} s in fp32 and "
+    f"{refresh_s['int8']:.0f} s in int8 on {threads} thread(s); a request pays none of it: scoring K = {K_SERVE} "
+    f"cached candidates takes {latency[f'text scoring (K={K_SERVE}, cached vectors)']['p50_ms']:.2f} ms (p50). "
+    f"Is the text ranker worth a place in the pipeline? The DNN scores the same examples with AUC "
+    f"{auc_text['DNN (same examples)']['auc']:.3f} ({dnn_vs_text['diff']:+.3f} against the text ranker, interval "
+    f"{dnn_vs_text['low']:+.3f} to {dnn_vs_text['high']:+.3f}) and already reads the same MiniLM vectors "
+    "(its text input and `text_sim_hist`): "
+    + ("as a separate ranker the text model adds nothing here; its vectors earn their place inside the DNN."
+       if dnn_vs_text["low"] > 0 else "the two are within noise on these examples.")
+))
+
+# %% [markdown]
+# ### The latency table
+#
+# Every stage of a request, at batch 1, and the same work in batches. Item
+# vectors are precomputed once for the catalogue and cached; their memory and
+# the models' are listed below.
+
+# %%
+lat_table = pd.DataFrame(latency).T[["p50_ms", "p95_ms", "p99_ms", "mean_ms", "n"]]
+lat_table["batch throughput (items/s)"] = pd.Series(batch)
+lat_table["unit"] = (["user", "query", "user (K candidates)", "user (K candidates)"] + ["item"] * len(TOWERS)
+                     + ["user (K candidates)"])
+fig, ax = plt.subplots(figsize=(8, 3.6))
+ypos = np.arange(len(lat_table))
+ax.barh(ypos, lat_table["p50_ms"], color="C0", label="p50")
+ax.errorbar(lat_table["p95_ms"], ypos, fmt="|", color="C3", markersize=12, label="p95")
+ax.errorbar(lat_table["p99_ms"], ypos, fmt="x", color="black", label="p99")
+ax.set_yticks(ypos, lat_table.index)
+ax.invert_yaxis()
+ax.set_xscale("log")
+ax.set_xlabel(f"ms per request, batch 1, {threads} thread(s) (log scale)")
+ax.legend(fontsize="small")
+save(fig, output_dir, "latency_per_stage")
+memory_mb = {
+    "item text vectors (float32, cached)": item_vectors.nbytes / 1e6,
+    "exact FAISS index over them": ann.index_bytes(stage.text_index) / 1e6,
+    "DNN (state dict, text table included)": S.model_bytes(dnn.net) / 1e6,
+    "feature snapshot (user + item tables)": (store.user_table.memory_usage(deep=True).sum()
+                                              + store.item_table.memory_usage(deep=True).sum()) / 1e6,
+    **{f"item tower, {k}": v for k, v in sizes_mb.items()},
+}
+display(lat_table.round(3))
+display(pd.Series(memory_mb, name="MB").round(2).to_frame())
+serve_ms = sum(latency[s]["p50_ms"] for s in list(latency)[:4])
+display(Markdown(
+    f"A request at K = {K_SERVE} (user vector, search, feature lookup, DNN) takes about {serve_ms:.1f} ms at the "
+    f"median on {threads} thread(s); the feature lookup is "
+    f"{latency[f'feature lookup (K={K_SERVE})']['p50_ms'] / serve_ms:.0%} of it, the DNN itself "
+    f"{latency[f'DNN scoring (K={K_SERVE})']['p50_ms'] / serve_ms:.0%}. Assembling features row by row in pandas, "
+    "not the model, is what a production system would rewrite first. The cached item vectors take "
+    f"{memory_mb['item text vectors (float32, cached)']:.1f} MB for {n_items:,} items "
+    f"({item_vectors.nbytes / n_items:.0f} bytes per item): a million items would need "
+    f"{item_vectors.nbytes / n_items * 1e6 / 1e9:.2f} GB."
+))
+
+# %% [markdown]
+# ## 7.6 Retrieval at catalogue scale: exact, HNSW or IVF-PQ?
+#
+# Exact search compares the query with every item: its cost grows linearly with
+# the catalogue. **HNSW** (Malkov and Yashunin, 2018) walks a navigable graph and
+# keeps `efSearch` candidates; **IVF-PQ** (Jégou et al., 2011) visits `nprobe` of
+# its k-means cells and compares compressed codes (`m` sub-vectors of `nbits`
+# bits each) instead of vectors. Every approximate search here sets its breadth
+# explicitly, and `ecrec.recall.faiss_search` never searches narrower than the K
+# results asked for. Quality is the **overlap** with the exact top K (the share
+# of the exact top 100 that comes back).
+#
+# The real catalogue is small, so we also build synthetic catalogues from it:
+# real item vectors resampled with noise (`ecrec.ann.synthetic_catalogue`), the
+# same clusters at a larger size. The queries are real users' text-tower vectors.
+
+# %%
+queries = stage.user_vectors(data_all.history)
+queries = queries[np.any(queries != 0, axis=1)]
+queries = queries[np.random.default_rng(seed).choice(len(queries), min(size["ann_queries"], len(queries)),
+                                                     replace=False)]
+BREADTHS = {"flat": [None], "hnsw": [K_SERVE, 2 * K_SERVE, 4 * K_SERVE], "ivfpq": [8, 32, 128]}
+catalogues = {"real": item_vectors} | {f"synthetic {n:,}": n for n in size["ann_sizes"]}
+ann_parts = []
+with S.serving_threads(threads):
+    for label, spec in tqdm(catalogues.items(), desc="catalogues"):
+        vecs = spec if isinstance(spec, np.ndarray) else ann.synthetic_catalogue(item_vectors, spec, seed=seed)
+        ann_parts.append(ann.compare_indexes(vecs, queries, K_SERVE, BREADTHS, n_latency=len(queries) - WARMUP,
+                                             warmup=WARMUP, seed=seed, label=label))
+        del vecs
+ann_table = pd.concat(ann_parts, ignore_index=True)
+choice = ann.right_choice(ann_table, K_SERVE, MIN_OVERLAP)
+display(ann_table.round(4))
+choice.round(3)
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+best_rows = ann_table.loc[ann_table.assign(ok=ann_table[f"overlap@{K_SERVE}"] >= MIN_OVERLAP)
+                          .sort_values(["ok", "p50_ms"], ascending=[False, True]).groupby(["n_items", "index"]).head(1)
+                          .index]
+for kind, part in best_rows.groupby("index"):
+    part = part.sort_values("n_items")
+    axes[0].plot(part["n_items"], part["p50_ms"], marker="o", label=kind)
+    axes[1].plot(part["n_items"], part["bytes_per_item"], marker="o", label=kind)
+    axes[2].plot(part["n_items"], part[f"overlap@{K_SERVE}"], marker="o", label=kind)
+for ax, lab in zip(axes, ["p50 ms per query (batch 1)", "bytes per item", f"overlap with exact top {K_SERVE}"],
+                   strict=True):
+    ax.set_xscale("log")
+    ax.set_xlabel("catalogue size (items)")
+    ax.set_ylabel(lab)
+axes[0].set_yscale("log")
+axes[2].axhline(MIN_OVERLAP, ls="--", color="grey")
+axes[0].legend()
+fig.suptitle(f"Each index at its fastest breadth with overlap >= {MIN_OVERLAP} (else its best overlap)",
+             fontsize="small")
+save(fig, output_dir, "ann_scale")
+flat_rows = ann_table[ann_table["index"] == "flat"].set_index("n_items")
+first_ann = choice[choice["index"] != "flat"]
+display(Markdown(
+    f"Exact search costs {flat_rows['p50_ms'].iloc[0]:.2f} ms per query on the real {n_items:,} items and "
+    f"{flat_rows['p50_ms'].iloc[-1]:.2f} ms on {flat_rows.index[-1]:,} items ({threads} thread). "
+    + (f"The smallest catalogue measured where an approximate index is the faster choice at overlap ≥ "
+       f"{MIN_OVERLAP} is {int(first_ann['n_items'].iloc[0]):,} items ({first_ann['index'].iloc[0]}, "
+       f"{first_ann['breadth'].iloc[0]}, {first_ann['speed-up vs flat'].iloc[0]:.1f}× faster than exact). "
+       if len(first_ann) else f"At every size measured exact search is the right choice at overlap ≥ {MIN_OVERLAP}. ")
+    + "IVF-PQ stores "
+    f"{ann_table.loc[ann_table['index'] == 'ivfpq', 'bytes_per_item'].iloc[-1]:.0f} bytes per item against "
+    f"{ann_table.loc[ann_table['index'] == 'flat', 'bytes_per_item'].iloc[-1]:.0f} for exact search and "
+    f"{ann_table.loc[ann_table['index'] == 'hnsw', 'bytes_per_item'].iloc[-1]:.0f} for HNSW: it is the choice "
+    "when memory, not latency, runs out; its compressed scores cap its overlap at "
+    f"{ann_table.loc[ann_table['index'] == 'ivfpq', f'overlap@{K_SERVE}'].max():.3f} here. "
+    "Timings vary with the machine and its load; overlaps and bytes do not."
+))
+
+# %% [markdown]
+# ## 7.N Scaling out fine-tuning with PyTorch DDP (merged from notebooks/drafts/07_ddp.py)
+
+# %%
+metrics = {
+    "n_users": n_users, "n_items": n_items, "k_values": KS, "k_serve": K_SERVE, "threads": threads,
+    "hybrid_mix": MIX, "validation_ceiling@100": max(mix_scores),
+    "final_top10": {name: {m: float(v) for m, v in row.items() if not pd.isna(v)}
+                    for name, row in results.iterrows()},
+    "recall_ceiling": {str(k): float(ceil_table.loc[k, "hybrid"]) for k in KS},
+    "generator_ceiling@100": {g: float(ceil_table.loc[K_SERVE, g]) for g in ceil_table.columns},
+    "ranking_gain_recall@10": {**gain, "k": best_k}, "recall@10_change_k500_vs_k50": drop,
+    "dormant_share": dormant_share, "oov_share@100": oov_share,
+    "dnn_test_auc": dnn_test["auc"], "dnn_best_epoch": dnn.best_epoch, "leakage": leakage,
+    "ranking_cost_ms": {str(k): v for k, v in cost.items()},
+    "latency_ms": latency, "throughput_per_s": batch, "memory_mb": memory_mb,
+    "text_ranker": {"auc": {k: v for k, v in auc_text.items()}, "probe_train_auc": probe_train_auc,
+                    "onnx": onnx_message, "catalogue_refresh_s": refresh_s.to_dict(), "n_items_read": len(used),
+                    "table": light.to_dict(orient="index")},
+    "ann": ann_table.to_dict(orient="records"), "ann_right_choice": choice.to_dict(orient="records"),
+    "feature_store_rows_checked": len(check_rows),
+    **EXTRA_METRICS,
+}
+write_metrics(output_dir, metrics, profile=run_profile, seed=seed, started=STARTED)
+display(Markdown(f"This run used the **{run_profile}** profile; it took {time.time() - STARTED:.0f} s."))
+
+# %% [markdown]
+# ## Summary
+#
+# * Evaluate the system on its **final** list: recall alone, recall + ranking at
+#   several K, and the ranker over the whole catalogue, with the same metric
+#   definitions as the parts.
+# * The recall ceiling rises with K, but the final quality need not: a ranker
+#   trained on sampled negatives has only learned to tell apart the kind of
+#   items its negatives were. Train the two stages for each other.
+# * Serve point-in-time features from a snapshot and check them against the
+#   offline code: equal, or a train/serve skew you have measured and stated.
+# * Measure latency per request at batch 1 as percentiles, warm-up excluded, and
+#   throughput in batches, with the thread count stated; feature assembly can
+#   cost more than the model.
+# * Cache what depends on the item only (its text vector): a request then pays
+#   for the head, not the encoder. Dynamic int8 quantisation and ONNX Runtime
+#   make the encoder cheaper at a measured change in AUC; whether a text ranker
+#   earns its place depends on what it adds over the ranker you already have.
+# * Exact search is right for small catalogues; approximate indexes pay off as
+#   the catalogue grows (HNSW for latency, IVF-PQ for memory), always with an
+#   explicit search breadth at least as large as K.
+#
+# ## Exercises
+#
+# 1. *(runnable)* Train the ranker on chapter 03's **popularity-matched**
+#    negatives (`F.dataset_config(size, seed=seed, negatives="popularity")`) and
+#    redo section 7.3: does ranking the whole catalogue, or the hybrid's first
+#    500 candidates, get closer to the best K? A worked solution is in
+#    `notebooks/solutions/07_exercises.py`.
+# 2. *(runnable)* HNSW's graph degree `M` trades memory and build time for
+#    quality: build the index with M = 8, 16, 32 and 48 on a synthetic catalogue
+#    and compare bytes per item, build time and overlap at efSearch = K.
+#    (solution in the same file)
+# 3. Replace the probe by chapter 04's fine-tuned bi-encoder (`bi_ft`), blend its
+#    logit with the DNN's (the weight chosen on the validation window) and rank
+#    the hybrid's candidates with the blend. Does the final Recall@10 move beyond
+#    the bootstrap noise, and what does it add to the p95 latency?
+# 4. Redo section 7.3 in chapter 05's **new-to-user** setting (exclude each
+#    user's history from the candidates). Which features does the ranker lean on
+#    once repeat purchases are gone?
+# 5. Measure the stages with `threads = 2` and with a batch of 8 users per call:
+#    which stages scale, and where does p99 move?
