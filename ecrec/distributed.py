@@ -31,8 +31,8 @@ method below is the identity. Under ``torch.distributed``:
 
 Run it (``python -m ecrec.distributed --help`` lists the options)::
 
-    python -m ecrec.distributed --global-batch 32                        # 1 process
-    torchrun --standalone --nproc_per_node=2 -m ecrec.distributed --global-batch 32   # 2 processes
+    python -m ecrec.distributed --global-batch 32 --output runs/np1                     # 1 process
+    torchrun --standalone --nproc_per_node=2 -m ecrec.distributed --global-batch 32 --output runs/np2
 
 The module's command line is a small, real fine-tuning job: chapter 03's
 examples (or parquet files), chapter 04's MiniLM cross- or bi-encoder,
@@ -93,7 +93,7 @@ def per_rank_batch(global_batch: int, world_size: int) -> int:
         raise ValueError(
             f"the global batch {global_batch} is not a positive multiple of the world size {world_size}: "
             f"each of the {world_size} processes must get the same number of examples per batch; "
-            f"use e.g. --global-batch {max(world_size, global_batch - global_batch % world_size)}"
+            f"use e.g. --global-batch {max(world_size, -(-global_batch // world_size) * world_size)}"
         )
     return global_batch // world_size
 
@@ -356,6 +356,12 @@ def load_job_data(args: argparse.Namespace, tokenizer, ctx: DistContext):
     Returns:
         ``(train, valid)``: :class:`ecrec.pairs.EncodedPairs` (cross) or
         :class:`ecrec.pairs.EncodedHistories` (bi); identical on every rank.
+
+    Raises:
+        ValueError: ``--train-file`` without ``--valid-file`` and ``--items-file``,
+            or examples that :func:`ecrec.pairs.build_text_pairs` /
+            :func:`ecrec.pairs.encode_histories` refuse (missing columns,
+            labels outside {0, 1}, items without a description).
     """
     import pandas as pd
 
