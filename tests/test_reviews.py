@@ -221,6 +221,24 @@ def test_item_sentiment_curve_by_hand():
     assert curve.loc[1, "mae_score_mean"] == pytest.approx((0.5 + 4) / 2)
     assert curve.loc[1, "mae_prior"] == pytest.approx((1 + 2) / 2)  # B's target is 1 or 5: 2 away from 3
     assert curve.loc[3, "mae_score_mean"] == pytest.approx(0.5) and curve.loc[3, "mae_star_mean"] == 0
+    assert np.isnan(curve.loc[1, "corr_score_mean"])  # 2 items: no correlation
+
+
+def test_item_sentiment_curve_unscored_reviews_count_in_the_target():
+    # A: only its 5-star review is scored (4.5), so it is always the one seen; the target is the mean of
+    # the 3 unscored reviews (1, 2, 3 -> 2). B: 4 stars everywhere, scored 4. C: 3 stars, scored 3.5.
+    items = np.array(["A"] * 4 + ["B"] * 3 + ["C"] * 3)
+    stars = np.array([5, 1, 2, 3, 4, 4, 4, 3, 3, 3], dtype=float)
+    scores = np.array([4.5, np.nan, np.nan, np.nan, 4.0, 4.0, 4.0, 3.5, 3.5, 3.5])
+    curve = R.item_sentiment_curve(items, stars, scores, ks=[1, 2], prior=3.0, n_perm=7, seed=1)
+    assert curve.loc[1, "items"] == 3 and curve.loc[2, "items"] == 2  # A has one scored review only
+    assert curve.loc[1, "mae_score_mean"] == pytest.approx((2.5 + 0 + 0.5) / 3)
+    assert curve.loc[1, "mae_star_mean"] == pytest.approx((3 + 0 + 0) / 3)
+    assert curve.loc[1, "mae_prior"] == pytest.approx((1 + 1 + 0) / 3)
+    assert curve.loc[2, "mae_score_mean"] == pytest.approx((0 + 0.5) / 2) and curve.loc[2, "mae_star_mean"] == 0
+    # k = 1 across the 3 items: scores (4.5, 4, 3.5) and stars (5, 4, 3) against targets (2, 4, 3)
+    assert curve.loc[1, "corr_score_mean"] == pytest.approx(np.corrcoef([4.5, 4, 3.5], [2, 4, 3])[0, 1])
+    assert curve.loc[1, "corr_star_mean"] == pytest.approx(np.corrcoef([5, 4, 3], [2, 4, 3])[0, 1])
 
 
 def test_item_sentiment_curve_checks():
