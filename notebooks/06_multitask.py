@@ -98,7 +98,8 @@ STARTED = time.time()
 SIZES = {
     # Part A: returns are rare (about 1 purchase in 100 within two weeks), so even smoke reads 1,000 of
     # chapter 03's users (chapter 04's cpu sample) instead of 250: 250 users leave 9 test returns.
-    # _minutes: smoke measured on 2 CPU cores; cpu measured on 2 CPU cores; full is an estimate
+    # _minutes: smoke measured at 1.9 min (Part A, one torch thread, 2 CPU cores shared with other jobs; 8.6 min
+    # in `ecrec.book run` with three jobs on the 2 cores); cpu (2x the rows, 3 epochs) and full are estimates
     "smoke": {**F.DATASET_SIZES["smoke"], "max_users": 1000, "epochs": 2, "n_boot": 300, "_minutes": (2, 3)},
     "cpu": {**F.DATASET_SIZES["smoke"], "max_users": 2000, "epochs": 3, "n_boot": 1000, "_minutes": (4, 5)},
     "full": {**F.DATASET_SIZES["full"], "epochs": 6, "n_boot": 1000, "_minutes": (10, 20)},
