@@ -263,7 +263,7 @@ def encode_labels(df: pd.DataFrame, tasks: Sequence[ReviewTask] = REVIEW_TASKS) 
                 "drop those rows first (prepare_reviews does)")
         if col.nunique() < 2:
             raise ValueError(
-                f"label column {task.column!r} is constant ({col.iloc[0]!r} in every row): nothing to learn; "
+                f"label column {task.column!r} is constant ({col.iloc[0]} in every row): nothing to learn; "
                 f"drop the task {task.name!r} or use a sample that holds several classes")
         index = {c: i for i, c in enumerate(task.classes)}
         unknown = sorted({str(v) for v in col.unique() if v not in index})

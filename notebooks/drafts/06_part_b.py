@@ -318,11 +318,17 @@ pd.DataFrame({run: {"steps": len(r.steps), "best step": r.best_step, "valid loss
                     "best valid loss": r.best_valid_loss, "trainable params": r.trainable_params,
                     "train seconds": r.train_seconds} for run, r in rev_runs.items()}).T.round(4)
 
+# %%
+rev_kept_start = [run for run, r in rev_runs.items() if r.best_step == 0]
+display(Markdown(
+    "Every run starts at the probes' validation loss (a single-task run at its task's share of it). "
+    + (f"{', '.join(rev_kept_start)} did not improve on it within {size['rev_epochs']} epoch(s): early stopping "
+       "kept the step-0 weights, so on the test reviews it scores as the frozen encoder + probe does."
+       if rev_kept_start else "Every run improved on it.")))
+
 # %% [markdown]
-# Every run's step-0 validation loss is the probes' (for the single-task runs,
-# that task's share of it). One curve per task: the multi-task training loss of
-# each head per step (a moving mean over 4 steps) and its validation loss at
-# each evaluation.
+# One curve per task: the multi-task training loss of each head per step (a
+# moving mean over 4 steps) and its validation loss at each evaluation.
 
 # %%
 rev_steps = pd.DataFrame(rev_runs["multi-task"].steps)
@@ -409,10 +415,10 @@ display(Markdown(
     f"{rev_gap.value:+.3f} [{rev_gap.low:+.3f}, {rev_gap.high:+.3f}], and the rating's macro-F1 changes by "
     f"{rev_gap_f1.value:+.3f} [{rev_gap_f1.low:+.3f}, {rev_gap_f1.high:+.3f}], after {len(rev_runs['multi-task'].steps)} steps on "
     f"{len(rev_enc['train'])} reviews ({run_profile} profile). The item alone, without a word of its reviews, "
-    f"reaches an AUC of {rev_row('item prior (no text)', 'recommended/auc').value:.3f}: "
-    "here the label lives in the text, so an encoder that learns to read it for the task gains much; "
-    "in chapter 04 the item's popularity carried most of the label, and reading the description better "
-    "could add little."))
+    f"reaches an AUC of {rev_row('item prior (no text)', 'recommended/auc').value:.3f}, the words read by a "
+    f"frozen encoder {rev_row('frozen MiniLM + LR', 'recommended/auc').value:.3f}: here the label lives in the "
+    "text, and an encoder trained to read it for the task has more to find there. In chapter 04 the item's "
+    "popularity carried most of the label, and reading the description better could add little."))
 
 # %% [markdown]
 # ## 6.B8 Where the rating head goes wrong
@@ -507,7 +513,7 @@ item_curve.round(3)
 def rev_better(k, what: str = "mae") -> str:
     m, st = item_curve.loc[k, f"{what}_score_mean"], item_curve.loc[k, f"{what}_star_mean"]
     better = m < st if what == "mae" else m > st
-    return "the model's score" if better else "the stars" if m != st else "neither"
+    return "the model's score" if better else "the mean of the stars" if m != st else "neither"
 
 
 k1, kmax = item_curve.index[0], item_curve.index[-1]
@@ -517,10 +523,11 @@ display(Markdown(
     f"item's average on its other reviews, the stars {item_curve.loc[k1, 'mae_star_mean']:.2f}, the training mean "
     f"{item_curve.loc[k1, 'mae_prior']:.2f}; after {kmax}, {item_curve.loc[kmax, 'mae_score_mean']:.2f}, "
     f"{item_curve.loc[kmax, 'mae_star_mean']:.2f} and {item_curve.loc[kmax, 'mae_prior']:.2f}. Across items, "
-    f"{rev_better(k1, 'corr')} tracks the ranking better after {k1} review(s) (correlation "
-    f"{item_curve.loc[k1, 'corr_score_mean']:.2f} vs {item_curve.loc[k1, 'corr_star_mean']:.2f}) and "
-    f"{rev_better(kmax, 'corr')} after {kmax} ({item_curve.loc[kmax, 'corr_score_mean']:.2f} vs "
-    f"{item_curve.loc[kmax, 'corr_star_mean']:.2f}).\n\n"
+    f"the order of the items is tracked better by {rev_better(k1, 'corr')} after {k1} review(s) (correlation "
+    f"{item_curve.loc[k1, 'corr_score_mean']:.2f} for the score, {item_curve.loc[k1, 'corr_star_mean']:.2f} for "
+    f"the stars) and by {rev_better(kmax, 'corr')} after {kmax} ({item_curve.loc[kmax, 'corr_score_mean']:.2f} "
+    f"and {item_curve.loc[kmax, 'corr_star_mean']:.2f}); with {item_curve.loc[k1, 'items']} items, a "
+    "correlation is itself a rough number.\n\n"
     "One star rating is a noisy measurement of how an item is liked; the expected rating is pulled towards the "
     "middle (less noise, some bias), the mean of the stars is unbiased but noisy. Most items here are liked about "
     "equally, so a constant is hard to beat in absolute error; the correlation says whether an estimate tells "
