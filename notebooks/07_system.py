@@ -98,7 +98,8 @@ SIZES = {
     # with a test-window purchase (the ranker knows their ids). latency_requests: timed
     # requests per stage at batch 1; text_requests: the same for the item tower (one new item each);
     # ann_sizes: synthetic catalogues for the exact-vs-approximate study.
-    # _minutes: smoke and cpu measured on 2 CPU cores; full is an estimate (1M-item HNSW build on one thread)
+    # _minutes: measured on 2 CPU cores shared with other jobs (load average 4-9): smoke 4.3 min wall
+    # (2 min of CPU), cpu 8.0 min; full is an estimate (the 1M-item HNSW build on one thread dominates)
     "smoke": {**F.DATASET_SIZES["smoke"], "dnn_epochs": 2, "als_iterations": 10, "latency_requests": 300,
               "text_requests": 150, "cost_requests": 30, "n_probe": 512, "n_text_test": 400,
               "ann_sizes": [20_000], "ann_queries": 300, "n_boot": 300, "_minutes": (3, 4)},
@@ -409,12 +410,12 @@ display(Markdown(
 # scores one request and answers every one of them with a list and a message:
 
 # %%
-cold_item = int(np.flatnonzero(~ranker.in_vocabulary)[0]) if (~ranker.in_vocabulary).any() else 0
+oov_item = int(np.flatnonzero(~ranker.in_vocabulary)[0]) if (~ranker.in_vocabulary).any() else 0
 awkward = {
     "empty recall list": ([], TOP),
     "only padding (-1)": ([-1, -1, -1], TOP),
     "k larger than the candidates": (hybrid[0, :3].tolist(), TOP),
-    "an item outside the ranker's vocabulary": ([cold_item, *hybrid[0, :4].tolist()], 3),
+    "an item outside the ranker's vocabulary": ([oov_item, *hybrid[0, :4].tolist()], 3),
 }
 awkward_rows = []
 for case, (cands, k) in awkward.items():
@@ -766,9 +767,9 @@ display(Markdown(f"This run used the **{run_profile}** profile; it took {time.ti
 #
 # 1. *(runnable)* Train the ranker on chapter 03's **popularity-matched**
 #    negatives (`F.dataset_config(size, seed=seed, negatives="popularity")`) and
-#    redo section 7.3: does ranking the whole catalogue, or the hybrid's first
-#    500 candidates, get closer to the best K? A worked solution is in
-#    `notebooks/solutions/07_exercises.py`.
+#    redo section 7.3. Does the whole catalogue stop being a trap? How does the
+#    ranking of the hybrid's candidates change, at small and at large K, and
+#    why? A worked solution is in `notebooks/solutions/07_exercises.py`.
 # 2. *(runnable)* HNSW's graph degree `M` trades memory and build time for
 #    quality: build the index with M = 8, 16, 32 and 48 on a synthetic catalogue
 #    and compare bytes per item, build time and overlap at efSearch = K.
