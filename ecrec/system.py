@@ -23,8 +23,8 @@ Cost
 ----
 :func:`latency_ms` (per-request percentiles at batch 1, warm-up excluded,
 :func:`time.perf_counter`), :func:`throughput` (items per second in batches)
-and :func:`serving_threads` (one thread count for torch, FAISS, BLAS and
-ONNX Runtime while measuring).
+and :func:`serving_threads` (one thread count for torch, FAISS and BLAS while
+measuring; an ONNX Runtime session takes its own, :class:`OnnxItemTower`).
 
 Lighter text rankers
 --------------------
@@ -322,7 +322,6 @@ class RecallStage:
 
 USER_COLUMNS = (HIST_ITEMS, "hist_len", "u_n_invoices", "u_n_lines", "u_spend", "u_days_since_last",
                 "u_tenure_days")
-PAIR_COLUMNS = ("ui_n_before", "ui_days_since_last")
 
 
 class FeatureStore:

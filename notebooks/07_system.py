@@ -98,15 +98,16 @@ SIZES = {
     # with a test-window purchase (the ranker knows their ids). latency_requests: timed
     # requests per stage at batch 1; text_requests: the same for the item tower (one new item each);
     # ann_sizes: synthetic catalogues for the exact-vs-approximate study.
-    # _minutes: measured on 2 CPU cores shared with other jobs (load average 4-9): smoke 4.3 min wall
-    # (2 min of CPU), cpu 8.0 min; full is an estimate (the 1M-item HNSW build on one thread dominates)
+    # _minutes: measured on 2 CPU cores: smoke 1.8 min with the machine otherwise idle, 4.3 min with
+    # other jobs on it (load average 6-9); cpu 8.0 min with other jobs (load 4-6); full is an estimate
+    # (the 1M-item HNSW build on one thread dominates)
     "smoke": {**F.DATASET_SIZES["smoke"], "dnn_epochs": 2, "als_iterations": 10, "latency_requests": 300,
               "text_requests": 150, "cost_requests": 30, "n_probe": 512, "n_text_test": 400,
-              "ann_sizes": [20_000], "ann_queries": 300, "n_boot": 300, "_minutes": (3, 4)},
+              "ann_sizes": [20_000], "ann_queries": 300, "n_boot": 300, "_minutes": (2, 4)},
     "cpu": {**F.DATASET_SIZES["smoke"], "max_users": 600, "dnn_epochs": 4, "als_iterations": 15,
             "latency_requests": 1000, "text_requests": 1000, "cost_requests": 100, "n_probe": 2000,
             "n_text_test": 1500, "ann_sizes": [20_000, 100_000], "ann_queries": 1000, "n_boot": 1000,
-            "_minutes": (7, 9)},
+            "_minutes": (5, 8)},
     "full": {**F.DATASET_SIZES["full"], "dnn_epochs": 8, "als_iterations": 15, "latency_requests": 1000,
              "text_requests": 1000, "cost_requests": 200, "n_probe": 10_000, "n_text_test": 5000,
              "ann_sizes": [30_000, 100_000, 300_000, 1_000_000], "ann_queries": 1000, "n_boot": 1000,
