@@ -97,21 +97,23 @@ SIZES = {
     # F.DATASET_SIZES, shared with chapters 03 and 04. Evaluated users: the dataset's users
     # with a test-window purchase (the ranker knows their ids). latency_requests: timed
     # requests per stage at batch 1; text_requests: the same for the item tower (one new item each);
-    # ann_sizes: synthetic catalogues for the exact-vs-approximate study.
+    # ann_sizes: synthetic catalogues for the exact-vs-approximate study; ddp_*: section 7.7's fine-tuning
+    # job, run once in 1 process and once under torchrun in 2 (the DDP section adds ~1.5 min in smoke, ~3 in cpu).
     # _minutes: measured on 2 CPU cores: smoke 1.8 min with the machine otherwise idle, 4.3 min with
     # other jobs on it (load average 6-9); cpu 8.0 min with other jobs (load 4-6); full is an estimate
     # (the 1M-item HNSW build on one thread dominates)
     "smoke": {**F.DATASET_SIZES["smoke"], "dnn_epochs": 2, "als_iterations": 10, "latency_requests": 300,
               "text_requests": 150, "cost_requests": 30, "n_probe": 512, "n_text_test": 400,
-              "ann_sizes": [20_000], "ann_queries": 300, "n_boot": 300, "_minutes": (2, 4)},
+              "ann_sizes": [20_000], "ann_queries": 300, "n_boot": 300,
+              "ddp_n_train": 64, "ddp_n_valid": 64, "ddp_global_batch": 16, "ddp_timeout_s": 180, "_minutes": (3, 6)},
     "cpu": {**F.DATASET_SIZES["smoke"], "max_users": 600, "dnn_epochs": 4, "als_iterations": 15,
             "latency_requests": 1000, "text_requests": 1000, "cost_requests": 100, "n_probe": 2000,
             "n_text_test": 1500, "ann_sizes": [20_000, 100_000], "ann_queries": 1000, "n_boot": 1000,
-            "_minutes": (5, 8)},
+            "ddp_n_train": 192, "ddp_n_valid": 128, "ddp_global_batch": 16, "ddp_timeout_s": 300, "_minutes": (7, 11)},
     "full": {**F.DATASET_SIZES["full"], "dnn_epochs": 8, "als_iterations": 15, "latency_requests": 1000,
              "text_requests": 1000, "cost_requests": 200, "n_probe": 10_000, "n_text_test": 5000,
              "ann_sizes": [30_000, 100_000, 300_000, 1_000_000], "ann_queries": 1000, "n_boot": 1000,
-             "_minutes": (30, 45)},
+             "ddp_n_train": 512, "ddp_n_valid": 256, "ddp_global_batch": 32, "ddp_timeout_s": 600, "_minutes": (30, 45)},
 }
 run_profile, size = pick_sizes(profile, SIZES, sizes)
 seed_everything(seed)
@@ -168,7 +170,7 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# ### The ranker: chapter 03's DNN, trained before the test window
+# ### 7.1.1 The ranker: chapter 03's DNN, trained before the test window
 #
 # The same code as chapter 03 (`ecrec.ctr.train_dnn`): embeddings of the
 # categorical fields, the mean-pooled purchase history, MiniLM vectors of the
@@ -204,7 +206,7 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# ### The feature store: chapter 03's features, served from a snapshot
+# ### 7.1.2 The feature store: chapter 03's features, served from a snapshot
 #
 # Offline, `point_in_time_features` recomputes every feature from the whole log
 # for every example. A request cannot wait for that, so `ecrec.system.FeatureStore`
@@ -322,7 +324,7 @@ results["recall ceiling"] = [np.nan] + [S.recall_ceiling(hybrid, data.relevant_a
 results.round(4)
 
 # %% [markdown]
-# ### How quality and ranking cost grow with K
+# ### 7.3.1 How quality and ranking cost grow with K
 #
 # The ranking cost is measured per request at batch 1 (one user, K candidates:
 # the feature lookup and the DNN call, `threads` thread(s), `cost_requests`
@@ -405,7 +407,7 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# ### Awkward requests get a defined answer
+# ### 7.3.2 Awkward requests get a defined answer
 #
 # A serving system meets inputs an offline evaluation never does. `DnnRanker.rank`
 # scores one request and answers every one of them with a list and a message:
@@ -598,7 +600,7 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# ### The latency table
+# ### 7.5.1 The latency table
 #
 # Every stage of a request, at batch 1, and the same work in batches. Item
 # vectors are precomputed once for the catalogue and cached; their memory and
@@ -717,7 +719,251 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# ## 7.N Scaling out fine-tuning with PyTorch DDP (merged from notebooks/drafts/07_ddp.py)
+# ## 7.7 Scaling out fine-tuning with PyTorch DDP
+#
+# Chapter 04 fine-tuned MiniLM on a few thousand pairs; the full catalogue and
+# every user's history make millions, and one device takes hours per epoch.
+# **Data parallelism** is the first way out: put a copy of the model on each of
+# $W$ devices, give each a slice of every batch, and average the gradients so
+# that all copies take the same step. PyTorch's `DistributedDataParallel`
+# (DDP; Li et al., 2020, "PyTorch Distributed: Experiences on Accelerating
+# Data Parallel Training", VLDB) does the averaging; `torchrun` starts the
+# processes. Our loop, `ecrec.finetune.train_ctr_model`, runs unchanged under
+# it: the same function, on one process or many.
+#
+# ### 7.7.1 What DDP does, and why $B/W$ per process equals $B$
+#
+# One process with a batch $\mathcal B$ of $|\mathcal B| = B$ examples steps
+# along the mean gradient
+#
+# $$g = \frac{1}{B} \sum_{i \in \mathcal B} \nabla_\theta \ell_i .$$
+#
+# With $W$ processes, every rank $r$ draws the **same** global batch (same
+# seed) and keeps its share $\mathcal B_r$ = `batch[r::W]` (the rule of
+# `torch.utils.data.DistributedSampler`). Rank $r$ back-propagates its loss
+# sum divided by $B / W$, so its gradient is
+# $g_r = \frac{W}{B} \sum_{i \in \mathcal B_r} \nabla_\theta \ell_i$, and DDP's
+# **all-reduce** replaces every rank's gradient by the average
+#
+# $$\frac{1}{W} \sum_{r=1}^{W} g_r = \frac{1}{B} \sum_{r} \sum_{i \in \mathcal B_r} \nabla_\theta \ell_i = g .$$
+#
+# When every shard holds $B/W$ examples, $g_r$ is simply the mean over the
+# shard. The last batch of an epoch is shorter and its shards unequal: dividing
+# by the shard's own size would weigh the examples of the smaller shard more,
+# so each rank divides by $B/W$ instead, and a rank with no example at all runs
+# one with weight 0 so that it still joins the all-reduce. Every rank starts
+# from the same weights (DDP broadcasts rank 0's when it wraps the model) and
+# applies the same AdamW step to the same averaged gradient, so the copies stay
+# identical without ever exchanging weights.
+#
+# The all-reduce is not one call at the end of the backward pass. DDP puts the
+# gradients into **buckets** of about 25 MB, in the reverse order of the
+# parameters (the order in which backward produces them), and starts a bucket's
+# all-reduce as soon as its last gradient is ready: communication overlaps with
+# the rest of the backward pass. A ring all-reduce of $S$ bytes sends and
+# receives $2 \frac{W-1}{W} S$ bytes per rank, almost independent of $W$. With
+# gradient accumulation, `no_sync()` skips the all-reduce until the last
+# micro-batch of the step. What this costs for our model:
+
+# %%
+import inspect
+import math
+
+import torch
+
+from ecrec import bert, distributed, finetune
+from ecrec.distributed import DistContext
+
+DDP_STARTED = time.time()
+ddp_model = bert.load_ctr_model("minilm")
+n_trainable, _ = bert.count_params(ddp_model)
+grad_mb = n_trainable * 4 / 2**20  # fp32 gradients
+BUCKET_MB = 25  # DistributedDataParallel's default bucket_cap_mb
+del ddp_model
+pd.Series({"trainable parameters": n_trainable, "fp32 gradients (MiB)": round(grad_mb, 1),
+           "buckets of 25 MiB": math.ceil(grad_mb / BUCKET_MB),
+           "sent + received per rank and step, W = 2 (MiB)": round(2 * (2 - 1) / 2 * grad_mb, 1),
+           "... W = 8 (MiB)": round(2 * (8 - 1) / 8 * grad_mb, 1)}, dtype=object)
+
+# %% [markdown]
+# The code that does it is short. `DistContext` says where a process stands
+# (rank 0 of 1 without `torch.distributed`, where every method is the
+# identity); these are its pieces that touch the data and the gradient:
+
+# %%
+for fn in (DistContext.shard, DistContext.denominator, DistContext.wrap):
+    print(inspect.getsource(fn))
+
+# %% [markdown]
+# and these are the lines of chapter 04's loop that use it: sharding each
+# global batch, the DDP-wrapped model in the backward pass, the global
+# denominator, validation sharded over the ranks and gathered (so that every
+# rank takes the same early-stopping decision), and rank 0 alone writing the
+# checkpoint and showing progress.
+
+# %%
+print("\n".join(line for line in inspect.getsource(finetune.train_ctr_model).splitlines()
+                if "dist." in line or "(net," in line))
+
+# %% [markdown]
+# ### 7.7.2 Launching: one node, several nodes
+#
+# `torchrun` starts one process per device and hands each its `RANK`,
+# `LOCAL_RANK`, `WORLD_SIZE` and a rendezvous address;
+# `ecrec.distributed.init_distributed` reads them and picks NCCL on GPUs, gloo
+# on CPUs. The job below (`python -m ecrec.distributed`) is a small, real
+# fine-tuning run: chapter 03's examples as text pairs, chapter 04's MiniLM
+# cross-encoder, `train_ctr_model`. On 8 GPUs of one machine, 32 examples per
+# GPU:
+#
+# ```bash
+# torchrun --standalone --nproc_per_node=8 -m ecrec.distributed --global-batch 256 --output runs/ddp
+# ```
+#
+# On 2 machines of 8 GPUs, run the same command on **each** node; the c10d
+# rendezvous on the first node's address gathers them and numbers the ranks:
+#
+# ```bash
+# torchrun --nnodes=2 --nproc_per_node=8 --rdzv_id=ecrec07 --rdzv_backend=c10d \
+#     --rdzv_endpoint=node0.example.org:29400 -m ecrec.distributed --global-batch 512 --output runs/ddp
+# ```
+#
+# or, with a fixed head node instead of a rendezvous (`--node_rank=1` on the
+# second machine):
+#
+# ```bash
+# torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=node0.example.org \
+#     --master_port=29500 -m ecrec.distributed --global-batch 512 --output runs/ddp
+# ```
+#
+# `--global-batch` stays the batch of one optimizer step; each process gets
+# `global batch / world size` (an error says so when the world size does not
+# divide it). Hugging Face `Trainer` and Accelerate read the same variables: a
+# script that builds a `Trainer` runs DDP when started with `torchrun`, without
+# a launcher of its own.
+#
+# ### 7.7.3 One process against two, measured
+#
+# We run the same job, one run after the other on this machine: as a plain
+# process, then with `torchrun` on 2 processes, each with half the global
+# batch. Dropout is turned off (`--dropout 0`, encoder and head): with dropout
+# each rank draws its own masks (seed + rank), which matches one process only in
+# expectation; without it the runs must end with the same weights, up to the
+# order of fp32 sums. Without 2 GPUs every run uses the CPU, and there are two
+# single-process baselines: 1 thread (what a second process adds to, as a
+# second GPU would) and 2 threads (the same 2 cores the 2 processes use).
+
+# %%
+ddp_gpus = torch.cuda.device_count() >= 2  # one process per GPU; else a CPU demonstration
+ddp_cache = cache_dir
+ddp_job = ["--model", "minilm", "--n-train", str(size["ddp_n_train"]), "--n-valid", str(size["ddp_n_valid"]),
+           "--global-batch", str(size["ddp_global_batch"]), "--max-users", str(size["max_users"] or 0),
+           "--seed", str(seed), "--cache-dir", str(ddp_cache), "--dropout", "0",
+           # validation at step 0 and at the end only; the kept weights are the last ones (the log loss
+           # falls from step 0's 0.69 as soon as the head learns the positive rate)
+           "--eval-every", "1000000", "--patience", "1000000", "--select-by", "log_loss"]
+if ddp_gpus:
+    DDP_RUNS = {"1 process": (1, 1), "2 processes": (2, 1)}  # name: (processes, threads each)
+else:
+    ddp_job += ["--device", "cpu", "--backend", "gloo"]
+    DDP_RUNS = {"1 process": (1, 1), "1 process, 2 threads": (1, 2), "2 processes": (2, 1)}
+ddp_results, ddp_logs = {}, {}
+for name, (nproc, threads) in DDP_RUNS.items():
+    started = time.time()
+    ddp_results[name], ddp_logs[name] = distributed.run_job(
+        ddp_job, output_dir / "ddp" / f"{nproc}x{threads}", nproc=nproc, threads=threads,
+        timeout=size["ddp_timeout_s"])
+    print(f"{name}: {time.time() - started:.0f} s")
+print(" ".join(distributed.torchrun_command(ddp_job, 2)[1:]))
+
+# %% [markdown]
+# The 2-process run's log: only rank 0 prints (rank 1 ran the same steps in
+# silence), and the loss it logs is the mean over both ranks' examples.
+
+# %%
+print("\n".join(line for line in ddp_logs["2 processes"].splitlines() if line.startswith("[ecrec.distributed]")))
+
+# %%
+one, two = ddp_results["1 process"], ddp_results["2 processes"]
+ddp_param_diff = distributed.max_param_diff(output_dir / "ddp" / "1x1" / "checkpoint",
+                                            output_dir / "ddp" / "2x1" / "checkpoint")
+ddp_loss_diff = max(abs(a["loss"] - b["loss"]) for a, b in zip(one["steps"], two["steps"], strict=True))
+ddp_table = pd.DataFrame.from_dict({
+    name: {"processes": r["world_size"], "threads per process": r["threads_per_process"],
+           "examples per process and step": r["per_rank_batch"], "optimizer steps": r["optimizer_steps"],
+           "training seconds": r["train_seconds"], "samples/s": r["samples_per_s"],
+           "2 processes / this": two["samples_per_s"] / r["samples_per_s"],
+           "wall seconds (with start-up)": r["wall_seconds"], "kept step": r["best_step"],
+           "valid log loss at the end": r["history"][-1]["valid_log_loss"]}
+    for name, r in ddp_results.items()}, orient="index")
+ddp_ratio = two["samples_per_s"] / one["samples_per_s"]
+ddp_same_cores = ddp_results.get("1 process, 2 threads")
+ddp_ratio_cores = two["samples_per_s"] / ddp_same_cores["samples_per_s"] if ddp_same_cores else None
+ddp_table.round(3)
+
+# %%
+fig, (ax_loss, ax_speed) = plt.subplots(1, 2, figsize=(10, 3.2))
+for (name, r), marker in zip(ddp_results.items(), ("o", "+", "x"), strict=False):
+    ax_loss.plot([s["step"] for s in r["steps"]], [s["loss"] for s in r["steps"]], marker=marker, label=name)
+ax_loss.set_xlabel("optimizer step")
+ax_loss.set_ylabel("training loss (global batch)")
+ax_loss.legend()
+ax_loss.set_title("Same steps, same losses")
+ax_speed.barh(list(ddp_results), [r["samples_per_s"] for r in ddp_results.values()],
+              color=[f"C{i}" for i in range(len(ddp_results))])
+ax_speed.invert_yaxis()
+ax_speed.set_xlabel("training samples/s")
+ax_speed.set_title("Throughput, one run after the other")
+save(fig, output_dir, "ddp_one_vs_two")
+plt.show()
+
+# %%
+cores = two["threads_per_process"] * two["world_size"]
+if ddp_gpus:
+    why = ("On GPUs this is what data parallelism is for: each process has a device of its own, the "
+           "step's compute shrinks with the shard and NCCL moves the gradients over fast links.")
+else:
+    why = (f"Against 1 process with 1 thread the ideal ratio is 2 (a second core's worth of compute); 2 "
+           f"processes reach {ddp_ratio / 2:.0%} of it. The rest goes to the all-reduce of {grad_mb:.0f} MiB "
+           "of gradients per step through gloo, to the gradient clipping and AdamW step over all "
+           f"{n_trainable / 1e6:.1f}M parameters, which every process runs in full (they are replicated, "
+           "not divided), and to half-size matrix products. Against 1 process with 2 threads on the same "
+           f"{cores} cores the ratio is **{ddp_ratio_cores:.2f}**. ")
+    if ddp_ratio_cores < 1:
+        why += ("Below 1 is the honest result here, and expected: the 2 processes have no core that the "
+                "2-thread process did not already keep busy, so they bring no new compute, only the costs "
+                "above. ")
+    else:
+        why += (f"Above 1 because the 2-thread process did poorly ({ddp_same_cores['samples_per_s']:.1f} "
+                f"samples/s, against {one['samples_per_s']:.1f} with 1 thread): the threads of one matrix "
+                "product wait for each other, and on a machine whose cores other jobs also use (as here) "
+                "that waiting costs more than the all-reduce; separate processes do not wait inside an "
+                "operation. ")
+    why += ("Timings on a shared machine move from run to run: read the ratios of one run, not the "
+            "samples/s. DDP pays where each process gets a device of its own: the commands above, on GPUs.")
+display(Markdown(
+    f"The runs took {one['optimizer_steps']} optimizer steps of {one['global_batch']} examples. The "
+    f"per-step training losses of 1 and 2 processes differ by at most {ddp_loss_diff:.1e}, and the "
+    f"weights they end with (the checkpoint of step {two['best_step']}, written by rank 0 alone) by at "
+    f"most {ddp_param_diff:.1e}: the same training, summed in another order. Throughput: "
+    f"{one['samples_per_s']:.1f} samples/s for 1 process, {two['samples_per_s']:.1f} for 2, a ratio of "
+    f"**{ddp_ratio:.2f}**. {why} `benchmarks/bench_ddp.py` repeats the comparison (`--repeats`)."
+))
+
+# %%
+ddp_metrics = {
+    "max_param_diff": ddp_param_diff, "max_step_loss_diff": ddp_loss_diff,
+    "samples_per_s": {name: r["samples_per_s"] for name, r in ddp_results.items()},
+    "ratio_2proc_vs_1proc": ddp_ratio, "ratio_2proc_vs_1proc_2threads": ddp_ratio_cores,
+    "optimizer_steps": one["optimizer_steps"], "global_batch": one["global_batch"],
+    "device": "cuda" if ddp_gpus else "cpu", "kept_step": two["best_step"],
+    "section_seconds": round(time.time() - DDP_STARTED, 1),
+}
+ddp_metrics
+
+# %%
+EXTRA_METRICS["ddp"] = ddp_metrics
+
 
 # %%
 metrics = {
@@ -763,6 +1009,12 @@ display(Markdown(f"This run used the **{run_profile}** profile; it took {time.ti
 # * Exact search is right for small catalogues; approximate indexes pay off as
 #   the catalogue grows (HNSW for latency, IVF-PQ for memory), always with an
 #   explicit search breadth at least as large as K.
+# * Data parallelism with DDP: every process holds the whole model, takes its
+#   share of each global batch and averages gradients with an all-reduce
+#   (bucketed, overlapped with the backward pass); divide each rank's loss sum
+#   by B / W and W processes with B / W examples each take exactly the steps of
+#   one process with B. Start it with `torchrun`; rank 0 alone prints and writes
+#   checkpoints; compare throughput in one run, on devices each process has to itself.
 #
 # ## Exercises
 #
@@ -784,3 +1036,8 @@ display(Markdown(f"This run used the **{run_profile}** profile; it took {time.ti
 #    once repeat purchases are gone?
 # 5. Measure the stages with `threads = 2` and with a batch of 8 users per call:
 #    which stages scale, and where does p99 move?
+# 6. Run `python -m ecrec.distributed` on 1 process with `--global-batch 16` and
+#    under `torchrun --standalone --nproc_per_node=2` with `--global-batch 16
+#    --dropout 0.1`: how far apart do the weights end, and does the validation
+#    log loss differ by more than between two 1-process runs with seeds 42 and
+#    43? (The dropout masks differ; the training is the same in distribution.)

@@ -110,3 +110,14 @@ def test_ann_at_scale(m):
     assert {r["n_items"] for r in rows} == {3659, 20000}
     assert [c["n_items"] for c in m["ann_right_choice"]] == [3659, 20000]
     assert all(c["overlap@100"] >= 0.95 for c in m["ann_right_choice"])
+
+
+def test_ddp_two_processes_take_the_single_process_steps(m):
+    """Section 7.7: torchrun with 2 CPU processes (B/2 each) against 1 process with B, dropout off."""
+    ddp = m["ddp"]
+    assert ddp["device"] == "cpu" and ddp["global_batch"] == 16
+    assert ddp["optimizer_steps"] == 4  # 64 smoke pairs / 16
+    assert ddp["max_param_diff"] < 1e-5  # recorded 7.3e-7: the same steps, summed in another order
+    assert ddp["max_step_loss_diff"] < 1e-5  # recorded 6.0e-8
+    assert ddp["kept_step"] in (0, 1, 2, 3, 4)
+    assert all(v > 0 for v in ddp["samples_per_s"].values())  # measured, never compared in a test
