@@ -4,6 +4,7 @@
 # REV_SIZES = {
 #     # CI, 2 CPU cores fp32: three short fine-tuning runs (single-task recommended, multi-task, LoRA) of 12
 #     # steps on 192 reviews, 64 tokens; 400 test reviews are enough for fine-tuned vs frozen to clear 0.
+#     # Measured (Part B alone, 2 CPU cores): 0.9 min at load ~2, 6.2 min at load ~5 (other jobs).
 #     "smoke": {"rev_n_train": 192, "rev_n_valid": 128, "rev_n_test": 400, "rev_tfidf_n": 2000,
 #               "rev_max_length": 64, "rev_batch_size": 16, "rev_epochs": 1, "rev_eval_every": 6,
 #               "rev_lr": 1e-4, "rev_head_lr": 1e-3, "rev_lora_lr": 1e-3, "rev_single_tasks": ("recommended",),
@@ -11,6 +12,7 @@
 #               "rev_overfit_n": 16, "rev_overfit_steps": 8},
 #     # "auto" without a GPU: 512 training reviews (32 steps per run), 1,200 test reviews, TF-IDF on all
 #     # 15,840 training reviews, 30 items for the sentiment curve; still the three runs.
+#     # Measured (Part B alone, 2 CPU cores, load 1-2.6): 5.3 min.
 #     "cpu": {"rev_n_train": 512, "rev_n_valid": 256, "rev_n_test": 1200, "rev_tfidf_n": None,
 #             "rev_max_length": 64, "rev_batch_size": 16, "rev_epochs": 1, "rev_eval_every": 8,
 #             "rev_lr": 1e-4, "rev_head_lr": 1e-3, "rev_lora_lr": 1e-3, "rev_single_tasks": ("recommended",),
