@@ -34,7 +34,7 @@ Models (``torch.nn.Module``, top level, inputs as :class:`ecrec.ctr.CtrPreproces
 Training and evaluation
 -----------------------
 * :func:`check_task_labels`, :func:`train_multitask` -> :class:`TrainedMultitask`;
-* :func:`bootstrap_log_loss`: log loss and paired differences with intervals
+* :func:`ecrec.stats.bootstrap_log_loss`: log loss and paired differences with intervals
   over users (the companion of :func:`ecrec.stats.bootstrap_auc`).
 """
 
@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,7 +56,7 @@ from ecrec.ctr import CtrPreprocessor, DnnConfig, _check_finite_loss
 __all__ = [
     "RETURN_WINDOW_DAYS", "cancellation_lines", "return_labels", "MultitaskConfig", "CtrInputs",
     "SharedBottom", "MMoE", "ESMM", "UncertaintyWeighting", "masked_bce", "check_task_labels",
-    "train_multitask", "TrainedMultitask", "bootstrap_log_loss",
+    "train_multitask", "TrainedMultitask",
 ]
 
 RETURN_WINDOW_DAYS = 14  # a cancellation counts as a return of a purchase within this many days of it
@@ -660,62 +660,3 @@ def train_multitask(
 
 # --- evaluation ---------------------------------------------------------------
 
-
-def bootstrap_log_loss(
-    y: np.ndarray,
-    probs: Mapping[str, np.ndarray],
-    users: Sequence | np.ndarray,
-    *,
-    pairs: Sequence[tuple[str, str]] = (),
-    n_boot: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-    eps: float = 1e-7,
-) -> dict[str, dict[str, float]]:
-    """Log loss of each model, and paired differences, with percentile intervals over users.
-
-    The same user resamples as :func:`ecrec.stats.bootstrap_auc` (same ``seed``:
-    the same resamples): a resample's log loss is the row losses averaged with
-    the rows' multiplicities as weights.
-
-    Args:
-        y: (n,) 0/1 labels.
-        probs: name -> (n,) probabilities (clipped to ``[eps, 1 - eps]``).
-        users: (n,) user of each row.
-        pairs: ``(a, b)``: adds ``"a - b"`` (negative: ``a`` has the lower loss).
-
-    Returns:
-        ``{name: {"log_loss", "low", "high"}}`` and ``{"a - b": {"diff", "low",
-        "high", "excludes_0"}}``.
-
-    Raises:
-        KeyError: a pair names an unknown model.
-        ValueError: lengths differ or labels outside {0, 1}.
-    """
-    from ecrec.stats import user_resample_weights
-
-    y = np.asarray(y, dtype=np.float64)
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError("bootstrap_log_loss: y must hold only 0 and 1")
-    counts, user_index = user_resample_weights(users, n_boot, seed)
-    w = counts[:, user_index].astype(np.float64)  # (B, n)
-    q = [(1 - level) / 2, 1 - (1 - level) / 2]
-    rows, boots, point = {}, {}, {}
-    for k, p in probs.items():
-        p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
-        if p.shape != y.shape:
-            raise ValueError(f"bootstrap_log_loss: {k!r} has shape {p.shape}, labels {y.shape}")
-        rows[k] = -(y * np.log(p) + (1 - y) * np.log1p(-p))
-        point[k] = float(rows[k].mean())
-        boots[k] = (w @ rows[k]) / w.sum(1)
-    out: dict[str, dict[str, float]] = {}
-    for k in probs:
-        lo, hi = np.quantile(boots[k], q)
-        out[k] = {"log_loss": point[k], "low": float(lo), "high": float(hi)}
-    for a, b in pairs:
-        if a not in probs or b not in probs:
-            raise KeyError(f"pair ({a!r}, {b!r}) names a model not in {sorted(probs)}")
-        lo, hi = np.quantile(boots[a] - boots[b], q)
-        out[f"{a} - {b}"] = {"diff": point[a] - point[b], "low": float(lo), "high": float(hi),
-                             "excludes_0": bool(lo > 0 or hi < 0)}
-    return out

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["user_resample_weights", "weighted_auc_many", "bootstrap_auc", "paired_mean_diff", "interval_table"]
+__all__ = ["user_resample_weights", "weighted_auc_many", "bootstrap_auc", "bootstrap_log_loss", "paired_mean_diff", "interval_table"]
 
 
 def user_resample_weights(users: Sequence | np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -136,6 +136,64 @@ def bootstrap_auc(
             raise KeyError(f"pair ({a!r}, {b!r}) names a score not in {sorted(scores)}")
         d = boots[a] - boots[b]
         lo, hi = np.nanquantile(d, q)
+        out[f"{a} - {b}"] = {"diff": point[a] - point[b], "low": float(lo), "high": float(hi),
+                             "excludes_0": bool(lo > 0 or hi < 0)}
+    return out
+
+
+def bootstrap_log_loss(
+    y: np.ndarray,
+    probs: Mapping[str, np.ndarray],
+    users: Sequence | np.ndarray,
+    *,
+    pairs: Sequence[tuple[str, str]] = (),
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    eps: float = 1e-7,
+) -> dict[str, dict[str, float]]:
+    """Log loss of each model, and paired differences, with percentile intervals over users.
+
+    The same user resamples as :func:`bootstrap_auc` (same ``seed``:
+    the same resamples): a resample's log loss is the row losses averaged with
+    the rows' multiplicities as weights.
+
+    Args:
+        y: (n,) 0/1 labels.
+        probs: name -> (n,) probabilities (clipped to ``[eps, 1 - eps]``).
+        users: (n,) user of each row.
+        pairs: ``(a, b)``: adds ``"a - b"`` (negative: ``a`` has the lower loss).
+
+    Returns:
+        ``{name: {"log_loss", "low", "high"}}`` and ``{"a - b": {"diff", "low",
+        "high", "excludes_0"}}``.
+
+    Raises:
+        KeyError: a pair names an unknown model.
+        ValueError: lengths differ or labels outside {0, 1}.
+    """
+    from ecrec.metrics import _check_labels
+
+    y = _check_labels(y, "y")
+    counts, user_index = user_resample_weights(users, n_boot, seed)
+    w = counts[:, user_index].astype(np.float64)  # (B, n)
+    q = [(1 - level) / 2, 1 - (1 - level) / 2]
+    rows, boots, point = {}, {}, {}
+    for k, p in probs.items():
+        p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
+        if p.shape != y.shape:
+            raise ValueError(f"bootstrap_log_loss: {k!r} has shape {p.shape}, labels {y.shape}")
+        rows[k] = -(y * np.log(p) + (1 - y) * np.log1p(-p))
+        point[k] = float(rows[k].mean())
+        boots[k] = (w @ rows[k]) / w.sum(1)
+    out: dict[str, dict[str, float]] = {}
+    for k in probs:
+        lo, hi = np.quantile(boots[k], q)
+        out[k] = {"log_loss": point[k], "low": float(lo), "high": float(hi)}
+    for a, b in pairs:
+        if a not in probs or b not in probs:
+            raise KeyError(f"pair ({a!r}, {b!r}) names a model not in {sorted(probs)}")
+        lo, hi = np.quantile(boots[a] - boots[b], q)
         out[f"{a} - {b}"] = {"diff": point[a] - point[b], "low": float(lo), "high": float(hi),
                              "excludes_0": bool(lo > 0 or hi < 0)}
     return out

@@ -245,31 +245,3 @@ def test_train_multitask_learns_and_refuses():
 
 
 # --- evaluation -----------------------------------------------------------------
-
-
-def test_bootstrap_log_loss_against_sklearn_and_by_hand():
-    from sklearn.metrics import log_loss
-
-    from ecrec.stats import user_resample_weights
-
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, size=60)
-    users = rng.integers(0, 12, size=60)
-    a = np.clip(0.5 + 0.3 * (y - 0.5) + 0.1 * rng.normal(size=60), 0.01, 0.99)
-    b = np.full(60, 0.5)
-    out = MT.bootstrap_log_loss(y, {"a": a, "b": b}, users, pairs=[("a", "b")], n_boot=50, seed=3)
-    assert out["a"]["log_loss"] == pytest.approx(log_loss(y, a))
-    assert out["b"]["log_loss"] == pytest.approx(math.log(2))
-    assert out["a - b"]["diff"] == pytest.approx(log_loss(y, a) - math.log(2))
-    # the interval comes from resamples of users: recompute them
-    counts, idx = user_resample_weights(users, 50, 3)
-    w = counts[:, idx]
-    per_row = -(y * np.log(a) + (1 - y) * np.log(1 - a))
-    boots = (w @ per_row) / w.sum(1)
-    assert out["a"]["low"] == pytest.approx(np.quantile(boots, 0.025))
-    assert out["a"]["high"] == pytest.approx(np.quantile(boots, 0.975))
-    assert out["a - b"]["excludes_0"] and out["a - b"]["high"] < 0
-    with pytest.raises(KeyError):
-        MT.bootstrap_log_loss(y, {"a": a}, users, pairs=[("a", "c")], n_boot=5)
-    with pytest.raises(ValueError, match="0 and 1"):
-        MT.bootstrap_log_loss(y * 2, {"a": a}, users, n_boot=5)
