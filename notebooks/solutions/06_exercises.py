@@ -187,5 +187,5 @@ if __name__ == "__main__":
     parser.add_argument("--smoke", action="store_true", help="chapter 06's smoke users (1,000)")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
-    out = main(args.smoke, seed=args.seed, cache_dir="/tmp/mt/cache")
+    out = main(args.smoke, seed=args.seed)
     print(f"\n{out['seconds']:.0f} s")
