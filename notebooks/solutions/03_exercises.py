@@ -159,5 +159,5 @@ if __name__ == "__main__":
     parser.add_argument("--smoke", action="store_true", help="chapter 03's smoke users (250)")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
-    out = main(args.smoke, seed=args.seed, cache_dir="/tmp/h6_sol_cache")
+    out = main(args.smoke, seed=args.seed)
     print(f"\n{out['seconds']:.0f} s")
