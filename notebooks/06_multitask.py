@@ -99,22 +99,22 @@ SIZES = {
     # Part A: returns are rare (about 1 purchase in 100 within two weeks), so even smoke reads 1,000 of
     # chapter 03's users (chapter 04's cpu sample) instead of 250: 250 users leave 9 test returns.
     # Part B (rev_*): smoke fine-tunes 3 short runs (single-task recommended, multi-task, LoRA) of 12 steps on
-    # 192 reviews, 64 tokens; cpu 512 reviews (32 steps per run), 1,200 test reviews, TF-IDF on all 15,840
+    # 192 reviews, 64 tokens; cpu 384 reviews (24 steps per run), 1,000 test reviews, TF-IDF on all 15,840
     # training reviews; full (one Colab GPU) every review, 256 tokens, 2 epochs, a single-task run per task.
-    # _minutes: Part A smoke 1.9 min + Part B 0.9 min measured on 2 CPU cores at low load; cpu: Part B 5.3 min
-    # measured, Part A (2x the rows, 3 epochs) an estimate; full an estimate
+    # _minutes: smoke measured 2.4 min (both parts) on 2 idle CPU cores; cpu (Part A: smoke's 1,000 users,
+    # 3 epochs; Part B: 2x smoke's reviews) sized for the 25-minute main job; full an estimate
     "smoke": {**F.DATASET_SIZES["smoke"], "max_users": 1000, "epochs": 2, "n_boot": 300,
               "rev_n_train": 192, "rev_n_valid": 128, "rev_n_test": 400, "rev_tfidf_n": 2000,
               "rev_max_length": 64, "rev_batch_size": 16, "rev_epochs": 1, "rev_eval_every": 6,
               "rev_lr": 1e-4, "rev_head_lr": 1e-3, "rev_lora_lr": 1e-3, "rev_single_tasks": ("recommended",),
               "rev_n_boot": 300, "rev_items": 12, "rev_item_reviews": 12, "rev_item_ks": (1, 2, 4, 8),
-              "rev_overfit_n": 16, "rev_overfit_steps": 8, "_minutes": (3, 5)},
-    "cpu": {**F.DATASET_SIZES["smoke"], "max_users": 2000, "epochs": 3, "n_boot": 1000,
-            "rev_n_train": 512, "rev_n_valid": 256, "rev_n_test": 1200, "rev_tfidf_n": None,
+              "rev_overfit_n": 16, "rev_overfit_steps": 8, "_minutes": (2.5, 5)},
+    "cpu": {**F.DATASET_SIZES["smoke"], "max_users": 1000, "epochs": 3, "n_boot": 1000,
+            "rev_n_train": 384, "rev_n_valid": 256, "rev_n_test": 1000, "rev_tfidf_n": None,
             "rev_max_length": 64, "rev_batch_size": 16, "rev_epochs": 1, "rev_eval_every": 8,
             "rev_lr": 1e-4, "rev_head_lr": 1e-3, "rev_lora_lr": 1e-3, "rev_single_tasks": ("recommended",),
             "rev_n_boot": 1000, "rev_items": 30, "rev_item_reviews": 24, "rev_item_ks": (1, 2, 4, 8, 16),
-            "rev_overfit_n": 16, "rev_overfit_steps": 8, "_minutes": (8, 11)},
+            "rev_overfit_n": 16, "rev_overfit_steps": 8, "_minutes": (5, 8)},
     "full": {**F.DATASET_SIZES["full"], "epochs": 6, "n_boot": 1000,
              "rev_n_train": None, "rev_n_valid": None, "rev_n_test": None, "rev_tfidf_n": None,
              "rev_max_length": 256, "rev_batch_size": 32, "rev_epochs": 2, "rev_eval_every": 100,
