@@ -57,6 +57,7 @@ import torch
 from ecrec import features as F
 from ecrec import recall as R
 from ecrec.schema import HIST_ITEMS, INVOICE_NO, ITEM_ID, TS, USER_ID
+from ecrec.timing import best_of
 
 __all__ = [
     "serving_threads", "latency_ms", "throughput", "subset_users", "first_visits", "recall_ceiling", "RecallStage",
@@ -135,11 +136,7 @@ def throughput(fn: Callable, n_items: int, *, repeats: int = 3) -> float:
     """
     if n_items < 1 or repeats < 1:
         raise ValueError(f"need n_items >= 1 and repeats >= 1, got {n_items}, {repeats}")
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+    best, _ = best_of(fn, repeats)
     return float(n_items / best)
 
 
