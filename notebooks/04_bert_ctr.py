@@ -100,7 +100,7 @@ SIZES = {
               "lr": 1e-4, "head_lr": 1e-3, "lora_lr": 1e-3, "fgm_epsilon": 0.5, "cross_users": 12,
               "dnn_epochs": 4, "dnn_seeds": 1, "n_boot": 300, "loop_steps": 2, "_minutes": (2, 6)},
     # what "auto" picks without a GPU: 1,000 users to narrow the intervals, 3 DNN seeds
-    # (measured: 7.1 min on 2 idle CPU cores; the DNNs on ~290k train rows take most of it).
+    # (measured: 7.1-8.3 min on 2 idle CPU cores; the DNNs on ~290k train rows take most of it).
     "cpu": {**DATASET_SIZES["smoke"], "max_users": 1000, "n_train": 1536, "n_valid": 1024, "n_probe": 20000, "n_history": 3,
             "item_tokens": 24, "pair_tokens": 48, "batch_size": 16, "epochs": 1, "eval_every": 16,
             "lr": 1e-4, "head_lr": 1e-3, "lora_lr": 1e-3, "fgm_epsilon": 0.5, "cross_users": 30,

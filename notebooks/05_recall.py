@@ -93,15 +93,15 @@ SIZES = {
     # val_pairs: held-out (validation-window) pairs to monitor it.
     # _minutes: smoke measured on 2 CPU cores (2.3-2.6 min, 1.5 of them the 40-step fine-tune); cpu
     # fine-tunes 4x the smoke's examples (80 x 128) and evaluates up to 2,000 test users, sized so that
-    # the main job stays within 25 minutes on 2 fp32 cores (measured: 10.1 min wall on 2 cores shared
-    # with 7 other jobs, 4.0 CPU-minutes: about 4-5 min when idle); full (one Colab-class GPU, an estimate, not
+    # the main job stays within 25 minutes on 2 fp32 cores (measured: 2.2 min on 2 idle cores, 10.1 min
+    # on 2 cores shared with 7 other jobs); full (one Colab-class GPU, an estimate, not
     # measured) 1500 x 256 on two layers and every test user
     "smoke": {"max_users": 400, "auc_users": 200, "als_factors": 64, "als_iterations": 10,
               "ft_layers": 1, "ft_steps": 40, "ft_batch": 64, "ft_eval_every": 20, "val_pairs": 192,
               "_minutes": (2, 3)},
     "cpu": {"max_users": 2000, "auc_users": 500, "als_factors": 64, "als_iterations": 15,
             "ft_layers": 1, "ft_steps": 80, "ft_batch": 128, "ft_eval_every": 20, "val_pairs": 512,
-            "_minutes": (4, 10)},
+            "_minutes": (2, 10)},
     "full": {"max_users": None, "auc_users": None, "als_factors": 128, "als_iterations": 15,
              "ft_layers": 2, "ft_steps": 1500, "ft_batch": 256, "ft_eval_every": 250, "val_pairs": 4096,
              "_minutes": (10, 20)},

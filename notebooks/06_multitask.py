@@ -101,8 +101,8 @@ SIZES = {
     # Part B (rev_*): smoke fine-tunes 3 short runs (single-task recommended, multi-task, LoRA) of 12 steps on
     # 192 reviews, 64 tokens; cpu 384 reviews (24 steps per run), 1,000 test reviews, TF-IDF on all 15,840
     # training reviews; full (one Colab GPU) every review, 256 tokens, 2 epochs, a single-task run per task.
-    # _minutes: smoke measured 2.4 min (both parts) on 2 idle CPU cores; cpu (Part A: smoke's 1,000 users,
-    # 3 epochs; Part B: 2x smoke's reviews) sized for the 25-minute main job; full an estimate
+    # _minutes: measured on 2 idle CPU cores: smoke 2.4 min, cpu 4.0 min (Part A: smoke's 1,000 users,
+    # 3 epochs; Part B: 2x smoke's reviews), sized for the 25-minute main job; full an estimate
     "smoke": {**F.DATASET_SIZES["smoke"], "max_users": 1000, "epochs": 2, "n_boot": 300,
               "rev_n_train": 192, "rev_n_valid": 128, "rev_n_test": 400, "rev_tfidf_n": 2000,
               "rev_max_length": 64, "rev_batch_size": 16, "rev_epochs": 1, "rev_eval_every": 6,
@@ -114,7 +114,7 @@ SIZES = {
             "rev_max_length": 64, "rev_batch_size": 16, "rev_epochs": 1, "rev_eval_every": 8,
             "rev_lr": 1e-4, "rev_head_lr": 1e-3, "rev_lora_lr": 1e-3, "rev_single_tasks": ("recommended",),
             "rev_n_boot": 1000, "rev_items": 30, "rev_item_reviews": 24, "rev_item_ks": (1, 2, 4, 8, 16),
-            "rev_overfit_n": 16, "rev_overfit_steps": 8, "_minutes": (5, 8)},
+            "rev_overfit_n": 16, "rev_overfit_steps": 8, "_minutes": (4, 8)},
     "full": {**F.DATASET_SIZES["full"], "epochs": 6, "n_boot": 1000,
              "rev_n_train": None, "rev_n_valid": None, "rev_n_test": None, "rev_tfidf_n": None,
              "rev_max_length": 256, "rev_batch_size": 32, "rev_epochs": 2, "rev_eval_every": 100,

@@ -100,7 +100,7 @@ SIZES = {
     # ann_sizes: synthetic catalogues for the exact-vs-approximate study; ddp_*: section 7.7's fine-tuning
     # job, run once in 1 process and once under torchrun in 2 (the DDP section adds ~1.5 min in smoke, ~3 in cpu).
     # _minutes: measured on 2 CPU cores: smoke 2.0 min (DDP included) with the machine otherwise idle;
-    # cpu (500 users, catalogues up to 50,000) sized for the 25-minute main job; full is an estimate
+    # cpu (500 users, catalogues up to 50,000) 3.5 min, sized for the 25-minute main job; full is an estimate
     # (the 1M-item HNSW build on one thread dominates)
     "smoke": {**F.DATASET_SIZES["smoke"], "dnn_epochs": 2, "als_iterations": 10, "latency_requests": 300,
               "text_requests": 150, "cost_requests": 30, "n_probe": 512, "n_text_test": 400,
@@ -109,7 +109,7 @@ SIZES = {
     "cpu": {**F.DATASET_SIZES["smoke"], "max_users": 500, "dnn_epochs": 4, "als_iterations": 15,
             "latency_requests": 1000, "text_requests": 1000, "cost_requests": 100, "n_probe": 2000,
             "n_text_test": 1500, "ann_sizes": [20_000, 50_000], "ann_queries": 1000, "n_boot": 1000,
-            "ddp_n_train": 128, "ddp_n_valid": 128, "ddp_global_batch": 16, "ddp_timeout_s": 300, "_minutes": (6, 9)},
+            "ddp_n_train": 128, "ddp_n_valid": 128, "ddp_global_batch": 16, "ddp_timeout_s": 300, "_minutes": (3.5, 7)},
     "full": {**F.DATASET_SIZES["full"], "dnn_epochs": 8, "als_iterations": 15, "latency_requests": 1000,
              "text_requests": 1000, "cost_requests": 200, "n_probe": 10_000, "n_text_test": 5000,
              "ann_sizes": [30_000, 100_000, 300_000, 1_000_000], "ann_queries": 1000, "n_boot": 1000,
