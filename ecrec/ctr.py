@@ -294,33 +294,33 @@ class CtrPreprocessor:
         return out
 
 
-class CtrNet(nn.Module):
-    """The DNN of :func:`train_dnn`: embeddings (+ history pool, + text projection, + numerics) -> MLP -> logit.
+class CtrInputs(nn.Module):
+    """The DNN's input layer: embeddings (+ history pool, + text projection, + numerics), concatenated.
 
-    One embedding table (``config.emb_dim`` wide) per categorical field, row 0
-    the unknown bucket. With ``item_field`` set, the item table gets one extra
+    One embedding table (``emb_dim`` wide) per categorical field, row 0 the
+    unknown bucket. With ``item_field`` set, the item table gets one extra
     row, the padding index ``cardinalities[item_field]``, and the history is
     mean-pooled through it (padding excluded); the pooled vector and its
-    product with the candidate's item embedding are both fed to the MLP. With
-    ``text_table`` set (frozen, a buffer), each row's text vector goes through
-    a linear layer to ``emb_dim``. The MLP is ``config.hidden`` layers of
-    Linear -> ReLU -> Dropout, then Linear to one logit.
+    product with the candidate's item embedding are both part of the output.
+    With ``text_table`` set (frozen, a buffer), each row's text vector goes
+    through a linear layer to ``emb_dim``. Shared by :class:`CtrNet` and
+    chapter 06's multi-task networks (:mod:`ecrec.multitask`).
 
-    Parameters are created in this order (embeddings, text projection, MLP),
-    so that a given ``torch.manual_seed`` gives the same initial weights.
+    Parameters are created in this order (embeddings, text projection), so
+    that a given ``torch.manual_seed`` gives the same initial weights.
 
     Args:
         cardinalities: number of indices of each categorical field, unknown included (k fields).
         n_numeric: width m of the numeric input.
         item_field: position of ``item_id`` among the fields, whose table the
             history shares; ``None``: no history.
+        emb_dim: embedding width.
         text_table: (t + 1, d) float text vectors, the last row the zero
             "no text" vector; ``None``: no text.
-        config: :class:`DnnConfig` (``emb_dim``, ``hidden``, ``dropout``).
 
     Shapes in :meth:`forward`:
         cat (n, k) int64, num (n, m) float32, hist (n, history_len) int64 or
-        ``None``, text (n,) int64 or ``None`` -> logits (n,) float32.
+        ``None``, text (n,) int64 or ``None`` -> (n, :attr:`width`) float32.
     """
 
     def __init__(
@@ -328,30 +328,24 @@ class CtrNet(nn.Module):
         cardinalities: Sequence[int],
         n_numeric: int,
         item_field: int | None,
-        text_table: np.ndarray | None,
-        config: DnnConfig,
+        emb_dim: int,
+        text_table: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         self.item_field = item_field
         sizes = [c + (1 if i == item_field else 0) for i, c in enumerate(cardinalities)]
         self.embs = nn.ModuleList(
-            nn.Embedding(s, config.emb_dim, padding_idx=(s - 1 if i == item_field else None))
-            for i, s in enumerate(sizes)
+            nn.Embedding(s, emb_dim, padding_idx=(s - 1 if i == item_field else None)) for i, s in enumerate(sizes)
         )
-        width = len(sizes) * config.emb_dim + n_numeric
+        width = len(sizes) * emb_dim + n_numeric
         if item_field is not None:
-            width += 2 * config.emb_dim  # pooled history and its product with the item embedding
+            width += 2 * emb_dim  # pooled history and its product with the item embedding
         self.text_proj: nn.Linear | None = None
         if text_table is not None:
             self.register_buffer("text_table", torch.as_tensor(text_table, dtype=torch.float32))
-            self.text_proj = nn.Linear(text_table.shape[1], config.emb_dim)
-            width += config.emb_dim
-        layers: list[nn.Module] = []
-        for h in config.hidden:
-            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(config.dropout)]
-            width = h
-        layers.append(nn.Linear(width, 1))
-        self.mlp = nn.Sequential(*layers)
+            self.text_proj = nn.Linear(text_table.shape[1], emb_dim)
+            width += emb_dim
+        self.width = width
 
     def forward(
         self,
@@ -369,7 +363,62 @@ class CtrNet(nn.Module):
         if text is not None and self.text_proj is not None:
             parts.append(self.text_proj(self.text_table[text]))  # (n, emb_dim)
         parts.append(num)
-        return self.mlp(torch.cat(parts, dim=1)).squeeze(-1)  # (n,)
+        return torch.cat(parts, dim=1)
+
+
+class CtrNet(nn.Module):
+    """The DNN of :func:`train_dnn`: :class:`CtrInputs` -> MLP -> logit.
+
+    The MLP is ``config.hidden`` layers of Linear -> ReLU -> Dropout, then
+    Linear to one logit. Parameters are created in this order (embeddings,
+    text projection, MLP), so that a given ``torch.manual_seed`` gives the
+    same initial weights.
+
+    Args:
+        cardinalities, n_numeric, item_field, text_table: as :class:`CtrInputs`.
+        config: :class:`DnnConfig` (``emb_dim``, ``hidden``, ``dropout``).
+
+    Shapes in :meth:`forward`:
+        cat (n, k) int64, num (n, m) float32, hist (n, history_len) int64 or
+        ``None``, text (n,) int64 or ``None`` -> logits (n,) float32.
+    """
+
+    def __init__(
+        self,
+        cardinalities: Sequence[int],
+        n_numeric: int,
+        item_field: int | None,
+        text_table: np.ndarray | None,
+        config: DnnConfig,
+    ) -> None:
+        super().__init__()
+        self.inputs = CtrInputs(cardinalities, n_numeric, item_field, config.emb_dim, text_table)
+        width = self.inputs.width
+        layers: list[nn.Module] = []
+        for h in config.hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(config.dropout)]
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+
+    @property
+    def embs(self) -> nn.ModuleList:
+        """The embedding tables (:attr:`CtrInputs.embs`)."""
+        return self.inputs.embs
+
+    @property
+    def text_proj(self) -> nn.Linear | None:
+        """The text projection, or ``None`` without text (:attr:`CtrInputs.text_proj`)."""
+        return self.inputs.text_proj
+
+    def forward(
+        self,
+        cat: torch.Tensor,
+        num: torch.Tensor,
+        hist: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.mlp(self.inputs(cat, num, hist, text)).squeeze(-1)  # (n,)
 
 
 @dataclass

@@ -16,8 +16,8 @@ Labels
 
 Models (``torch.nn.Module``, top level, inputs as :class:`ecrec.ctr.CtrPreprocessor` arrays)
 --------------------------------------------------------------------------------------------
-* :class:`CtrInputs`: chapter 03's DNN input (embeddings, pooled history,
-  numerics), one vector per example;
+* :class:`ecrec.ctr.CtrInputs`: chapter 03's DNN input layer (embeddings,
+  pooled history, numerics), one vector per example, shared with ``CtrNet``;
 * :class:`SharedBottom`: one bottom MLP, one tower per task (Caruana, 1997,
   "Multitask learning"); with one task it is the single-task DNN;
 * :class:`MMoE`: multi-gate mixture of experts (Ma, Zhao, Yi, Chen, Hong and
@@ -51,10 +51,10 @@ import torch
 from scipy.special import expit
 from torch import nn
 
-from ecrec.ctr import CtrPreprocessor, DnnConfig, _check_finite_loss
+from ecrec.ctr import CtrInputs, CtrPreprocessor, DnnConfig, _check_finite_loss
 
 __all__ = [
-    "RETURN_WINDOW_DAYS", "cancellation_lines", "return_labels", "MultitaskConfig", "CtrInputs",
+    "RETURN_WINDOW_DAYS", "cancellation_lines", "return_labels", "MultitaskConfig",
     "SharedBottom", "MMoE", "ESMM", "UncertaintyWeighting", "masked_bce", "check_task_labels",
     "train_multitask", "TrainedMultitask",
 ]
@@ -240,44 +240,6 @@ def _mlp(width: int, hidden: Sequence[int], dropout: float, out: int | None = No
         layers.append(nn.Linear(width, out))
         width = out
     return nn.Sequential(*layers), width
-
-
-class CtrInputs(nn.Module):
-    """Chapter 03's DNN input as one vector per example (:class:`ecrec.ctr.CtrNet` without its MLP).
-
-    One embedding table per categorical field (row 0 unknown); the item table
-    has a padding row and mean-pools the history; the pooled vector and its
-    product with the candidate's embedding are appended, then the numerics.
-
-    Args:
-        cardinalities: indices of each categorical field (k fields).
-        n_numeric: width m of the numeric input.
-        item_field: position of ``item_id`` among the fields (history shares
-            its table); ``None``: no history.
-        emb_dim: embedding width.
-
-    Shapes in :meth:`forward`: cat (n, k) int64, num (n, m) float32, hist
-    (n, L) int64 or ``None`` -> (n, :attr:`width`) float32.
-    """
-
-    def __init__(self, cardinalities: Sequence[int], n_numeric: int, item_field: int | None, emb_dim: int) -> None:
-        super().__init__()
-        self.item_field = item_field
-        sizes = [c + (1 if i == item_field else 0) for i, c in enumerate(cardinalities)]
-        self.embs = nn.ModuleList(
-            nn.Embedding(s, emb_dim, padding_idx=(s - 1 if i == item_field else None)) for i, s in enumerate(sizes)
-        )
-        self.width = len(sizes) * emb_dim + n_numeric + (2 * emb_dim if item_field is not None else 0)
-
-    def forward(self, cat: torch.Tensor, num: torch.Tensor, hist: torch.Tensor | None = None) -> torch.Tensor:
-        parts = [emb(cat[:, i]) for i, emb in enumerate(self.embs)]
-        if self.item_field is not None and hist is not None:
-            table = self.embs[self.item_field]
-            mask = (hist != table.padding_idx).unsqueeze(-1).float()
-            pooled = (table(hist) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            parts += [pooled, pooled * parts[self.item_field]]
-        parts.append(num)
-        return torch.cat(parts, dim=1)
 
 
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
