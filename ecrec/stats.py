@@ -18,7 +18,33 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["user_resample_weights", "weighted_auc_many", "bootstrap_auc", "bootstrap_log_loss", "paired_mean_diff", "interval_table"]
+__all__ = [
+    "user_resample_weights", "weighted_auc_many", "bootstrap_auc", "bootstrap_log_loss", "paired_mean_diff",
+    "interval_table", "level_label",
+]
+
+
+def _check_level(level: float) -> list[float]:
+    """The two quantiles of a central ``level`` interval. Raises ValueError outside (0, 1)."""
+    if not 0 < level < 1:
+        raise ValueError(f"level is the interval's coverage, strictly between 0 and 1 (e.g. 0.95), got {level!r}")
+    return [(1 - level) / 2, 1 - (1 - level) / 2]
+
+
+def _check_users(users, n: int, who: str) -> np.ndarray:
+    """``users`` as a 1-D array of ``n`` entries, one per row. Raises ValueError naming both lengths."""
+    u = np.asarray(users)
+    if u.ndim != 1 or len(u) != n:
+        raise ValueError(
+            f"{who}: users must give the user of every row, shape ({n},) like the labels; got shape {u.shape} "
+            f"({len(u) if u.ndim else 0} entries for {n} rows): align users with y and the scores"
+        )
+    return u
+
+
+def level_label(level: float) -> str:
+    """``0.95`` -> ``"95%"``, ``0.9`` -> ``"90%"``, ``0.999`` -> ``"99.9%"`` (a coverage as people write it)."""
+    return f"{100 * level:.10g}%"
 
 
 def user_resample_weights(users: Sequence | np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,29 +141,32 @@ def bootstrap_auc(
         level: the interval's coverage.
 
     Returns:
-        ``{name: {"auc", "low", "high"}}`` and ``{"a - b": {"diff", "low", "high",
-        "excludes_0"}}``; point estimates are on the full sample.
+        ``{name: {"auc", "low", "high", "level"}}`` and ``{"a - b": {"diff", "low",
+        "high", "excludes_0", "level"}}``; point estimates are on the full
+        sample, ``level`` is the interval's coverage (as passed).
 
     Raises:
         KeyError: a pair names an unknown score.
-        ValueError: as :func:`weighted_auc_many`.
+        ValueError: ``users`` not one entry per row of ``y`` (both lengths
+            named), ``level`` outside (0, 1), and as :func:`weighted_auc_many`.
     """
+    q = _check_level(level)
+    users = _check_users(users, len(np.asarray(y)), "bootstrap_auc")
     counts, user_index = user_resample_weights(users, n_boot, seed)
     w = counts[:, user_index]
-    q = [(1 - level) / 2, 1 - (1 - level) / 2]
     point = {k: float(weighted_auc_many(y, s, np.ones(len(y)))[0]) for k, s in scores.items()}
     boots = {k: weighted_auc_many(y, s, w) for k, s in scores.items()}
     out: dict[str, dict[str, float]] = {}
     for k in scores:
         lo, hi = np.nanquantile(boots[k], q)
-        out[k] = {"auc": point[k], "low": float(lo), "high": float(hi)}
+        out[k] = {"auc": point[k], "low": float(lo), "high": float(hi), "level": float(level)}
     for a, b in pairs:
         if a not in scores or b not in scores:
             raise KeyError(f"pair ({a!r}, {b!r}) names a score not in {sorted(scores)}")
         d = boots[a] - boots[b]
         lo, hi = np.nanquantile(d, q)
         out[f"{a} - {b}"] = {"diff": point[a] - point[b], "low": float(lo), "high": float(hi),
-                             "excludes_0": bool(lo > 0 or hi < 0)}
+                             "excludes_0": bool(lo > 0 or hi < 0), "level": float(level)}
     return out
 
 
@@ -163,21 +192,24 @@ def bootstrap_log_loss(
         probs: name -> (n,) probabilities (clipped to ``[eps, 1 - eps]``).
         users: (n,) user of each row.
         pairs: ``(a, b)``: adds ``"a - b"`` (negative: ``a`` has the lower loss).
+        level: the interval's coverage.
 
     Returns:
-        ``{name: {"log_loss", "low", "high"}}`` and ``{"a - b": {"diff", "low",
-        "high", "excludes_0"}}``.
+        ``{name: {"log_loss", "low", "high", "level"}}`` and ``{"a - b": {"diff",
+        "low", "high", "excludes_0", "level"}}``.
 
     Raises:
         KeyError: a pair names an unknown model.
-        ValueError: lengths differ or labels outside {0, 1}.
+        ValueError: lengths differ (``users`` against the labels: both named),
+            labels outside {0, 1}, or ``level`` outside (0, 1).
     """
     from ecrec.metrics import _check_labels
 
+    q = _check_level(level)
     y = _check_labels(y, "y")
+    users = _check_users(users, len(y), "bootstrap_log_loss")
     counts, user_index = user_resample_weights(users, n_boot, seed)
     w = counts[:, user_index].astype(np.float64)  # (B, n)
-    q = [(1 - level) / 2, 1 - (1 - level) / 2]
     rows, boots, point = {}, {}, {}
     for k, p in probs.items():
         p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
@@ -189,13 +221,13 @@ def bootstrap_log_loss(
     out: dict[str, dict[str, float]] = {}
     for k in probs:
         lo, hi = np.quantile(boots[k], q)
-        out[k] = {"log_loss": point[k], "low": float(lo), "high": float(hi)}
+        out[k] = {"log_loss": point[k], "low": float(lo), "high": float(hi), "level": float(level)}
     for a, b in pairs:
         if a not in probs or b not in probs:
             raise KeyError(f"pair ({a!r}, {b!r}) names a model not in {sorted(probs)}")
         lo, hi = np.quantile(boots[a] - boots[b], q)
         out[f"{a} - {b}"] = {"diff": point[a] - point[b], "low": float(lo), "high": float(hi),
-                             "excludes_0": bool(lo > 0 or hi < 0)}
+                             "excludes_0": bool(lo > 0 or hi < 0), "level": float(level)}
     return out
 
 
@@ -212,11 +244,13 @@ def paired_mean_diff(a, b, *, n_boot: int = 1000, seed: int = 0, level: float = 
         n_boot: resamples; seed: their seed; level: interval coverage.
 
     Returns:
-        ``{"diff", "low", "high", "excludes_0"}``.
+        ``{"diff", "low", "high", "excludes_0", "level"}``.
 
     Raises:
-        ValueError: shapes differ, ``b`` is NaN where ``a`` is not, or no user is left.
+        ValueError: shapes differ, ``b`` is NaN where ``a`` is not, no user is
+            left, or ``level`` outside (0, 1).
     """
+    _check_level(level)
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"a {a.shape} and b {b.shape} must be aligned 1-d arrays, one value per user")
@@ -228,16 +262,43 @@ def paired_mean_diff(a, b, *, n_boot: int = 1000, seed: int = 0, level: float = 
         raise ValueError("no user left to compare (a is NaN everywhere)")
     idx = np.random.default_rng(seed).integers(0, d.size, (n_boot, d.size))
     lo, hi = np.quantile(d[idx].mean(1), [(1 - level) / 2, (1 + level) / 2])
-    return {"diff": float(d.mean()), "low": float(lo), "high": float(hi), "excludes_0": bool(lo > 0 or hi < 0)}
+    return {"diff": float(d.mean()), "low": float(lo), "high": float(hi), "excludes_0": bool(lo > 0 or hi < 0),
+            "level": float(level)}
 
 
 def interval_table(result: Mapping[str, Mapping[str, float]], digits: int = 3):
-    """``bootstrap_auc``'s result as a pandas frame with a printable "value [low, high]" column."""
+    """A bootstrap result as a pandas frame with a printable "value [low, high]" column.
+
+    The column is named from the entries' own ``"level"``: ``"with 95%
+    interval"`` for ``level=0.95``, ``"with 90% interval"`` for 0.9.
+
+    Args:
+        result: :func:`bootstrap_auc`, :func:`bootstrap_log_loss` or
+            ``{name: paired_mean_diff(...)}``; every entry has ``"low"``,
+            ``"high"``, ``"level"`` and one of ``"auc"``, ``"log_loss"``, ``"diff"``.
+        digits: decimals printed.
+
+    Returns:
+        One row per entry: its fields plus ``"with <level> interval"``.
+
+    Raises:
+        ValueError: no entry, an entry without ``"level"`` (not computed by
+            this module), or entries at different levels (one column, one label).
+    """
     import pandas as pd
 
+    if not result:
+        raise ValueError("interval_table: the result has no entry")
+    levels = {k: r.get("level") for k, r in result.items()}
+    missing = [k for k, v in levels.items() if v is None]
+    if missing:
+        raise ValueError(f"interval_table: entries {missing} carry no 'level'; pass a result of ecrec.stats")
+    if len(set(levels.values())) > 1:
+        raise ValueError(f"interval_table: entries mix interval levels {levels}; tabulate each level on its own")
+    column = f"with {level_label(next(iter(levels.values())))} interval"
     rows = {}
     for k, r in result.items():
-        value = r.get("auc", r.get("diff"))
+        value = next(r[f] for f in ("auc", "log_loss", "diff") if f in r)
         sign = "+" if "diff" in r else ""
-        rows[k] = {**r, "with 95% interval": f"{value:{sign}.{digits}f} [{r['low']:{sign}.{digits}f}, {r['high']:{sign}.{digits}f}]"}
+        rows[k] = {**r, column: f"{value:{sign}.{digits}f} [{r['low']:{sign}.{digits}f}, {r['high']:{sign}.{digits}f}]"}
     return pd.DataFrame(rows).T

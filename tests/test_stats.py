@@ -105,3 +105,48 @@ def test_bootstrap_log_loss_against_sklearn_and_by_hand():
         stats.bootstrap_log_loss(y, {"a": a}, users, pairs=[("a", "c")], n_boot=5)
     with pytest.raises(ValueError, match="0 and 1"):
         stats.bootstrap_log_loss(y * 2, {"a": a}, users, n_boot=5)
+
+
+@pytest.mark.parametrize("level", [0.9, 0.95])
+def test_every_interval_carries_its_level_and_the_table_says_it(level):
+    rng = np.random.default_rng(5)
+    users = np.repeat(np.arange(40), 5)
+    y = np.tile([0, 1, 0, 0, 1], 40)
+    a = rng.normal(size=200) + y
+    b = rng.normal(size=200)
+    label = {0.9: "with 90% interval", 0.95: "with 95% interval"}[level]
+    auc = stats.bootstrap_auc(y, {"a": a, "b": b}, users, pairs=[("a", "b")], n_boot=100, level=level)
+    ll = stats.bootstrap_log_loss(y, {"a": 1 / (1 + np.exp(-a))}, users, n_boot=100, level=level)
+    diff = stats.paired_mean_diff(a[:40], b[:40], n_boot=100, level=level)
+    for entry in [*auc.values(), *ll.values(), diff]:
+        assert entry["level"] == level
+    for result in (auc, ll, {"a - b": diff}):
+        table = stats.interval_table(result)
+        assert label in table.columns and not any("95%" in c for c in table.columns if level == 0.9)
+    # the interval is the (1 - level) / 2 and (1 + level) / 2 quantiles of the resampled means
+    d = a[:40] - b[:40]
+    idx = np.random.default_rng(0).integers(0, 40, (100, 40))
+    assert diff["low"] == pytest.approx(np.quantile(d[idx].mean(1), (1 - level) / 2))
+    assert diff["high"] == pytest.approx(np.quantile(d[idx].mean(1), (1 + level) / 2))
+    assert stats.interval_table(ll).loc["a", label].startswith(f"{ll['a']['log_loss']:.3f} [")
+
+
+def test_interval_table_refuses_unlabelled_or_mixed_levels():
+    assert stats.level_label(0.95) == "95%" and stats.level_label(0.9) == "90%" and stats.level_label(0.999) == "99.9%"
+    with pytest.raises(ValueError, match="carry no 'level'"):
+        stats.interval_table({"x": {"diff": 0.1, "low": 0.0, "high": 0.2}})
+    mixed = {"x": {"diff": 0.1, "low": 0.0, "high": 0.2, "level": 0.9},
+             "y": {"diff": 0.1, "low": 0.0, "high": 0.2, "level": 0.95}}
+    with pytest.raises(ValueError, match="mix interval levels"):
+        stats.interval_table(mixed)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        stats.paired_mean_diff([0.1], [0.0], level=95)
+
+
+def test_misaligned_users_are_named_with_both_lengths():
+    y = np.array([0, 1, 0, 1])
+    s = np.array([0.1, 0.9, 0.2, 0.8])
+    with pytest.raises(ValueError, match=r"users .*shape \(4,\).*3 entries for 4 rows"):
+        stats.bootstrap_auc(y, {"a": s}, users=[1, 2, 3], n_boot=5)
+    with pytest.raises(ValueError, match=r"users .*5 entries for 4 rows"):
+        stats.bootstrap_log_loss(y, {"a": s}, users=[1, 2, 3, 4, 5], n_boot=5)
