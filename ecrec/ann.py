@@ -15,7 +15,8 @@ measures where the approximate indexes start to pay off.
   Schmid, 2011, "Product quantization for nearest neighbor search").
 * :func:`set_breadth`: the search breadth (HNSW ``efSearch``, IVF ``nprobe``)
   set explicitly on the index; :func:`ecrec.recall.faiss_search` then never
-  searches narrower than the number of results asked for.
+  searches narrower than the number of results asked for, and
+  :func:`searched_breadth` says what it does search.
 * :func:`index_bytes`, :func:`overlap_at_k` (the share of the exact top K that
   an index returns: "ANN recall", not the Recall@K of :mod:`ecrec.metrics`),
   :func:`compare_indexes` (build time, memory per item, overlap, latency at
@@ -36,9 +37,10 @@ import numpy as np
 import pandas as pd
 
 from ecrec import recall as R
+from ecrec.timing import percentiles_ms
 
 __all__ = [
-    "KINDS", "synthetic_catalogue", "build_ivfpq", "build_ann_index", "set_breadth", "index_bytes",
+    "KINDS", "synthetic_catalogue", "build_ivfpq", "build_ann_index", "set_breadth", "searched_breadth", "index_bytes",
     "overlap_at_k", "compare_indexes", "right_choice",
 ]
 
@@ -227,10 +229,20 @@ def overlap_at_k(approx: np.ndarray, exact: np.ndarray, k: int) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def _percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
-    ms = np.asarray(seconds) * 1000
-    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "p99_ms": float(np.percentile(ms, 99))}
+def searched_breadth(index, k: int) -> str:
+    """The breadth :func:`ecrec.recall.faiss_search` actually searches for ``k`` results, e.g. ``"nprobe=12"``.
+
+    Not always the one set with :func:`set_breadth`: the search never goes
+    narrower than ``k`` results (HNSW ``efSearch >= k``; IVF: enough cells
+    that the smallest ``nprobe`` lists together hold ``k`` vectors), capped
+    by the index (``nprobe <= nlist``). ``"exact"`` for an exact index.
+
+    Raises:
+        ValueError: ``k < 1``.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return R._search_params(index, min(int(k), int(index.ntotal)))[1]
 
 
 def compare_indexes(
@@ -251,8 +263,11 @@ def compare_indexes(
     "ivfpq": [8, 32]}``) the index is built once (build time), then for each
     breadth: the overlap of its top ``k`` with the exact (flat) top ``k`` over
     all ``queries``, the latency of single-query searches (batch 1, the first
-    ``warmup`` excluded; p50/p95/p99) over ``n_latency`` queries, and the
-    throughput of one batch search of all queries. Timings use
+    ``warmup`` excluded; p50/p95/p99, each only where at least 10 timed
+    queries lie beyond it, :func:`ecrec.timing.percentiles_ms`) over
+    ``n_latency`` queries, and the throughput of one batch search of all
+    queries. ``breadth`` is the breadth searched (:func:`searched_breadth`),
+    ``breadth asked`` the one set (:func:`set_breadth`). Timings use
     :func:`time.perf_counter` with whatever FAISS thread count is set.
 
     Args:
@@ -266,8 +281,10 @@ def compare_indexes(
 
     Returns:
         One row per (kind, breadth): ``catalogue``, ``n_items``, ``index``,
-        ``breadth``, ``build_s``, ``bytes_per_item``, ``overlap@k``,
-        ``p50_ms``, ``p95_ms``, ``p99_ms``, ``batch_qps``.
+        ``breadth`` (searched), ``breadth asked``, ``build_s``,
+        ``bytes_per_item``, ``overlap@k``, ``p50_ms``, ``p95_ms``, ``p99_ms``
+        (NaN from too few queries), ``n_timed`` (queries behind every
+        percentile), ``latency note`` (which percentile is NaN and why), ``batch_qps``.
 
     Raises:
         ValueError: unknown kind, ``k < 1``, or no query.
@@ -296,7 +313,7 @@ def compare_indexes(
             build_s = time.perf_counter() - t0
         per_item = index_bytes(index) / len(items)
         for breadth in values:
-            what = set_breadth(index, breadth)
+            asked = set_breadth(index, breadth)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", R.ShortResultWarning)  # a short list counts as missed items
                 t0 = time.perf_counter()
@@ -308,10 +325,12 @@ def compare_indexes(
                     R.faiss_search(index, q[r : r + 1], k)
                     if i >= warmup:
                         times.append(time.perf_counter() - t0)
+            lat = percentiles_ms(times)
             rows.append({
-                "catalogue": label, "n_items": len(items), "index": kind, "breadth": what, "build_s": build_s,
-                "bytes_per_item": per_item, f"overlap@{k}": overlap_at_k(found, exact, k),
-                **_percentiles_ms(times), "batch_qps": len(q) / batch_s,
+                "catalogue": label, "n_items": len(items), "index": kind, "breadth": searched_breadth(index, k),
+                "breadth asked": asked, "build_s": build_s, "bytes_per_item": per_item,
+                f"overlap@{k}": overlap_at_k(found, exact, k), "p50_ms": lat["p50_ms"], "p95_ms": lat["p95_ms"],
+                "p99_ms": lat["p99_ms"], "n_timed": lat["n"], "latency note": lat["note"], "batch_qps": len(q) / batch_s,
             })
     return pd.DataFrame(rows)
 

@@ -57,7 +57,7 @@ import torch
 from ecrec import features as F
 from ecrec import recall as R
 from ecrec.schema import HIST_ITEMS, INVOICE_NO, ITEM_ID, TS, USER_ID
-from ecrec.timing import best_of
+from ecrec.timing import best_of, percentiles_ms
 
 __all__ = [
     "serving_threads", "latency_ms", "throughput", "subset_users", "first_visits", "recall_ceiling", "RecallStage",
@@ -96,7 +96,7 @@ def serving_threads(n: int):
         faiss.omp_set_num_threads(faiss_threads)
 
 
-def latency_ms(fn: Callable, requests: Sequence, *, warmup: int = 20) -> dict[str, float]:
+def latency_ms(fn: Callable, requests: Sequence, *, warmup: int = 20) -> dict[str, float | int | str]:
     """Per-request latency of ``fn(request)`` at batch 1: p50/p95/p99/mean in milliseconds.
 
     The first ``warmup`` requests (taken from the front of ``requests``) are
@@ -109,7 +109,10 @@ def latency_ms(fn: Callable, requests: Sequence, *, warmup: int = 20) -> dict[st
         warmup: untimed requests, >= 0.
 
     Returns:
-        ``{"p50_ms", "p95_ms", "p99_ms", "mean_ms", "n"}`` (``n`` timed requests).
+        ``{"p50_ms", "p95_ms", "p99_ms", "mean_ms", "n", "note"}`` (``n`` timed
+        requests): a percentile is NaN unless at least 10 timed requests lie
+        beyond it (p50: 20 requests, p95: 200, p99: 1,000;
+        :func:`ecrec.timing.percentiles_ms`), and ``note`` says which and why.
 
     Raises:
         ValueError: fewer than ``warmup + 1`` requests or ``warmup < 0``.
@@ -123,9 +126,7 @@ def latency_ms(fn: Callable, requests: Sequence, *, warmup: int = 20) -> dict[st
         t0 = time.perf_counter()
         fn(r)
         times[i] = time.perf_counter() - t0
-    ms = times * 1000
-    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "n": int(len(ms))}
+    return percentiles_ms(times)
 
 
 def throughput(fn: Callable, n_items: int, *, repeats: int = 3) -> float:
@@ -725,6 +726,9 @@ def item_tower_vectors(tower, item_tokens: Sequence[Sequence[int]], *, pad_id: i
     """Item vectors from a bi-encoder's tower: torch (fp32 or int8) or :class:`OnnxItemTower`.
 
     Items are batched sorted by length (little padding) and put back in order.
+    A torch tower runs in eval mode (no dropout) and is handed back in the
+    train/eval mode it came in (every submodule's own flag restored), also
+    when encoding fails.
 
     Returns:
         float32 (n_items, hidden).
@@ -733,13 +737,18 @@ def item_tower_vectors(tower, item_tokens: Sequence[Sequence[int]], *, pad_id: i
 
     lengths = np.fromiter((len(t) for t in item_tokens), dtype=np.int64, count=len(item_tokens))
     out = None
+    modes = [(m, m.training) for m in tower.modules()] if isinstance(tower, torch.nn.Module) else []
     if hasattr(tower, "eval"):
         tower.eval()
-    with torch.inference_mode():
-        for idx in sorted_batches(lengths, batch_size):
-            ids, mask = _pad([item_tokens[i] for i in idx], pad_id)
-            vec = tower.item_vectors(ids, mask).float().numpy()
-            if out is None:
-                out = np.empty((len(item_tokens), vec.shape[1]), dtype=np.float32)
-            out[idx] = vec
+    try:
+        with torch.inference_mode():
+            for idx in sorted_batches(lengths, batch_size):
+                ids, mask = _pad([item_tokens[i] for i in idx], pad_id)
+                vec = tower.item_vectors(ids, mask).float().numpy()
+                if out is None:
+                    out = np.empty((len(item_tokens), vec.shape[1]), dtype=np.float32)
+                out[idx] = vec
+    finally:
+        for module, training in modes:  # the caller's mode, e.g. a model mid-training
+            module.training = training
     return out

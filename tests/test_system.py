@@ -63,6 +63,15 @@ def test_indexes_against_numpy_exact_search_and_breadth_rules():
     found = R.faiss_search(ivf, queries, 20)
     assert (found >= 0).all()  # every cell visited: 20 results each, no -1 used as an item
     assert ann.overlap_at_k(found, truth, 20) >= 0.5  # lossy codes, but far above chance (20/2000)
+    # the breadth searched, not the one asked for: faiss_search never searches narrower than k results
+    assert ann.set_breadth(hnsw, 5) == "efSearch=5" and ann.searched_breadth(hnsw, 20) == "efSearch=20"
+    assert ann.searched_breadth(hnsw, 3) == "efSearch=5" and ann.searched_breadth(flat, 20) == "exact"
+    assert ann.set_breadth(ivf, 1) == "nprobe=1"
+    sizes = np.sort([ivf.invlists.list_size(i) for i in range(ivf.nlist)])
+    need = int(np.searchsorted(np.cumsum(sizes), 20)) + 1  # smallest lists first: enough cells for 20 results
+    assert ann.searched_breadth(ivf, 20) == f"nprobe={max(1, need)}"
+    big = int(sizes[-3:].sum()) + 1  # more than the three largest lists hold: at least 4 cells
+    assert int(ann.searched_breadth(ivf, big).split("=")[1]) >= 4
     with pytest.raises(ValueError, match="exact"):
         ann.set_breadth(flat, 10)
     with pytest.raises(ValueError, match="efSearch"):
@@ -78,6 +87,13 @@ def test_compare_indexes_and_right_choice():
     table = ann.compare_indexes(items, queries, 10, {"flat": [None], "hnsw": [10, 200]}, n_latency=10, warmup=2,
                                 label="toy")
     assert list(table["breadth"]) == ["exact", "efSearch=10", "efSearch=200"]
+    assert list(table["breadth asked"]) == ["exact", "efSearch=10", "efSearch=200"]
+    # 10 timed queries: a p50 needs 20, so every percentile is NaN with the reason; n beside them
+    assert table["n_timed"].eq(10).all() and table["p50_ms"].isna().all()
+    assert table["latency note"].str.contains("p50 needs >= 20").all()
+    low = ann.compare_indexes(items, queries, 10, {"hnsw": [4]}, n_latency=20, warmup=2)
+    assert low.loc[0, "breadth asked"] == "efSearch=4" and low.loc[0, "breadth"] == "efSearch=10"  # searched
+    assert low.loc[0, "p50_ms"] > 0 and np.isnan(low.loc[0, "p95_ms"])
     assert table.loc[0, "overlap@10"] == 1.0 and table["n_items"].eq(800).all()
     assert table["bytes_per_item"].iloc[1] > table["bytes_per_item"].iloc[0]  # a graph on top of the vectors
     hand = pd.DataFrame({
@@ -102,11 +118,34 @@ def test_latency_counts_requests_and_excludes_warmup():
     calls = []
     out = S.latency_ms(calls.append, list(range(30)), warmup=5)
     assert calls == list(range(30)) and out["n"] == 25
-    assert out["p50_ms"] <= out["p95_ms"] <= out["p99_ms"]
+    # 25 timed requests support a p50 (needs 20) but not a p95 (200) or a p99 (1,000)
+    assert np.isfinite(out["p50_ms"]) and np.isnan(out["p95_ms"]) and np.isnan(out["p99_ms"])
+    assert "p95 needs >= 200" in out["note"] and "p99 needs >= 1,000" in out["note"] and "25 samples" in out["note"]
     with pytest.raises(ValueError, match="warmup"):
         S.latency_ms(calls.append, [1, 2], warmup=2)
     with pytest.raises(ValueError, match="n_items"):
         S.throughput(lambda: None, 0)
+
+
+def test_percentiles_only_where_ten_samples_lie_beyond_them():
+    from ecrec.timing import min_samples, percentiles_ms
+
+    assert [min_samples(q) for q in (0, 50, 90, 95, 99, 99.9)] == [10, 20, 100, 200, 1000, 10_000]
+    # 200 hand-made samples 1..200 ms: p50 = 100.5 and p95 = 190.05 (numpy's linear interpolation
+    # between the 190th and 191st smallest: 190 + 0.05), p99 needs 1,000 samples -> NaN with the reason
+    out = percentiles_ms(np.arange(1, 201) / 1000)
+    assert out["p50_ms"] == pytest.approx(100.5) and out["p95_ms"] == pytest.approx(190.05)
+    assert np.isnan(out["p99_ms"]) and out["n"] == 200 and out["mean_ms"] == pytest.approx(100.5)
+    assert out["note"] == "not reported from 200 samples: p99 needs >= 1,000 (10 samples beyond the percentile)"
+    # 199 samples: p95 is one short
+    assert np.isnan(percentiles_ms(np.ones(199))["p95_ms"])
+    full = percentiles_ms(np.arange(1000) / 1000)  # 0..999 ms: p99 = 989.01
+    assert full["p99_ms"] == pytest.approx(989.01) and full["note"] == ""
+    assert percentiles_ms([0.002] * 19)["note"].startswith("not reported from 19 samples: p50 needs >= 20")
+    with pytest.raises(ValueError, match="no timed sample"):
+        percentiles_ms([])
+    with pytest.raises(ValueError, match="percentile in percent"):
+        min_samples(100)
 
 
 def test_serving_threads_restores_the_thread_counts():
@@ -309,6 +348,19 @@ def test_item_tower_vectors_equal_the_models_own_features(text_setup):
     with torch.inference_mode():
         direct = model(**data.batch(np.arange(20), pad)).numpy()
     np.testing.assert_allclose(bert.bi_logits(model, vectors, hist[:20], cand[:20]), direct, atol=1e-5)
+
+
+def test_item_tower_vectors_hand_back_the_mode_they_received(text_setup):
+    model, tokens, vectors, _, pad = text_setup
+    model.train()
+    model.encoder.eval()  # a mixed state (e.g. a frozen encoder under a training head) comes back as it was
+    before = [m.training for m in model.modules()]
+    try:
+        again = S.item_tower_vectors(model, tokens, pad_id=pad)
+        assert [m.training for m in model.modules()] == before and model.training
+        np.testing.assert_allclose(again, vectors, atol=1e-6)  # encoded in eval mode all the same (no dropout)
+    finally:
+        model.eval()
 
 
 def test_int8_text_ranker_keeps_auc_within_tolerance(text_setup):
