@@ -8,8 +8,11 @@ Two architectures share the same parts (:class:`CrossEncoderCtr`,
   sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained with
   mean pooling over the attention mask followed by L2 normalisation; their
   BERT pooler (dense + tanh on ``[CLS]``) was never trained (its bias is
-  exactly zero) and is not loaded. Checkpoints that did train ``[CLS]`` and
-  the pooler (``bert-base-uncased``: next-sentence prediction) use it;
+  exactly zero) and is not loaded. A sentence-transformers checkpoint with
+  CLS pooling reads the ``[CLS]`` token's last hidden state, never the pooler
+  (sentence-transformers' ``Pooling`` module does the same). Plain BERT
+  checkpoints that did train the pooler (``bert-base-uncased``: next-sentence
+  prediction) use it (mode ``"pooler"``);
 * **dropout + a linear head** -> one logit ``z``; ``p = sigmoid(z)``, trained
   with binary cross-entropy on logits (:func:`ctr_loss`), i.e. the log loss.
 
@@ -40,11 +43,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecrec.text import DEFAULT_MODEL, model_path
+from ecrec.text import DEFAULT_MODEL, mean_pool, model_path
 
 __all__ = [
     "Pooling",
+    "POOLING_MODES",
     "checkpoint_pooling",
+    "pool_output",
     "load_encoder",
     "CrossEncoderCtr",
     "BiEncoderCtr",
@@ -65,7 +70,10 @@ __all__ = [
     "META_FILE",
 ]
 
-CHECKPOINT_FORMAT = "ecrec-text-ctr/2"
+CHECKPOINT_FORMAT = "ecrec-text-ctr/3"
+# Format 2 named BERT's pooler "cls"; format 3 calls it "pooler" and keeps "cls" for the [CLS] token's
+# vector (sentence-transformers' CLS pooling). Format-2 folders still load, their "cls" read as "pooler".
+_OLDER_FORMATS = {"ecrec-text-ctr/2": {"cls": "pooler"}}
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "ecrec_checkpoint.json"
 ARCHITECTURES = ("cross", "bi")
@@ -74,17 +82,30 @@ ARCHITECTURES = ("cross", "bi")
 # --- pooling -------------------------------------------------------------------
 
 
+POOLING_MODES = ("mean", "cls", "pooler")
+
+
 class Pooling:
     """How a checkpoint turns token vectors into one vector: ``mode`` and ``normalize``.
 
-    ``mode``: ``"mean"`` (mean over real tokens) or ``"cls"`` (the pretrained
-    pooler on ``[CLS]``). ``normalize``: L2-normalise the result.
+    ``mode``: ``"mean"`` (mean over real tokens), ``"cls"`` (the ``[CLS]``
+    token's last hidden state, sentence-transformers' CLS pooling) or
+    ``"pooler"`` (BERT's pretrained pooler, dense + tanh on ``[CLS]``: a plain
+    BERT checkpoint). ``normalize``: L2-normalise the result.
+
+    Raises:
+        ValueError: an unknown ``mode``.
     """
 
     def __init__(self, mode: str = "mean", normalize: bool = True):
-        if mode not in ("mean", "cls"):
-            raise ValueError(f"pooling mode must be 'mean' or 'cls', got {mode!r}")
+        if mode not in POOLING_MODES:
+            raise ValueError(f"pooling mode must be one of {POOLING_MODES}, got {mode!r}")
         self.mode, self.normalize = mode, bool(normalize)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Pooling) and self.as_dict() == other.as_dict()
+
+    __hash__ = None
 
     def __repr__(self) -> str:
         return f"Pooling(mode={self.mode!r}, normalize={self.normalize})"
@@ -97,9 +118,11 @@ def checkpoint_pooling(model_name: str = DEFAULT_MODEL) -> Pooling:
     """The pooling a checkpoint was trained with.
 
     A sentence-transformers folder says so in ``1_Pooling/config.json``
-    (mean, CLS...) and ``modules.json`` (a ``Normalize`` module); anything
-    else is a plain BERT-style checkpoint whose ``[CLS]`` + pooler were
-    trained (``bert-base-uncased``), so ``cls``, not normalised.
+    (mean, CLS...) and ``modules.json`` (a ``Normalize`` module); its CLS
+    pooling is the ``[CLS]`` token's hidden state (``"cls"``), as
+    sentence-transformers computes it. Anything else is a plain BERT-style
+    checkpoint whose ``[CLS]`` + pooler were trained (``bert-base-uncased``),
+    so ``"pooler"``, not normalised.
 
     Raises:
         ValueError: a sentence-transformers pooling this module does not
@@ -108,7 +131,7 @@ def checkpoint_pooling(model_name: str = DEFAULT_MODEL) -> Pooling:
     path = Path(model_path(model_name))
     pooling_cfg = path / "1_Pooling" / "config.json"
     if not pooling_cfg.is_file():
-        return Pooling("cls", normalize=False)
+        return Pooling("pooler", normalize=False)
     cfg = json.loads(pooling_cfg.read_text(encoding="utf-8"))
     modules = path / "modules.json"
     normalize = modules.is_file() and "Normalize" in modules.read_text(encoding="utf-8")
@@ -134,7 +157,8 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pooling: Pooling | None = None
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Loading weights" bar per model in the book
     try:
-        kwargs = {} if pooling.mode == "cls" else {"add_pooling_layer": False}
+        # the pooler's weights are loaded only where they are read (a pooler nobody reads gets no gradient)
+        kwargs = {} if pooling.mode == "pooler" else {"add_pooling_layer": False}
         try:
             encoder = AutoModel.from_pretrained(model_path(model_name), **kwargs)
         except TypeError:  # an architecture without a pooler argument
@@ -144,6 +168,34 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pooling: Pooling | None = None
         if bars:
             hf_logging.enable_progress_bar()
     return encoder.train(), pooling
+
+
+def pool_output(out, attention_mask, pooling: Pooling) -> torch.Tensor:
+    """One fp32 vector per sequence from an encoder's output, by the checkpoint's convention.
+
+    Args:
+        out: the encoder's output (``last_hidden_state`` (batch, seq, hidden);
+            ``pooler_output`` (batch, hidden) for mode ``"pooler"``).
+        attention_mask: int (batch, seq), 1 = real token.
+        pooling: :class:`Pooling`.
+
+    Returns:
+        fp32 (batch, hidden); L2-normalised when ``pooling.normalize``.
+
+    Raises:
+        ValueError: mode ``"pooler"`` with an encoder that has no pooler.
+    """
+    hidden = out.last_hidden_state
+    if pooling.mode == "pooler":
+        vec = getattr(out, "pooler_output", None)
+        if vec is None:
+            raise ValueError("pooling 'pooler' needs an encoder with its pooler; load it with load_encoder()")
+    elif pooling.mode == "cls":
+        vec = hidden[:, 0]  # sentence-transformers' CLS pooling: the token's vector, not the pooler
+    else:
+        vec = mean_pool(hidden, attention_mask)
+    vec = vec.float()
+    return torch.nn.functional.normalize(vec, dim=-1) if pooling.normalize else vec
 
 
 class _TextCtrBase(torch.nn.Module):
@@ -172,13 +224,7 @@ class _TextCtrBase(torch.nn.Module):
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         out = self.encoder(input_ids=input_ids, inputs_embeds=inputs_embeds, **kwargs)
-        if self.pooling.mode == "cls":
-            vec = out.pooler_output if getattr(out, "pooler_output", None) is not None else out.last_hidden_state[:, 0]
-        else:
-            mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
-            vec = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        vec = vec.float()
-        return torch.nn.functional.normalize(vec, dim=-1) if self.pooling.normalize else vec
+        return pool_output(out, attention_mask, self.pooling)
 
     def features(self, **batch):
         """(batch, head_in) fp32: what the head reads (no dropout)."""
@@ -304,6 +350,7 @@ def load_ctr_model(
     architecture: str = "cross",
     dropout: float = 0.1,
     seed: int = 42,
+    pooling: Pooling | None = None,
 ):
     """A pretrained encoder with its own pooling and a fresh one-logit head.
 
@@ -316,6 +363,7 @@ def load_ctr_model(
             (:class:`BiEncoderCtr`).
         dropout: before the head.
         seed: seeds the head's initialisation.
+        pooling: None: the checkpoint's own (:func:`checkpoint_pooling`).
 
     Returns:
         The model on CPU in train mode; ``model(**batch)`` gives logits (batch,).
@@ -326,7 +374,7 @@ def load_ctr_model(
 
     if architecture not in ARCHITECTURES:
         raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
-    encoder, pooling = load_encoder(model_name)
+    encoder, pooling = load_encoder(model_name, pooling)
     torch.manual_seed(seed)
     cls = CrossEncoderCtr if architecture == "cross" else BiEncoderCtr
     model = cls(encoder, pooling, dropout)
@@ -481,8 +529,10 @@ def save_checkpoint(model, directory: str | Path, *, model_name: str | None = No
     Raises:
         TypeError: ``model`` is not one of ecrec's text CTR models (e.g. a
             bare ``PeftModel`` or a transformers model).
-        ValueError: nothing to save (an empty state), or a LoRA model whose
-            trainable parameters are not all adapters or head.
+        ValueError: nothing to save (an empty state), a LoRA model whose
+            trainable parameters are not all adapters or head, or a peft
+            encoder whose adapters were merged by ``merge_and_unload()``
+            without assigning the result back (the message says what to do).
     """
     from safetensors.torch import save_file
 
@@ -495,6 +545,15 @@ def save_checkpoint(model, directory: str | Path, *, model_name: str | None = No
         )
     directory = Path(directory)
     lora = None
+    if _is_lora(model) and not any("lora_" in n for n, _ in model.named_parameters()):
+        # peft's merge_and_unload() folds the adapters into the weights and removes them, but returns the
+        # plain encoder: unassigned, model.encoder is still a PeftModel whose adapters are gone, and a
+        # LoRA checkpoint of it would hold the head alone and fail to load.
+        raise ValueError(
+            "the model's encoder is a peft model without LoRA adapters: they were merged by "
+            "model.encoder.merge_and_unload() but the result was not assigned back, so there is nothing to "
+            "save as a LoRA checkpoint. Use bert.merge_lora(model) (or model.encoder = "
+            "model.encoder.merge_and_unload()) and save again: the checkpoint then holds the merged weights")
     if _is_lora(model):
         cfg = model.encoder.peft_config["default"]
         state = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -533,13 +592,15 @@ def load_checkpoint(directory: str | Path, device: str = "cpu"):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory / name} is missing: not a checkpoint folder")
     meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{directory}: format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}; re-run the training"
-        )
+    fmt = meta.get("format")
+    if fmt != CHECKPOINT_FORMAT and fmt not in _OLDER_FORMATS:
+        raise ValueError(f"{directory}: format {fmt!r}, expected {CHECKPOINT_FORMAT!r}; re-run the training")
     state = load_file(str(directory / WEIGHTS_FILE))
-    model = load_ctr_model(meta["model_name"], architecture=meta["architecture"], dropout=meta["dropout"])
-    model.pooling = Pooling(**meta["pooling"])
+    saved = dict(meta["pooling"])
+    saved["mode"] = _OLDER_FORMATS.get(fmt, {}).get(saved["mode"], saved["mode"])
+    pooling = Pooling(**saved)
+    model = load_ctr_model(meta["model_name"], architecture=meta["architecture"], dropout=meta["dropout"],
+                           pooling=pooling)
     if meta["lora"] is not None:
         lora = meta["lora"]
         add_lora(model, r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"],

@@ -382,16 +382,10 @@ class MultiTaskReviewModel(torch.nn.Module):
 
     def features(self, input_ids=None, attention_mask=None) -> torch.Tensor:
         """(batch, hidden) fp32 pooled vectors: what every head reads (before dropout)."""
-        from ecrec.text import mean_pool
+        from ecrec.bert import pool_output
 
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
-        if self.pooling.mode == "cls":
-            pooled = getattr(out, "pooler_output", None)
-            vec = pooled if pooled is not None else out.last_hidden_state[:, 0]
-        else:
-            vec = mean_pool(out.last_hidden_state, attention_mask)
-        vec = vec.float()
-        return torch.nn.functional.normalize(vec, dim=-1) if self.pooling.normalize else vec
+        return pool_output(out, attention_mask, self.pooling)  # the checkpoint's convention, as in chapter 04
 
     def forward(self, input_ids=None, attention_mask=None) -> dict[str, torch.Tensor]:
         h = self.dropout(self.features(input_ids, attention_mask))

@@ -64,15 +64,76 @@ def test_mean_pooling_matches_sentence_transformers_convention(tokenizer):
     assert torch.allclose(pooled.norm(dim=1), torch.ones(2), atol=1e-5)
 
 
+def tiny_st_folder(folder, mode: str, normalize: bool) -> str:
+    """A tiny random BERT saved as a sentence-transformers folder with ``mode`` pooling ("mean" or "cls")."""
+    import shutil
+
+    torch.manual_seed(1)
+    BertModel(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).save_pretrained(folder)
+    minilm = model_path("minilm")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                 "sentence_bert_config.json"):
+        shutil.copy(f"{minilm}/{name}", folder / name)
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": 32, "pooling_mode_cls_token": mode == "cls",
+        "pooling_mode_mean_tokens": mode == "mean", "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False}))
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    return str(folder)
+
+
+@pytest.mark.parametrize("mode,normalize", [("mean", True), ("cls", True), ("cls", False), ("mean", False)])
+def test_pooling_matches_sentence_transformers_output(tmp_path, tokenizer, mode, normalize):
+    """Each pooling convention gives sentence-transformers' own vectors (the oracle), in both models:
+    a CLS checkpoint reads the [CLS] token's hidden state, never BERT's pooler."""
+    from sentence_transformers import SentenceTransformer
+
+    from ecrec import reviews
+
+    folder = tiny_st_folder(tmp_path / "st", mode, normalize)
+    assert bert.checkpoint_pooling(folder) == bert.Pooling(mode, normalize)
+    texts = ["red heart", "a much longer text about cake tins and tea", "ok"]
+    oracle = SentenceTransformer(folder, device="cpu").encode(texts, convert_to_numpy=True)
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    model = bert.load_ctr_model(folder, architecture="cross").eval()
+    assert not any("pooler" in n for n, _ in model.named_parameters())  # not loaded, so never read
+    review_model = reviews.load_review_model(reviews.REVIEW_TASKS, folder).eval()
+    with torch.no_grad():
+        ours = model.pool(**batch).numpy()
+        ours_reviews = review_model.features(batch["input_ids"], batch["attention_mask"]).numpy()
+    assert np.abs(ours - oracle).max() < 1e-5
+    assert np.abs(ours_reviews - oracle).max() < 1e-5
+    if mode == "cls":  # by hand: the first token's last hidden state
+        with torch.no_grad():
+            first = model.encoder(**batch).last_hidden_state[:, 0]
+        expected = torch.nn.functional.normalize(first, dim=-1) if normalize else first
+        assert np.abs(ours - expected.numpy()).max() < 1e-5
+
+
+def test_pooler_mode_without_a_pooler_is_refused():
+    out = BertModel(tiny_config(), add_pooling_layer=False)(input_ids=torch.tensor([[101, 102]]))
+    with pytest.raises(ValueError, match="pooler"):
+        bert.pool_output(out, torch.ones(1, 2, dtype=torch.long), bert.Pooling("pooler", False))
+    with pytest.raises(ValueError, match="pooling mode"):
+        bert.Pooling("max")
+
+
 def test_cls_checkpoint_keeps_its_pooler(tmp_path, tokenizer):
     """A plain BERT folder (no sentence-transformers pooling) with a 2-label head loads as a 1-logit model."""
     BertForSequenceClassification(tiny_config(num_labels=2)).save_pretrained(tmp_path)
-    assert bert.checkpoint_pooling(str(tmp_path)).mode == "cls"
+    assert bert.checkpoint_pooling(str(tmp_path)) == bert.Pooling("pooler", normalize=False)
     model = bert.load_ctr_model(str(tmp_path), architecture="cross").eval()
     assert any("pooler" in n for n, _ in model.named_parameters())
     batch = tokenizer(["red heart"], ["cake"], return_tensors="pt")
     with torch.no_grad():
         assert model(**batch).shape == (1,)  # our one-logit head, not the checkpoint's 2-label classifier
+        out = model.encoder(**batch)
+        assert torch.allclose(model.pool(**batch), out.pooler_output)  # BERT's trained pooler, dense + tanh
 
 
 def test_fresh_parameters_get_head_lr_and_train_under_lora(tiny_st):
@@ -154,11 +215,13 @@ def test_save_checkpoint_refuses_what_it_cannot_rebuild(tiny_st, tokenizer, tmp_
     model, enc = _trained_tiny(tiny_st, tokenizer, "bi", lora=True)
     with pytest.raises(TypeError, match="CrossEncoderCtr"):
         bert.save_checkpoint(model.encoder, tmp_path / "peft")  # a bare PeftModel
-    with pytest.raises(TypeError, match="CrossEncoderCtr"):
-        bert.save_checkpoint(model.encoder.merge_and_unload(), tmp_path / "merged_bare")
-    next(p for n, p in model.named_parameters() if "LayerNorm" in n).requires_grad_(True)
+    layer_norm = next(p for n, p in model.named_parameters() if "LayerNorm" in n)
+    layer_norm.requires_grad_(True)
     with pytest.raises(ValueError, match="trainable pretrained"):
         bert.save_checkpoint(model, tmp_path / "stray")
+    layer_norm.requires_grad_(False)
+    with pytest.raises(TypeError, match="CrossEncoderCtr"):
+        bert.save_checkpoint(model.encoder.merge_and_unload(), tmp_path / "merged_bare")
 
 
 def test_merged_lora_saves_as_a_full_model(tiny_st, tokenizer, tmp_path):
@@ -171,6 +234,50 @@ def test_merged_lora_saves_as_a_full_model(tiny_st, tokenizer, tmp_path):
     assert np.abs(before - after).max() < 1e-4
     with pytest.raises(ValueError, match="no LoRA"):
         bert.merge_lora(model)
+
+
+def _save_and_reload(model, enc, folder):
+    before = finetune.predict_logits(model, enc, precision="fp32")
+    bert.save_checkpoint(model, folder)
+    after = finetune.predict_logits(bert.load_checkpoint(folder), enc, precision="fp32")
+    return float(np.abs(before - after).max())
+
+
+@pytest.mark.parametrize("state", ["plain", "lora", "merged with merge_lora", "merged and reassigned",
+                                   "merged but not reassigned"])
+def test_checkpoint_round_trip_for_every_state(tiny_st, tokenizer, tmp_path, state):
+    """Every state a model can be in comes back from its checkpoint, or is refused at save time."""
+    model, enc = _trained_tiny(tiny_st, tokenizer, "bi", lora=state != "plain")
+    if state == "merged with merge_lora":
+        bert.merge_lora(model)
+    elif state == "merged and reassigned":
+        model.encoder = model.encoder.merge_and_unload()
+    elif state == "merged but not reassigned":
+        before = finetune.predict_logits(model, enc, precision="fp32")
+        model.encoder.merge_and_unload()  # the common slip: the merged encoder is returned, not kept
+        with pytest.raises(ValueError, match=r"not assigned back.*merge_lora\(model\)"):
+            bert.save_checkpoint(model, tmp_path / "bad")
+        assert not (tmp_path / "bad" / bert.WEIGHTS_FILE).exists()
+        bert.merge_lora(model)  # what the message says to do; the merged weights are kept
+        assert np.abs(finetune.predict_logits(model, enc, precision="fp32") - before).max() < 1e-4
+    assert _save_and_reload(model, enc, tmp_path / "ok") < 1e-4
+
+
+def test_format_2_checkpoint_reads_its_cls_as_the_pooler(tmp_path, tokenizer):
+    """Format 2 named BERT's pooler "cls": such a folder still loads, reading the pooler it was trained with."""
+    folder = tmp_path / "bert"
+    BertModel(tiny_config()).save_pretrained(folder)
+    model = bert.load_ctr_model(str(folder), architecture="cross").eval()
+    bert.save_checkpoint(model, tmp_path / "ckpt")
+    meta = json.loads((tmp_path / "ckpt" / bert.META_FILE).read_text())
+    assert meta["format"] == bert.CHECKPOINT_FORMAT and meta["pooling"]["mode"] == "pooler"
+    meta |= {"format": "ecrec-text-ctr/2", "pooling": {"mode": "cls", "normalize": False}}
+    (tmp_path / "ckpt" / bert.META_FILE).write_text(json.dumps(meta))
+    again = bert.load_checkpoint(tmp_path / "ckpt")
+    assert again.pooling == bert.Pooling("pooler", False)
+    batch = tokenizer(["red heart"], ["cake"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(again(**batch), model(**batch), atol=1e-6)
 
 
 def test_load_checkpoint_errors(tmp_path):
