@@ -1,0 +1,116 @@
+"""Every chapter's rendered verdicts, read from its executed smoke notebook, say no more than their intervals.
+
+Generic, for every chapter (issue 21): the computed sentences must come from
+:mod:`ecrec.verdict`, so an executed chapter never shows
+
+* a zero difference dressed as a number, ``+0.000 [+0.000, +0.000]`` (or
+  ``+0.000, 95% interval +0.000 to +0.000``): the verdict says "identical";
+* "a gain" or "beats" next to a signed difference whose interval does not
+  clear 0 in the better direction: for a higher-is-better metric (AUC,
+  Recall@K, ...) its low end must be > 0; for a lower-is-better one (log loss,
+  MAE, latency), named nearest before the interval, its high end must be < 0.
+  An interval that holds 0 is never a gain, whatever the metric.
+
+The scanner is unit-tested on hand-written sentences; the notebook test reads
+``executed/NN_slug.ipynb`` of the ``smoke_run`` fixture (``ECREC_RUN_DIR`` to
+reuse a run), outputs and markdown cells alike.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted(ROOT.glob("notebooks/[0-9][0-9]_*.py"))
+
+NUM = r"[+\-−]?\d+(?:\.\d+)?"
+INTERVAL = re.compile(
+    rf"(?P<diff>[+\-−]\d+(?:\.\d+)?)\s*(?:\((?:\d+%\s+interval)?\)\s*)?"
+    rf"(?:\[(?P<lo>{NUM}),\s*(?P<hi>{NUM})\]|,\s*\d+(?:\.\d+)?%\s+interval\s+(?P<lo2>{NUM})\s+to\s+(?P<hi2>{NUM}))")
+GAIN = re.compile(r"\ba gain\b|\bbeats\b")
+METRIC = re.compile(r"\b(?P<lower>log[ -]loss|loss|MAE|RMSE|latency|ms|seconds|error)\b|"
+                    r"\b(?P<higher>AUC|GAUC|Recall|NDCG|F1|accuracy|precision|hit rate|MRR)\b", re.IGNORECASE)
+CLAUSE_SPLIT = re.compile(r"\n|;\s|(?<=[.!?])\s+(?=[A-Z`*(])")
+
+
+def _float(s: str) -> float:
+    return float(s.replace("−", "-"))
+
+
+def verdict_problems(text: str) -> list[str]:
+    """The clauses of ``text`` whose verdict its interval does not support (empty: none)."""
+    problems = []
+    for clause in CLAUSE_SPLIT.split(text):
+        for m in INTERVAL.finditer(clause):
+            diff = _float(m.group("diff"))
+            lo = _float(m.group("lo") or m.group("lo2"))
+            hi = _float(m.group("hi") or m.group("hi2"))
+            if diff == 0 and lo == 0 and hi == 0:
+                problems.append(f"a zero difference printed as a number (say 'identical'): {clause.strip()!r}")
+                continue
+            if not GAIN.search(clause):
+                continue
+            metrics = list(METRIC.finditer(clause, 0, m.start()))
+            lower = bool(metrics and metrics[-1].group("lower"))
+            if lo <= 0 <= hi or (lower and hi >= 0) or (not lower and lo <= 0):
+                better = "lower" if lower else "higher"
+                problems.append(f"'a gain'/'beats' on an interval that does not clear 0 ({better} is better): "
+                                f"{clause.strip()!r}")
+    return problems
+
+
+@pytest.mark.parametrize("text", [
+    "fine-tuned vectors +0.004 [+0.001, +0.007] (a gain)",
+    "hybrid beats popularity: +0.012 [+0.004, +0.020] (95% interval)",
+    "MLP log loss -0.012 [-0.020, -0.004] (95% interval), a gain",
+    "the MLP beats logistic regression in log loss: -0.010 [-0.015, -0.002]",
+    "+0.002 [-0.001, +0.005] (95% interval), within noise; over 3 seeds +0.0001 to +0.0038",
+    "the two lists are identical (difference exactly 0 up to rounding)",
+    "lr_all AUC 0.840 [0.832, 0.848] beats nothing here",
+])
+def test_scanner_accepts_honest_verdicts(text):
+    assert verdict_problems(text) == []
+
+
+@pytest.mark.parametrize("text, why", [
+    ("hybrid beats als (+0.000, 95% interval +0.000 to +0.000)", "zero difference"),
+    ("+0.000 [+0.000, +0.000] (within noise)", "zero difference"),
+    ("fine-tuned vectors +0.004 [-0.001, +0.007] (a gain)", "does not clear 0"),
+    ("text beats ids on AUC: +0.010 [+0.000, +0.020]", "does not clear 0"),
+    ("the MLP beats it in log loss: -0.010 [-0.015, +0.002]", "does not clear 0"),
+    ("the MLP beats it in log loss: +0.010 [+0.004, +0.020]", "does not clear 0"),
+    ("the MLP beats it on AUC: −0.010 [−0.015, −0.002]", "does not clear 0"),
+])
+def test_scanner_catches_verdicts_that_lie(text, why):
+    problems = verdict_problems(text)
+    assert len(problems) == 1 and (why == "zero difference") == problems[0].startswith("a zero difference")
+
+
+def _texts(nb: dict) -> list[tuple[str, str]]:
+    """``(where, text)`` for every markdown cell and every text output of an executed notebook."""
+    out = []
+    for i, cell in enumerate(nb["cells"]):
+        src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        if cell["cell_type"] == "markdown":
+            out.append((f"markdown cell {i}", src))
+            continue
+        for o in cell.get("outputs", []):
+            pieces = [o.get("text", "")] if o.get("output_type") == "stream" else [
+                o.get("data", {}).get(mime, "") for mime in ("text/markdown", "text/plain")]
+            for p in pieces:
+                out.append((f"cell {i} ({src.strip()[:40]!r}...)", "".join(p) if isinstance(p, list) else p))
+    return out
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_rendered_verdicts_match_their_intervals(path, smoke_run):
+    executed = Path(smoke_run) / "executed" / f"{path.stem}.ipynb"
+    assert executed.is_file(), f"{path.stem} has no executed notebook in {smoke_run / 'executed'} (did it fail?)"
+    nb = json.loads(executed.read_text(encoding="utf-8"))
+    found = [f"{where}: {p}" for where, text in _texts(nb) for p in verdict_problems(text)]
+    assert not found, f"{path.stem} renders verdicts its intervals do not support:\n" + "\n".join(found)
