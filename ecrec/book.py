@@ -80,6 +80,34 @@ KERNEL_ENV = {
 KERNEL_WARNING_FILTERS = ("ignore:IProgress not found",)
 
 
+def _kernel_manager_class():
+    """``AsyncKernelManager`` talking to its kernel over IPC (Unix sockets), not TCP.
+
+    Over TCP, ipykernel logs "Kernel is running over TCP without encryption"
+    to the runner's stderr at every chapter. IPC keeps the messages on this
+    machine, in socket files under the Jupyter runtime folder (removed when
+    the kernel shuts down), so there is nothing to warn about. Windows has no
+    IPC transport: TCP there.
+    """
+    import uuid
+
+    from jupyter_client import AsyncKernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    if os.name == "nt":  # pragma: no cover - no Unix sockets
+        return AsyncKernelManager
+
+    class IpcKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs: Any):
+            runtime = Path(jupyter_runtime_dir())
+            runtime.mkdir(parents=True, exist_ok=True)
+            # a unique prefix: chapters run by other runners at the same time get other files
+            kwargs.setdefault("ip", str(runtime / f"ecrec-kernel-{uuid.uuid4().hex[:12]}-ipc"))
+            super().__init__(transport="ipc", **kwargs)
+
+    return IpcKernelManager
+
+
 class NotebookError(RuntimeError):
     """A notebook is malformed, got a bad parameter, or failed while executing."""
 
@@ -166,6 +194,61 @@ def check_parameters(given: dict[str, Any], defined: dict[str, Any], source: str
         )
 
 
+def parameters_source(parameters: dict[str, Any], source: str = "notebook") -> str:
+    """The injected parameters cell: ``name = <value as a Python literal>``, one per line.
+
+    Papermill's own translation writes a tuple, a set, or a dict key that is
+    not a string as a *string* (``(64, 32)`` arrives as ``"(64, 32)"``); here
+    each value is written with ``repr`` and must read back equal with
+    ``ast.literal_eval``, nested containers included.
+
+    Raises:
+        NotebookError: a value is not a Python literal (str, bytes, int,
+            float, complex, bool, None, and tuples, lists, dicts and sets of
+            these; NaN and inf are not literals), or a name is not an identifier.
+    """
+    lines = ["# Parameters"]
+    for name, value in parameters.items():
+        if not str(name).isidentifier():
+            raise NotebookError(f"{source}: parameter name {name!r} is not a Python identifier")
+        text = repr(value)
+        try:
+            ok = ast.literal_eval(text) == value
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            ok = False
+        if not ok:
+            raise NotebookError(
+                f"{source}: parameter {name} = {text} is not a Python literal; pass str, int, float, bool, None, "
+                "or tuples, lists, dicts and sets of these (e.g. -p \"sizes={'n_train': 256, 'dims': (64, 32)}\")"
+            )
+        lines.append(f"{name} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+def inject_parameters(nb, parameters: dict[str, Any], source: str = "notebook") -> None:
+    """Insert (or replace) the cell tagged ``injected-parameters`` right after the ``parameters`` cell.
+
+    Papermill's convention, with the values written by :func:`parameters_source`.
+    The cell is also tagged ``remove-input``: plumbing, hidden in the book.
+
+    Raises:
+        NotebookError: see :func:`parameters_source`; no ``parameters`` cell.
+    """
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell(parameters_source(parameters, source),
+                                     metadata={"tags": ["injected-parameters", "remove-input"]})
+    tags = [c.get("metadata", {}).get("tags", []) for c in nb.cells]
+    old = [i for i, t in enumerate(tags) if "injected-parameters" in t]
+    if old:
+        nb.cells[old[0]] = cell
+        return
+    where = [i for i, t in enumerate(tags) if "parameters" in t]
+    if not where:
+        raise NotebookError(f"{source}: no cell tagged 'parameters' to inject the parameters after")
+    nb.cells.insert(where[0] + 1, cell)
+
+
 def _kernel_env() -> dict[str, str]:
     """``os.environ`` with :data:`KERNEL_ENV` filled in and tqdm's widget warning silenced."""
     env = dict(os.environ)
@@ -228,6 +311,7 @@ def execute(
     output_dir = Path(parameters.get("output_dir", run_dir / path.stem)).resolve()
     # Shown in the executed notebook: relative to the notebooks folder where possible.
     parameters["output_dir"] = os.path.relpath(output_dir, NOTEBOOKS) if _is_below(output_dir, ROOT) else str(output_dir)
+    inject_parameters(nb, parameters, str(path))  # before anything is written: a bad value runs nothing
     output_dir.mkdir(parents=True, exist_ok=True)
     executed_dir = run_dir / "executed"
     executed_dir.mkdir(parents=True, exist_ok=True)
@@ -243,8 +327,9 @@ def execute(
         papermill.execute_notebook(
             str(source_ipynb),
             str(executed),
-            parameters=parameters,
+            parameters=None,  # injected above (inject_parameters): papermill would turn tuples into strings
             kernel_name=KERNEL,
+            kernel_manager_class=_kernel_manager_class(),  # IPC: no "running over TCP" warning
             cwd=str(NOTEBOOKS),
             # the runner's own bar stays live: explicit values beat the kernel's TQDM_* defaults
             progress_bar={"mininterval": 0.1, "maxinterval": 10.0} if progress else False,
@@ -284,12 +369,58 @@ def execute(
 # --- tidying the executed notebooks' text streams ---------------------------
 
 
+_CSI = re.compile(r"\x1b\[(\d*)([A-Za-z])")
+
+
 def _collapse_carriage_returns(text: str) -> str:
-    r"""What a terminal shows: on each line, only the text after the last ``\r`` that has any."""
-    lines = []
-    for line in text.split("\n"):
-        pieces = [p for p in line.split("\r") if p]
-        lines.append(pieces[-1] if pieces else "")
+    r"""What a terminal shows after printing ``text``.
+
+    ``\r`` moves the cursor to the start of its line and what follows
+    overwrites the line in place (a shorter text leaves the end of the longer
+    one, as a terminal would; progress bars pad with spaces); ``\r\n`` is a
+    plain line end; ``ESC[nA`` / ``ESC[nB`` move the cursor n lines up /
+    down (nested tqdm bars), ``ESC[K`` erases to the end of the line. Other
+    escape sequences (colours) are kept as they are. On lines that were
+    overwritten, trailing spaces (a cleared bar's padding) are dropped.
+    Text without ``\r`` or cursor moves comes back unchanged.
+    """
+    if "\r" not in text and not any(m.group(2) in "ABK" for m in _CSI.finditer(text)):
+        return text
+    text = text.replace("\r\n", "\n")
+    rows: list[list[str]] = [[]]
+    row = col = 0
+    touched: set[int] = set()
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        esc = _CSI.match(text, i) if ch == "\x1b" else None
+        if esc is not None and esc.group(2) in "ABK":
+            n = int(esc.group(1) or 1)
+            if esc.group(2) == "K":
+                del rows[row][col:]
+            else:
+                row = max(0, row - n) if esc.group(2) == "A" else row + n
+                rows.extend([] for _ in range(row + 1 - len(rows)))
+            touched.add(row)
+            i = esc.end()
+            continue
+        token = esc.group(0) if esc is not None else ch
+        i += len(token)
+        if ch == "\n":
+            row, col = row + 1, 0
+            rows.extend([] for _ in range(row + 1 - len(rows)))
+        elif ch == "\r":
+            col = 0
+            touched.add(row)
+        else:
+            line = rows[row]
+            line.extend(" " for _ in range(col - len(line)))
+            if col < len(line):
+                line[col] = token
+            else:
+                line.append(token)
+            col += 1
+    lines = ["".join(r).rstrip(" ") if k in touched else "".join(r) for k, r in enumerate(rows)]
     return "\n".join(lines)
 
 
@@ -516,6 +647,7 @@ def run(
     run_dir = Path(output) / profile
     paths = discover(only)
     plan = plan_parameters(paths, {**params, "profile": profile})
+    parameters_source(params, "-p")  # a value that is not a Python literal stops the run before it starts
     for name in sorted(params):
         takers = [p.stem for p in paths if name in plan[p]]
         if len(takers) < len(paths):
@@ -722,14 +854,30 @@ def _jupyter_book_executable() -> str:
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:
+    """``-p name=value`` options as a dict: each value read as a Python literal.
+
+    ``-p seed=7`` gives 7, ``-p "sizes={'dims': (64, 32)}"`` a dict holding a
+    tuple; a value that is not a literal is a plain string (``-p
+    model_name=minilm``), unless it opens like a container (``(``, ``[``,
+    ``{``): a mistyped tuple, list or dict is refused, never passed on as text.
+
+    Raises:
+        NotebookError: an item without ``=``, or a container that does not parse.
+    """
     params = {}
     for item in items:
         if "=" not in item:
-            raise SystemExit(f"-p expects name=value, got {item!r}")
+            raise NotebookError(f"-p expects name=value, got {item!r}")
         name, value = item.split("=", 1)
         try:
             params[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError) as exc:
+            if value.lstrip()[:1] in ("(", "[", "{"):
+                raise NotebookError(
+                    f"-p {name}={value}: not a Python literal ({exc.__class__.__name__}: {exc}); "
+                    "quote the whole option for the shell and write strings with quotes, "
+                    "e.g. -p \"sizes={'n_train': 256, 'dims': (64, 32)}\""
+                ) from None
             params[name] = value
     return params
 

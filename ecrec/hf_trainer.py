@@ -129,6 +129,73 @@ def trainer_steps(n: int, config: TrainConfig) -> int:
     return min(steps, config.max_steps) if config.max_steps is not None else steps
 
 
+def _check_inputs(train: EncodedPairs, valid: EncodedPairs, config: TrainConfig) -> None:
+    """Refuse what :func:`train_with_hf_trainer` cannot run (its Raises section says what)."""
+    import transformers
+    from packaging.version import Version
+
+    if Version(transformers.__version__).major < 5:
+        raise RuntimeError(
+            f"ecrec.hf_trainer is written for transformers 5 (train_sampling_strategy, loss_is_scaled_for_ga); "
+            f"this is {transformers.__version__}: pip install -r requirements.txt -c constraints.txt"
+        )
+    if len(train) == 0:
+        raise ValueError("no training examples")
+    if len(np.unique(valid.labels)) < 2:
+        raise ValueError("valid must hold both positive and negative examples for AUC")
+    if config.fgm_epsilon > 0:
+        raise ValueError("FGM is not wired into the Trainer comparison; use ecrec.finetune.train_ctr_model")
+
+
+def _clock(device: torch.device):
+    """A ``TrainerCallback`` that times the training loop alone (after set-up, before validation)."""
+    from transformers import TrainerCallback
+
+    class _Clock(TrainerCallback):
+        started = stopped = 0.0
+
+        def _now(self) -> float:
+            if device.type == "cuda":  # queued kernels count: wait for them
+                torch.cuda.synchronize(device)
+            return time.perf_counter()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = self._now()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.stopped = self._now()
+
+    return _Clock()
+
+
+def _training_arguments(config: TrainConfig, *, steps: int, precision: str, device: torch.device,
+                        output_dir: str):
+    """``TrainingArguments`` matching :func:`ecrec.finetune.train_ctr_model`'s settings (module docstring)."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        max_steps=steps,
+        max_grad_norm=config.max_grad_norm,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device.type == "cpu",
+        train_sampling_strategy="group_by_length",
+        label_names=["labels"],
+        remove_unused_columns=False,  # our forward takes **batch: nothing would survive the filter
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_pin_memory=device.type == "cuda",
+        seed=config.seed,
+    )
+
+
 def train_with_hf_trainer(
     model,
     train: EncodedPairs,
@@ -179,27 +246,13 @@ def train_with_hf_trainer(
             device lacks (:func:`ecrec.finetune.amp_plan`).
         FloatingPointError: a NaN/inf loss (:func:`ecrec.bert.ctr_loss`).
     """
-    import transformers
-    from packaging.version import Version
     from transformers import (
         DataCollatorWithPadding,
         PrinterCallback,
-        TrainerCallback,
-        TrainingArguments,
         get_linear_schedule_with_warmup,
     )
 
-    if Version(transformers.__version__).major < 5:
-        raise RuntimeError(
-            f"ecrec.hf_trainer is written for transformers 5 (train_sampling_strategy, loss_is_scaled_for_ga); "
-            f"this is {transformers.__version__}: pip install -r requirements.txt -c constraints.txt"
-        )
-    if len(train) == 0:
-        raise ValueError("no training examples")
-    if len(np.unique(valid.labels)) < 2:
-        raise ValueError("valid must hold both positive and negative examples for AUC")
-    if config.fgm_epsilon > 0:
-        raise ValueError("FGM is not wired into the Trainer comparison; use ecrec.finetune.train_ctr_model")
+    _check_inputs(train, valid, config)
     device = pick_device(device) if device is None else torch.device(device)
     plan = amp_plan(device, config.precision)
     model.to(device)
@@ -208,46 +261,10 @@ def train_with_hf_trainer(
     groups = optimizer_groups(model, config.lr, config.head_lr, config.weight_decay)
     optimizer = _adamw(groups, fused=fused_adamw)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)
-
-    class _Clock(TrainerCallback):
-        """Wall time of the training loop alone (after set-up, before validation)."""
-
-        started = stopped = 0.0
-
-        def _now(self) -> float:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            return time.perf_counter()
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.started = self._now()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.stopped = self._now()
-
-    clock = _Clock()
+    clock = _clock(device)
     with tempfile.TemporaryDirectory(prefix="ecrec-trainer-") as tmp:
-        args = TrainingArguments(
-            output_dir=str(output_dir or tmp),
-            per_device_train_batch_size=config.batch_size,
-            per_device_eval_batch_size=config.eval_batch_size,
-            gradient_accumulation_steps=config.grad_accum,
-            max_steps=steps,
-            max_grad_norm=config.max_grad_norm,
-            bf16=plan.name == "bf16",
-            fp16=plan.name == "fp16",
-            use_cpu=device.type == "cpu",
-            train_sampling_strategy="group_by_length",
-            label_names=["labels"],
-            remove_unused_columns=False,  # our forward takes **batch: nothing would survive the filter
-            eval_strategy="no",
-            save_strategy="no",
-            logging_strategy="no",
-            report_to=[],
-            disable_tqdm=True,
-            dataloader_pin_memory=device.type == "cuda",
-            seed=config.seed,
-        )
+        args = _training_arguments(config, steps=steps, precision=plan.name, device=device,
+                                   output_dir=str(output_dir or tmp))
         trainer = CtrTrainer(
             model=model,
             args=args,

@@ -137,6 +137,89 @@ def test_cli_accepts_the_cpu_profile(capsys):
     assert "unknown parameter(s) ['no_such_knob']" in capsys.readouterr().err
 
 
+# --- parameters arrive as values; the kernel's stderr stays quiet ---------------
+
+TYPES = """# %% tags=["parameters"]
+profile = "auto"
+seed = 0
+output_dir = "out"
+sizes = None
+dims = (8,)
+
+# %%
+import json, os
+def shape(v):
+    if isinstance(v, dict):
+        return {"dict": [[shape(k), shape(x)] for k, x in v.items()]}
+    if isinstance(v, (list, tuple, set)):
+        return {type(v).__name__: [shape(x) for x in sorted(v, key=repr)]}
+    return [type(v).__name__, v]
+os.makedirs(output_dir, exist_ok=True)
+json.dump({"sizes": shape(sizes), "dims": shape(dims)}, open(os.path.join(output_dir, "metrics.json"), "w"))
+"""
+
+
+def test_tuples_lists_and_nested_literals_reach_the_notebook_as_values(tmp_path, capfd):
+    path = tmp_path / "96_types.py"
+    path.write_text(TYPES)
+    params = book._parse_params(["dims=(64, 32)", "sizes={'hidden': (64, 32), 'lrs': [1e-3, (2,)], 3: {'a'}}"])
+    result = book.execute(path, tmp_path / "run", params, progress=False)
+    assert result.ok, result.error
+    got = json.loads((result.output_dir / "metrics.json").read_text())
+    assert got["dims"] == {"tuple": [["int", 32], ["int", 64]]}
+    assert got["sizes"] == {"dict": [
+        [["str", "hidden"], {"tuple": [["int", 32], ["int", 64]]}],
+        [["str", "lrs"], {"list": [{"tuple": [["int", 2]]}, ["float", 0.001]]}],
+        [["int", 3], {"set": [["str", "a"]]}],
+    ]}
+    injected = [c for c in nbformat.read(result.executed, as_version=4).cells
+                if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "remove-input" in injected[0].metadata["tags"]
+    assert "dims = (64, 32)\n" in injected[0].source
+    # the kernel talks over IPC: ipykernel's "running over TCP without encryption" warning is gone
+    err = capfd.readouterr().err
+    assert "without encryption" not in err and "Kernel is running over TCP" not in err, err
+
+
+def test_parameter_values_that_are_not_literals_are_refused(tmp_path):
+    assert book._parse_params(["seed=7", "model_name=minilm", "lr=1e-3", "x=[1, (2, 3)]"]) == {
+        "seed": 7, "model_name": "minilm", "lr": 1e-3, "x": [1, (2, 3)]}
+    for broken in ["sizes={'a': foo}", "dims=(64, 32", "x=[1, 2,,]"]:
+        with pytest.raises(book.NotebookError, match=r"not a Python literal.*quote the whole option"):
+            book._parse_params([broken])
+    with pytest.raises(book.NotebookError, match="name=value"):
+        book._parse_params(["seed"])
+    assert book.parameters_source({"a": (1, 2), "b": {1: [None, True]}}) == (
+        "# Parameters\na = (1, 2)\nb = {1: [None, True]}\n")
+    for bad in [float("nan"), Path("x"), {"k": float("inf")}]:
+        with pytest.raises(book.NotebookError, match="is not a Python literal"):
+            book.parameters_source({"v": bad})
+    toy = tmp_path / "95_toy.py"
+    toy.write_text(TOY)
+    with pytest.raises(book.NotebookError, match=r"parameter seed = nan is not a Python literal"):
+        book.execute(toy, tmp_path / "run", {"seed": float("nan")}, progress=False)
+    assert not (tmp_path / "run" / "executed").exists()  # refused before anything ran or was written
+    assert book.main(["run", "--profile", "smoke", "--only", "01", "-p", "sizes={'n': (1,"]) == 2
+
+
+@pytest.mark.parametrize("text,shown", [
+    ("abc\n", "abc\n"),  # nothing to do: unchanged
+    ("a 0%|\ra 50%|\ra 100%|\n", "a 100%|\n"),  # a bar's refreshes: its final state
+    ("loss 1\rloss 2\nnext\n", "loss 2\nnext\n"),  # the overwritten line is not glued to the next
+    ("x\r\ny\r\n", "x\ny\n"),  # \r\n is a line end
+    ("abcdef\rxy\n", "xycdef\n"),  # a shorter text overwrites the start only, as on a terminal
+    ("bar 50%\r       \r", ""),  # a bar that clears itself (leave=False) leaves nothing
+    ("done\r", "done"),  # a trailing \r moves the cursor and erases nothing
+    ("abcdef\rab\x1b[K\n", "ab\n"),  # ESC[K erases to the end of the line
+    # nested tqdm bars: the inner bar one line down, then the cursor back up (ESC[A)
+    ("outer 0%\n\rinner 0%\x1b[A\router 50%\n\rinner 100%\x1b[A\router 100%\n", "outer 100%\ninner 100%"),
+    ("plain \x1b[31mred\x1b[0m\n", "plain \x1b[31mred\x1b[0m\n"),  # colours are kept
+])
+def test_collapse_carriage_returns_shows_what_a_terminal_shows(text, shown):
+    assert book._collapse_carriage_returns(text) == shown
+    assert book._collapse_carriage_returns(shown) == shown  # idempotent
+
+
 # --- a cell that never returns ------------------------------------------------
 
 HANGS = '''# %% tags=["parameters"]
