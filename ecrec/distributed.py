@@ -47,10 +47,11 @@ import contextlib
 import inspect
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ __all__ = [
     "main",
     "torchrun_command",
     "run_job",
+    "kill_job_tree",
     "max_param_diff",
 ]
 
@@ -245,24 +247,29 @@ class DistContext:
         total_loss, total_tokens = self.all_reduce_sum([loss * n_local, tokens])
         return float(total_loss / n_global), int(round(total_tokens))
 
-    def predict_logits(self, model, data, **kwargs: Any) -> np.ndarray:
-        """:func:`ecrec.finetune.predict_logits` over ``data``, the batches shared out over the ranks.
+    def predict_logits(self, model, data, *, predict: Callable[..., np.ndarray] | None = None,
+                       **kwargs: Any) -> np.ndarray:
+        """``predict(model, data, **kwargs)`` over ``data``, the batches shared out over the ranks.
 
-        The examples are sorted by length and cut into ``batch_size`` batches
-        (as on 1 process); rank ``r`` scores batches ``r, r + W, ...`` with the
-        unwrapped model; the logits are all-gathered, so every rank returns
-        the same float32 (n,) array, the one a single process computes.
+        ``predict`` is the single-process scorer, :func:`ecrec.finetune.predict_logits`
+        (the caller passes it, so that this module does not import the training
+        loop that imports it). The examples are sorted by length and cut into
+        ``batch_size`` batches (as on 1 process); rank ``r`` scores batches
+        ``r, r + W, ...`` with the unwrapped model; the logits are all-gathered,
+        so every rank returns the same float32 (n,) array, the one a single
+        process computes.
         """
-        from ecrec.finetune import predict_logits
         from ecrec.pairs import sorted_batches
 
+        if predict is None:  # callers that predate the argument; ecrec.finetune is loaded by then
+            from ecrec.finetune import predict_logits as predict
         if self.world_size == 1:
-            return predict_logits(model, data, **kwargs)
+            return predict(model, data, **kwargs)
         import torch.distributed as dist
 
         batches = sorted_batches(data.lengths, kwargs.get("batch_size", 128))[self.rank :: self.world_size]
         rows = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
-        mine = predict_logits(model, _Rows(data, rows), **kwargs) if len(rows) else np.zeros(0, np.float32)
+        mine = predict(model, _Rows(data, rows), **kwargs) if len(rows) else np.zeros(0, np.float32)
         gathered: list[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, (rows, mine))
         out = np.full(len(data), np.nan, dtype=np.float32)
@@ -538,22 +545,79 @@ def torchrun_command(job_args: Sequence[str], nproc: int = 1) -> list[str]:
             "-m", "ecrec.distributed", *job_args]
 
 
+def _children_by_parent() -> dict[int, list[int]]:
+    """``{ppid: [pid, ...]}`` of every process on this machine (Linux ``/proc``; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text(encoding="utf-8", errors="replace")
+        except OSError:  # the process ended while we read
+            continue
+        # the command name (2nd field) may hold spaces and ')': the fields after it start after the last ')'
+        ppid = int(text[text.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    return children
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (children first), from ``/proc``; [] where there is none."""
+    children, found, todo = _children_by_parent(), [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def kill_job_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a job started by :func:`run_job` and every process it started; then reap it.
+
+    ``torchrun`` starts each worker in **its own session** (its own process
+    group), so killing the launcher's group is not enough, and once the
+    launcher is dead its workers are re-parented and can no longer be found
+    by their parent. So: freeze the launcher (SIGSTOP: it cannot start or
+    restart a worker while we look), list its descendants, then SIGKILL the
+    process group of each (the workers' own children go with their group)
+    and each process itself, never this process's own group. Idempotent.
+    """
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGSTOP)
+    tree = [proc.pid, *_descendants(proc.pid)] if proc.poll() is None else [proc.pid]
+    own_group = os.getpgrp()
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            group = os.getpgid(pid)
+            if group != own_group:
+                os.killpg(group, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+
+
 def run_job(job_args: Sequence[str], output: str | Path, *, nproc: int = 1, threads: int = 1,
             timeout: float | None = 600) -> tuple[dict[str, Any], str]:
     """Run the job (:func:`torchrun_command`) in a subprocess; its result and its log.
+
+    The launcher runs in a session of its own. When the job times out, fails,
+    or this process is interrupted (``KeyboardInterrupt``, any exception), the
+    launcher **and every worker it started** are killed
+    (:func:`kill_job_tree`) before this function returns or raises: no
+    worker is left behind, blocked in a collective, holding a core.
 
     Args:
         job_args: options of ``python -m ecrec.distributed`` except ``--output`` and ``--threads``.
         output: the job's ``--output`` folder.
         nproc: processes (1: no torchrun).
         threads: torch threads per process (also ``OMP_NUM_THREADS``).
-        timeout: seconds before the job is killed.
+        timeout: seconds before the job is killed (None: no limit).
 
     Returns:
         ``(result.json's content, stdout + stderr)``.
 
     Raises:
-        RuntimeError: the job failed (its log's end is in the message).
+        RuntimeError: the job failed, or ran longer than ``timeout`` seconds
+            (the message says which, with the end of its log).
     """
     import ecrec
 
@@ -561,8 +625,22 @@ def run_job(job_args: Sequence[str], output: str | Path, *, nproc: int = 1, thre
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path}
     cmd = torchrun_command([*job_args, "--output", str(output), "--threads", str(threads)], nproc)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    log = proc.stdout + proc.stderr
+    # stderr into stdout: one pipe, read to its end by communicate (no deadlock on a full pipe)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_job_tree(proc)
+        log, _ = proc.communicate()  # every writer is dead: the pipe ends
+        raise RuntimeError(f"{' '.join(cmd)} timed out after {timeout:g} s; the launcher and its workers were "
+                           f"killed. Raise timeout= or shrink the job. Its log ends:\n{(log or '')[-3000:]}") from None
+    except BaseException:  # KeyboardInterrupt, or anything else: never leave the workers running
+        kill_job_tree(proc)
+        raise
+    finally:
+        if proc.poll() is None:  # pragma: no cover - communicate returned: the launcher has exited
+            kill_job_tree(proc)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{log[-3000:]}")
     return json.loads((Path(output) / RESULT_FILE).read_text(encoding="utf-8")), log

@@ -17,6 +17,7 @@ import glob
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -214,6 +215,111 @@ def test_only_rank_0_logs_and_writes_the_checkpoint(job):
     assert set(out) == {0, 1}
     assert "[ecrec.distributed] step   6" in out[0] and "world_size=2" in out[0]
     assert "[ecrec.distributed]" not in out[1]
+
+
+# --- a job that times out or is interrupted leaves no process behind ------------------------------
+
+# A worker: records its pid, then blocks (as a rank stuck in a collective would).
+BLOCKER = """
+import os, sys, time, pathlib
+pathlib.Path(sys.argv[1], f"worker_{os.getpid()}").write_text(str(os.getpid()))
+time.sleep(600)
+"""
+# A launcher like torchrun: starts 2 workers, each in a session of its own, and waits for them.
+LAUNCHER = """
+import subprocess, sys
+workers = [subprocess.Popen([sys.executable, sys.argv[1], sys.argv[2]], start_new_session=True) for _ in range(2)]
+for w in workers:
+    w.wait()
+"""
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (a killed orphan may wait unreaped for a busy init)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def _worker_pids(folder: Path) -> list[int]:
+    return [int(p.read_text()) for p in folder.glob("worker_*") if p.read_text()]
+
+
+def _wait_for_workers(folder: Path, n: int, seconds: float = 60) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while len(pids := _worker_pids(folder)) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids
+
+
+@pytest.fixture
+def blocking_job(tmp_path, monkeypatch):
+    """run_job's command replaced by ``launcher(tmp)``; returns the folder where workers write their pids."""
+    (tmp_path / "blocker.py").write_text(BLOCKER)
+    (tmp_path / "launcher.py").write_text(LAUNCHER)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+
+    def use(launcher: list[str]) -> Path:
+        monkeypatch.setattr(distributed, "torchrun_command", lambda args, nproc=1: launcher)
+        return pids
+
+    return tmp_path, use
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_timeout_kills_workers_in_their_own_sessions(blocking_job):
+    tmp, use = blocking_job
+    pids = use([sys.executable, str(tmp / "launcher.py"), str(tmp / "blocker.py"), str(tmp / "pids")])
+    with pytest.raises(RuntimeError, match=r"timed out after 4 s; the launcher and its workers were killed"):
+        distributed.run_job([], tmp / "out", timeout=4)
+    workers = _worker_pids(pids)
+    assert len(workers) == 2  # both had started: the test would prove nothing otherwise
+    time.sleep(0.2)
+    assert [p for p in workers if _alive(p)] == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_keyboard_interrupt_kills_the_job_and_propagates(blocking_job, monkeypatch):
+    tmp, use = blocking_job
+    pids = use([sys.executable, str(tmp / "launcher.py"), str(tmp / "blocker.py"), str(tmp / "pids")])
+    started: list[subprocess.Popen] = []
+
+    def interrupted(self, input=None, timeout=None):  # Ctrl-C once both workers run
+        started.append(self)
+        assert len(_wait_for_workers(pids, 2)) == 2
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(subprocess.Popen, "communicate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        distributed.run_job([], tmp / "out", timeout=None)
+    time.sleep(0.2)
+    assert started and started[0].returncode is not None  # the launcher was killed and reaped
+    assert [p for p in _worker_pids(pids) if _alive(p)] == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_torchrun_timeout_leaves_no_worker(blocking_job):
+    """The bug as found: torchrun (2 workers, each in its own session) blocked; before the fix
+    the workers survived, re-parented to init, and run_job raised TimeoutExpired."""
+    tmp, use = blocking_job
+    pids = use([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                str(tmp / "blocker.py"), str(tmp / "pids")])
+    with pytest.raises(RuntimeError, match="timed out"):
+        distributed.run_job([], tmp / "out", nproc=2, timeout=15)
+    workers = _worker_pids(pids)
+    assert len(workers) == 2, "torchrun had not started its workers within the timeout"
+    time.sleep(0.2)
+    assert [p for p in workers if _alive(p)] == []
+
+
+def test_a_failed_job_raises_runtime_error_with_its_log(blocking_job):
+    tmp, use = blocking_job
+    use([sys.executable, "-c", "import sys; print('boom on stdout'); sys.exit(3)"])
+    with pytest.raises(RuntimeError, match=r"failed \(3\):\nboom on stdout"):
+        distributed.run_job([], tmp / "out", timeout=30)
 
 
 # --- torchrun runs this file on each rank -------------------------------------------------------------
