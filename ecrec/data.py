@@ -158,7 +158,9 @@ def _read_verified_parquet(name: str, path: str | Path | None, verify_checksum: 
         ) from exc
 
 
-def load_online_retail(path: str | Path | None = None, *, verify_checksum: bool | None = None) -> pd.DataFrame:
+def load_online_retail(
+    path: str | Path | None = None, *, verify_checksum: bool | None = None, encoding: str = "utf-8"
+) -> pd.DataFrame:
     """Load UCI Online Retail as a typed frame, one row per invoice line.
 
     Args:
@@ -168,6 +170,10 @@ def load_online_retail(path: str | Path | None = None, *, verify_checksum: bool 
             InvoiceNo may come as int or str, CustomerID as float.
         verify_checksum: check the sha256 of the file. Defaults to ``True``
             for the bundled file and ``False`` for a user's export.
+        encoding: the text encoding of a ``.csv`` export (ignored otherwise).
+            Decoding is strict: a file in another encoding (Excel's "CSV"
+            saves Windows-1252, where "£" is the byte 0xA3) is refused rather
+            than loaded with replacement characters; pass ``"cp1252"`` for it.
 
     Returns:
         541,909 x 8 frame (bundled file) with columns InvoiceNo, StockCode,
@@ -175,7 +181,9 @@ def load_online_retail(path: str | Path | None = None, *, verify_checksum: bool 
         (datetime64), UnitPrice (float64, pounds), CustomerID (Int64).
 
     Raises:
-        DataFileError: missing, unreadable or corrupted file, or wrong sha256.
+        DataFileError: missing, unreadable or corrupted file, wrong sha256, or
+            a CSV that is not valid ``encoding`` text (the message names the
+            byte and the fix).
         SchemaError: missing, extra or mistyped columns.
     """
     bundled = path is None
@@ -187,14 +195,14 @@ def load_online_retail(path: str | Path | None = None, *, verify_checksum: bool 
         if not bundled:
             df = coerce_online_retail(df, source)
     else:
-        df = _read_export(Path(path))
+        df = _read_export(Path(path), encoding)
         df = coerce_online_retail(df, str(path))
         source = str(path)
     check_schema(df, ONLINE_RETAIL_SCHEMA, source)
     return df
 
 
-def _read_export(path: Path) -> pd.DataFrame:
+def _read_export(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
     if not path.is_file():
         raise DataFileError(
             f"{path}: file not found. Pass the path of your Online Retail export "
@@ -214,11 +222,18 @@ def _read_export(path: Path) -> pd.DataFrame:
                 dtype={"InvoiceNo": str, "StockCode": str, "Description": str, "Country": str},
                 keep_default_na=False,
                 na_values=[""],
-                encoding_errors="replace",
+                encoding=encoding,  # strict: a wrong encoding fails here instead of turning "£" into "\ufffd"
             )
         # Excel cells keep their own types (the UCI file mixes int and str
         # invoice numbers and stock codes); coerce_online_retail converts each one.
         return pd.read_excel(path)
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start : exc.start + 1]
+        raise DataFileError(
+            f"{path}: is not {encoding} text (byte 0x{bad.hex().upper()} at offset {exc.start} cannot be decoded; "
+            f"in Windows-1252/Latin-1, the encoding of Excel's 'CSV' export, that byte is {bad.decode('cp1252', 'replace')!r}). "
+            "Pass encoding='cp1252' (or 'latin-1') to load_online_retail, or re-save the file as UTF-8."
+        ) from exc
     except Exception as exc:
         raise DataFileError(f"{path}: cannot be read as {suffix[1:]} ({type(exc).__name__}: {exc}).") from exc
 

@@ -59,11 +59,22 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     those of the file it replaces, or ``0o666`` less the umask for a new file
     (the temporary file's private ``0o600`` is not kept).
 
+    Symbolic links are followed, as ``open(path, "w")`` follows them: when
+    ``path`` (or a folder above it) is a link, the file it points to is the
+    one replaced atomically (the temporary file lies beside it) and the link
+    is kept. A dangling link gets its target created.
+
+    Returns:
+        The path written, as given (the link's path when ``path`` is a link).
+
     Raises:
-        OSError: the folder cannot be created or written, or the rename fails.
+        OSError: the folder cannot be created or written, the rename fails, or
+            the links form a loop.
         Exception: whatever ``write`` raises (re-raised after clean-up).
     """
-    path = Path(path)
+    given = Path(path)
+    # follow links: replacing the link itself would leave its target stale
+    path = Path(os.path.realpath(given, strict=False))
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
@@ -81,7 +92,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
-    return path
+    return given
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -128,10 +128,14 @@ def return_labels(
     3. Negatives (``label == 0``) are never returned: nothing was bought.
     4. **Censoring.** The label of a purchase at ``ts`` is known only once its
        window has passed: ``return_observed = ts + window_days <= observed_until``.
-       A row with ``return_observed`` False may still come back after
-       ``observed_until``; its ``returned`` is set from what is visible but
-       must not be used as a label (train on and evaluate only observed rows).
-       Negatives share their positive's ``ts`` and are censored with it.
+       ``returned`` never holds the future: only cancellations at or before
+       the row's ``observed_until`` count, so a censored row (``return_observed``
+       False) is 1 only when its return is already visible and 0 otherwise,
+       though it may still come back after ``observed_until``. Such a 0 is
+       "not yet", not "no": do not use it as a label (train on and evaluate
+       only observed rows). Observed rows are unaffected (their whole window
+       lies before ``observed_until``). Negatives share their positive's
+       ``ts`` and are censored with it.
 
     What the rules miss: the quantity (a return of 1 of 12 units counts like a
     full return: ``returned`` means "at least one unit came back"); a return
@@ -183,16 +187,20 @@ def return_labels(
                             right_on="bought_ts", by=key, direction="backward", allow_exact_matches=False)
     # rule 2: within the window
     hit = matched["bought_ts"].notna() & (matched["cancel_ts"] - matched["bought_ts"] <= window)
-    returned_pairs = matched.loc[hit, key + ["bought_ts"]].drop_duplicates().rename(columns={"bought_ts": "ts"})
-    returned_pairs = returned_pairs.assign(_r=np.int8(1))
+    # a purchase returned several times: its first cancellation is when the return became visible
+    first_return = (matched.loc[hit, key + ["bought_ts", "cancel_ts"]].rename(columns={"bought_ts": "ts"})
+                    .groupby(key + ["ts"], as_index=False)["cancel_ts"].min())
 
     ex = examples[key + ["ts"]].astype({"user_id": "int64", "item_id": str})
     ex = ex.assign(ts=ex["ts"].astype("datetime64[us]"))
-    flag = ex.merge(returned_pairs, how="left", on=key + ["ts"])["_r"].fillna(0).to_numpy(np.int8)
+    seen_at = ex.merge(first_return, how="left", on=key + ["ts"])["cancel_ts"].to_numpy()
+    until_us = until.to_numpy().astype("datetime64[us]")
+    # rule 4 (censoring), first half: a return booked after observed_until is the future, not a label
+    flag = (~np.isnat(seen_at) & (seen_at <= until_us)).astype(np.int8)
     # rule 3: negatives are never returned
     flag = np.where(examples["label"].to_numpy() == 1, flag, 0).astype(np.int8)
-    # rule 4: censoring
-    observed = (ex["ts"].to_numpy() + window) <= until.to_numpy()
+    # rule 4, second half: the label is known once the whole window has passed
+    observed = (ex["ts"].to_numpy() + window) <= until_us
     return pd.DataFrame({"returned": flag, "return_observed": observed}, index=examples.index)
 
 
@@ -474,7 +482,9 @@ class TrainedMultitask:
     """A trained multi-task net with its preprocessor.
 
     ``history`` per epoch: ``train_loss`` and ``valid_loss`` (lists of (T,)
-    task losses), ``weights`` ((T,) task weights used), ``grad_norm`` (mean
+    task losses; each task's mean over its own rows, so the train value weights
+    every batch's mean by the rows the task held in it, NaN for a task with no
+    rows), ``weights`` ((T,) task weights used), ``grad_norm`` (mean
     global gradient norm per step).
     """
 
@@ -580,7 +590,8 @@ def train_multitask(
     for epoch in tqdm(range(cfg.max_epochs), disable=not progress, desc="epochs"):
         net.train()
         perm = torch.randperm(len(rows), generator=gen).numpy()
-        sums, norms, n_seen = np.zeros(len(net.tasks)), [], 0
+        # per task: sum of its batch means weighted by the rows it held in the batch, and those rows
+        sums, norms, n_task = np.zeros(len(net.tasks)), [], np.zeros(len(net.tasks))
         for s in range(0, len(perm), cfg.batch_size):
             idx = perm[s : s + cfg.batch_size]
             cat = torch.as_tensor(tr["cat"][idx])
@@ -596,11 +607,14 @@ def train_multitask(
             loss.backward()
             norms.append(float(torch.nn.utils.get_total_norm([p.grad for p in net.parameters() if p.grad is not None])))
             opt.step()
-            sums += losses.detach().numpy() * len(idx)
-            n_seen += len(idx)
+            held = m_tr[idx].sum(dim=0).numpy()  # (T,) rows of each task in this batch
+            sums += losses.detach().numpy() * held
+            n_task += held
         with torch.inference_mode():
             v_losses = net.task_losses(torch.as_tensor(model.logits_arrays(va)).float(), y_va, m_va).numpy()
-        model.history["train_loss"].append((sums / n_seen).tolist())
+        # the epoch's mean loss per task row (ESMM's and the masked return task's rows, not every row)
+        model.history["train_loss"].append(np.divide(sums, n_task, out=np.full_like(sums, np.nan),
+                                                     where=n_task > 0).tolist())
         model.history["valid_loss"].append(v_losses.tolist())
         model.history["weights"].append(weighting.weights.tolist() if weighting is not None else [1.0] * len(net.tasks))
         model.history["grad_norm"].append(float(np.mean(norms)))

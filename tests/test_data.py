@@ -290,6 +290,23 @@ def test_csv_keeps_na_text_and_fixes_float_codes(tmp_path):
     assert got["InvoiceDate"].tolist() == [pd.Timestamp("2010-12-01 08:26"), pd.Timestamp("2010-12-01 09:41")]
 
 
+def test_csv_in_cp1252_is_refused_or_decoded(tmp_path):
+    """A Windows-1252 CSV (Excel's default) is refused with the fix, and decoded when told (issue 22.10)."""
+    path = tmp_path / "excel.csv"
+    text = ("InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+            "536365,85123A,GIFT VOUCHER \u00a35.00,1,2010-12-01 08:26:00,5.0,17850,United Kingdom\n")
+    path.write_bytes(text.encode("cp1252"))
+    assert b"\xa3" in path.read_bytes()  # the pound sign is one byte, not UTF-8's two
+    with pytest.raises(DataFileError, match=r"not utf-8 text \(byte 0xA3.*'\u00a3'.*encoding='cp1252'"):
+        load_online_retail(path)
+    got = load_online_retail(path, encoding="cp1252")
+    assert got.loc[0, "Description"] == "GIFT VOUCHER \u00a35.00"
+    # the same file in UTF-8 loads by default, to the same frame
+    utf8 = tmp_path / "utf8.csv"
+    utf8.write_text(text, encoding="utf-8")
+    pd.testing.assert_frame_equal(load_online_retail(utf8), got)
+
+
 # --- cleaning rules, each on a tiny hand-made frame ---------------------------
 
 

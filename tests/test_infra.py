@@ -25,6 +25,30 @@ def test_atomic_write_keeps_old_file_on_error(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"], "temporary file left behind"
 
 
+def test_atomic_write_through_a_symlink_replaces_the_target(tmp_path):
+    """Writing to a link updates the file it points to and keeps the link (issue 22.10)."""
+    import os
+
+    real = tmp_path / "real" / "metrics.json"
+    real.parent.mkdir()
+    real.write_text("old")
+    link = tmp_path / "metrics.json"
+    link.symlink_to(real)
+    assert io.atomic_write_text(link, "new") == link
+    assert link.is_symlink() and os.readlink(link) == str(real)  # the link is still a link, to the same file
+    assert real.read_text() == "new" and link.read_text() == "new"
+    assert sorted(p.name for p in real.parent.iterdir()) == ["metrics.json"]  # no temporary file left
+    # a dangling link gets its target created
+    dangling = tmp_path / "d.json"
+    dangling.symlink_to(tmp_path / "real" / "later.json")
+    io.atomic_write_text(dangling, "x")
+    assert dangling.is_symlink() and (tmp_path / "real" / "later.json").read_text() == "x"
+    # a link to a folder above the file: the file inside the real folder is written
+    (tmp_path / "alias").symlink_to(tmp_path / "real", target_is_directory=True)
+    io.atomic_write_text(tmp_path / "alias" / "metrics.json", "via folder")
+    assert real.read_text() == "via folder" and (tmp_path / "alias").is_symlink()
+
+
 def test_write_metrics_records_context(tmp_path):
     started = 1_000.0
     path = io.write_metrics(

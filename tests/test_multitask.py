@@ -81,6 +81,27 @@ def test_return_labels_window_and_negatives(tiny_log):
     assert not MT.return_labels(examples, events, cancellations, observed_until=until)["return_observed"].iloc[0]
 
 
+def test_return_labels_never_hold_the_future(tiny_log):
+    """A return booked after observed_until is not in ``returned`` (issue 22.7), by hand."""
+    examples, events, cancellations = tiny_log
+    # cut at day 11: u1 A (bought d10) comes back on d12 and u1 B (d0) on d14, both after the cut
+    out = MT.return_labels(examples, events, cancellations, window_days=14, observed_until=day(11))
+    assert out["returned"].tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert out["return_observed"].tolist() == [False] * 9  # every window ends after day 11
+    # cut at day 13: A's return (d12) is visible although its window (to d24) is still open; B's (d14) is not
+    out = MT.return_labels(examples, events, cancellations, window_days=14, observed_until=day(13))
+    assert out["returned"].tolist() == [0, 1, 0, 0, 0, 0, 0, 0, 0]
+    # per-row cuts: each row sees only its own past (row 1 cut at d11, row 2 at d14 = the edge, included)
+    until = np.array([day(30), day(11), day(14)] + [day(30)] * 6, dtype="datetime64[us]")
+    out = MT.return_labels(examples, events, cancellations, window_days=14, observed_until=until)
+    assert out["returned"].tolist() == [0, 0, 1, 0, 0, 0, 0, 0, 0]
+    assert out["return_observed"].tolist() == [True, False, True, True, False, True, True, True, True]
+    # a purchase returned twice counts from its first cancellation
+    twice = pd.concat([cancellations, pd.DataFrame([(1, "A", day(20))], columns=cancellations.columns)])
+    out = MT.return_labels(examples, events, twice, window_days=14, observed_until=day(13))
+    assert out["returned"].tolist() == [0, 1, 0, 0, 0, 0, 0, 0, 0]
+
+
 def test_return_labels_errors(tiny_log):
     examples, events, cancellations = tiny_log
     with pytest.raises(ValueError, match=r"examples lacks \['label'\]"):
@@ -242,6 +263,46 @@ def test_train_multitask_learns_and_refuses():
         MT.train_multitask(lambda c, n, i: MT.SharedBottom(c, n, i, ("a", "b", "c"), cfg), train, valid,
                            categorical=["user_id"], numeric=["x"], label_columns=["label", "returned"],
                            mask_columns=[None, "bought"], config=cfg)
+
+
+class _ConstantLogits(MT._MultitaskNet):
+    """Logits that do not depend on the input: buy 0, return 1 (kept by lr = 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks = ("buy", "return_given_buy")
+        self.bias = torch.nn.Parameter(torch.tensor([0.0, 1.0]))
+
+    def forward(self, cat, num, hist=None):
+        return self.bias.expand(len(cat), 2)
+
+
+def test_train_loss_is_the_mean_over_each_tasks_rows():
+    """The logged train loss of a masked task weights batches by its rows in them (issue 22.9)."""
+    # 40 rows shuffled into batches of 30 and 10; the return task holds 10 of them (rows 0-9, 3 returned).
+    # Weighting each batch's mean by the batch size (30, 10) instead of the task's rows in it (k, 10 - k)
+    # cannot give the task's mean: 3/10 returns in both batches would need k = 10 and an empty second batch.
+    n = 40
+    df = pd.DataFrame({"user_id": np.arange(n) % 5, "x": np.linspace(0, 1, n),
+                       "label": (np.arange(n) % 2 == 0).astype(int), "returned": 0, "bought": False})
+    df.loc[:9, "bought"] = True
+    df.loc[[0, 4, 8], "returned"] = 1
+    df.loc[[1, 3, 5, 7, 9], "label"] = 1  # returned rows must be purchases; here rows 0-9 all are
+    cfg = MT.MultitaskConfig(emb_dim=2, hidden=(4,), tower=(2,), batch_size=30, max_epochs=1, lr=0.0,
+                             dropout=0.0, id_dropout=0.0)
+    model = MT.train_multitask(lambda c, k, i: _ConstantLogits(), df, df, categorical=["user_id"], numeric=["x"],
+                               label_columns=["label", "returned"], mask_columns=[None, "bought"], config=cfg)
+    buy, ret = model.history["train_loss"][0]
+    sp = lambda z: math.log1p(math.exp(z))  # noqa: E731 - softplus
+    n_pos = int(df["label"].sum())  # 25 purchases among the 40 rows, logit 0: log 2 each
+    assert buy == pytest.approx((n_pos * sp(-0.0) + (n - n_pos) * sp(0.0)) / n, rel=1e-6)
+    # by hand: 3 returns at logit 1 cost softplus(-1), 7 non-returns softplus(1), over the 10 rows
+    assert ret == pytest.approx((3 * sp(-1.0) + 7 * sp(1.0)) / 10, rel=1e-6)
+    from sklearn.metrics import log_loss
+
+    rows = df["bought"].to_numpy()
+    oracle = log_loss(df.loc[rows, "returned"], np.full(rows.sum(), 1 / (1 + math.exp(-1.0))), labels=[0, 1])
+    assert ret == pytest.approx(oracle, rel=1e-6)
 
 
 # --- evaluation -----------------------------------------------------------------
