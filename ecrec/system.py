@@ -56,7 +56,8 @@ import torch
 
 from ecrec import features as F
 from ecrec import recall as R
-from ecrec.schema import HIST_ITEMS, INVOICE_NO, ITEM_ID, TS, USER_ID
+from ecrec.feature_store import FeatureStore  # re-exported for chapter 07 and its callers
+from ecrec.schema import INVOICE_NO, ITEM_ID, TS, USER_ID
 from ecrec.timing import best_of, percentiles_ms
 
 __all__ = [
@@ -318,119 +319,7 @@ class RecallStage:
 # --- features -----------------------------------------------------------------
 
 
-USER_COLUMNS = (HIST_ITEMS, "hist_len", "u_n_invoices", "u_n_lines", "u_spend", "u_days_since_last",
-                "u_tenure_days")
-
-
-class FeatureStore:
-    """Chapter 03's point-in-time features, snapshotted at one instant ``at``.
-
-    User features (history, frequency, spend, recency) and item features
-    (popularity, shares, price, age) are computed once with
-    :func:`ecrec.features.point_in_time_features` at ``at`` for every known
-    user and item; user x item features come from a sorted table of past
-    (user, item) purchases. :meth:`frame` then assembles any (user, item)
-    rows by array lookups, without touching the log: what a serving system
-    does with a feature store refreshed nightly. Every value uses only events
-    strictly before ``at``: ``frame(...)`` equals ``point_in_time_features``
-    with ``ts = at`` on those columns (tested).
-
-    The request's context is its own: ``country`` and ``hour``, ``weekday``,
-    ``month`` of the request time ``when``. Features measured in days
-    (``u_days_since_last``...) are measured to ``at``, not to ``when``: a
-    request later than the snapshot sees them as of the snapshot.
-
-    Users and items never seen before ``at`` get what
-    ``point_in_time_features`` gives them: zero counts, NaN recencies and an
-    empty history.
-    """
-
-    def __init__(self, events: pd.DataFrame, at, *, history_len: int = 10, pop_windows: tuple[int, ...] = (7, 30)):
-        """Build the snapshot.
-
-        Args:
-            events: :func:`ecrec.features.purchase_events` (may include later events: they are ignored).
-            at: the snapshot instant.
-            history_len, pop_windows: as chapter 03's dataset (``CtrDatasetConfig``).
-
-        Raises:
-            ValueError: ``events`` lacks columns, or holds no event before ``at``.
-        """
-        self.at = pd.Timestamp(at)
-        past = events[events[TS] < self.at]
-        if past.empty:
-            raise ValueError(f"no purchase event before {self.at}: nothing to build features from")
-        self.history_len, self.pop_windows = history_len, tuple(pop_windows)
-        users = np.sort(past[USER_ID].unique())
-        items = np.sort(past[ITEM_ID].astype(str).unique())
-        ghost_user, ghost_item = int(users.min()) - 1, "\x00unknown"
-        kw = {"history_len": history_len, "pop_windows": self.pop_windows}
-        u_ex = pd.DataFrame({USER_ID: np.append(users, ghost_user), ITEM_ID: ghost_item, TS: self.at})
-        self.users = pd.Index(users)
-        self.user_table = F.point_in_time_features(u_ex, past, **kw)[list(USER_COLUMNS)].reset_index(drop=True)
-        i_ex = pd.DataFrame({USER_ID: ghost_user, ITEM_ID: np.append(items, ghost_item).astype(object), TS: self.at})
-        i_feats = F.point_in_time_features(i_ex, past, **kw)
-        self.item_columns = [c for c in i_feats.columns if c.startswith("i_")]
-        self.items = pd.Index(items)
-        self.item_table = i_feats[self.item_columns].reset_index(drop=True)
-        pairs = past.groupby([USER_ID, ITEM_ID], sort=False)[TS].agg(["size", "max"]).reset_index()
-        u_pos = self.users.get_indexer(pairs[USER_ID].to_numpy())
-        i_pos = self.items.get_indexer(pairs[ITEM_ID].astype(str).to_numpy())
-        keys = u_pos.astype(np.int64) * (len(items) + 1) + i_pos
-        order = np.argsort(keys)
-        self._pair_keys = keys[order]
-        self._pair_n = pairs["size"].to_numpy(np.float64)[order]
-        self._pair_days = ((self.at - pairs["max"]).dt.total_seconds().to_numpy() / _DAY_S)[order]
-
-    def frame(self, user_ids, item_ids, when, country) -> pd.DataFrame:
-        """Feature rows for (user, item) pairs at request times ``when``.
-
-        Args:
-            user_ids: (r,) customer ids.
-            item_ids: (r,) stock codes (str).
-            when: (r,) request times (datetime64) or one time for all rows.
-            country: (r,) request countries or one for all rows.
-
-        Returns:
-            Frame of r rows: ``user_id``, ``item_id``, ``ts`` (= ``when``),
-            ``invoice_no`` (one per user: ``"request-<user_id>"``), ``country``,
-            the user columns, ``i_*``, ``ui_*``, ``hour``, ``weekday``, ``month``:
-            the columns of chapter 03's dataset that the models read.
-
-        Raises:
-            ValueError: arrays of different lengths.
-        """
-        u = np.asarray(user_ids, dtype=np.int64)
-        it = np.asarray(item_ids).astype(str)
-        if len(u) != len(it):
-            raise ValueError(f"user_ids and item_ids differ in length: {len(u)} vs {len(it)}")
-        r = len(u)
-        when = pd.DatetimeIndex(np.broadcast_to(np.asarray(when, dtype="datetime64[ns]"), (r,)))
-        country = np.broadcast_to(np.asarray(country, dtype=object), (r,))
-        u_pos = self.users.get_indexer(u)
-        i_pos = self.items.get_indexer(it)
-        u_row = np.where(u_pos >= 0, u_pos, len(self.users))  # the ghost row: a user without history
-        i_row = np.where(i_pos >= 0, i_pos, len(self.items))
-        out = pd.DataFrame({USER_ID: u, ITEM_ID: it, TS: when, INVOICE_NO: np.char.add("request-", u.astype(str)),
-                            "country": country})
-        users = self.user_table.iloc[u_row].reset_index(drop=True)
-        items = self.item_table.iloc[i_row].reset_index(drop=True)
-        n_before = np.zeros(r)
-        days = np.full(r, np.nan)
-        known = (u_pos >= 0) & (i_pos >= 0)
-        if known.any() and len(self._pair_keys):
-            q = u_pos[known].astype(np.int64) * (len(self.items) + 1) + i_pos[known]
-            pos = np.minimum(np.searchsorted(self._pair_keys, q), len(self._pair_keys) - 1)
-            hit = self._pair_keys[pos] == q
-            idx = np.flatnonzero(known)
-            n_before[idx[hit]] = self._pair_n[pos[hit]]
-            days[idx[hit]] = self._pair_days[pos[hit]]
-        out = pd.concat([out, users, items], axis=1)
-        out["ui_n_before"], out["ui_days_since_last"] = n_before, days
-        out["hour"] = np.asarray(when.hour, dtype=np.int64)
-        out["weekday"] = np.asarray(when.day_of_week, dtype=np.int64)
-        out["month"] = np.asarray(when.month, dtype=np.int64)
-        return out
+# The snapshot (FeatureStore) lives in ecrec.feature_store: columnar arrays, in memory or in Redis.
 
 
 # --- ranking ------------------------------------------------------------------
