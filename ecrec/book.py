@@ -767,11 +767,14 @@ def build(profile: str = "auto", output: Path = ROOT / "_output") -> Path:
     Refuses to build from a failed run: every chapter's executed notebook is
     checked with :func:`run_failures` first. Each chapter's header says which
     profile actually ran (``metrics.json``), e.g. ``smoke (requested auto)``.
+    The scorecard page (:mod:`ecrec.scorecard`), gathered from the chapters'
+    ``"thesis"`` rows, comes right after the intro.
 
     Raises:
         NotebookError: a chapter has no executed notebook yet, a chapter's run
             failed (all failed chapters are named), ``jupyter-book`` is not
-            installed, the build failed, or ``repository.url`` is malformed.
+            installed, the build failed, ``repository.url`` is malformed, or a
+            chapter's thesis rows are malformed (:func:`ecrec.scorecard.read_rows`).
     """
     import nbformat
 
@@ -811,7 +814,8 @@ def build(profile: str = "auto", output: Path = ROOT / "_output") -> Path:
         (book_dir / "chapters").mkdir(exist_ok=True)
         nbformat.write(nb, book_dir / "chapters" / f"{stem}.ipynb")
         chapters.append(f"chapters/{stem}")
-    toc = ["format: jb-book", "root: intro", "chapters:"]
+    scorecard = _write_scorecard(run_dir, book_dir, profile)
+    toc = ["format: jb-book", "root: intro", "chapters:", f"- file: {scorecard}"]  # right after the intro
     toc += [f"- file: {c}" for c in chapters]
     toc += ["- file: credits"]
     (book_dir / "_toc.yml").write_text("\n".join(toc) + "\n", encoding="utf-8")
@@ -823,6 +827,21 @@ def build(profile: str = "auto", output: Path = ROOT / "_output") -> Path:
     html = book_dir / "_build" / "html"
     print(f"[ecrec] book built: {html / 'index.html'}", flush=True)
     return html
+
+
+def _write_scorecard(run_dir: Path, book_dir: Path, profile: str) -> str:
+    """Write the scorecard page into ``book_dir`` (:func:`ecrec.scorecard.build_scorecard`); its toc entry.
+
+    Raises:
+        NotebookError: a chapter's ``metrics.json`` holds malformed thesis rows.
+    """
+    from ecrec.scorecard import build_scorecard
+
+    try:
+        page = build_scorecard(run_dir, book_dir, requested=profile)
+    except ValueError as exc:
+        raise NotebookError(f"cannot build the scorecard: {exc}") from None
+    return page.stem
 
 
 MATHJAX_FILE = "tex-svg-full.js"

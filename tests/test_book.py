@@ -404,6 +404,45 @@ def test_build_refuses_a_failed_run_and_names_the_chapters(tmp_path, capsys):
     assert not (run_dir / "book").exists(), "nothing may be built from a failed run"
 
 
+def test_build_writes_the_scorecard_right_after_the_intro(tmp_path, monkeypatch):
+    import subprocess
+
+    from ecrec.verdict import thesis_row
+
+    run_dir = tmp_path / "auto"
+    for stem in (p.stem for p in CHAPTERS):
+        _fake_executed(run_dir, stem)
+    row = thesis_row(chapter="04", question="text added to the ID DNN", metric="AUC", lm="DNN + text",
+                     baseline="DNN", r={"diff": 0.01, "low": 0.004, "high": 0.016}, train_size=1536)
+    (run_dir / CHAPTERS[0].stem).mkdir()
+    (run_dir / CHAPTERS[0].stem / "metrics.json").write_text(json.dumps({"metrics": {"thesis": [row]},
+                                                                          "profile": "cpu"}))
+    calls = []
+    monkeypatch.setattr(book.subprocess, "run",  # no Sphinx here: the page and the toc are what is tested
+                        lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0, "", ""))
+    book.build("auto", output=tmp_path)
+    book_dir = run_dir / "book"
+    toc = (book_dir / "_toc.yml").read_text().splitlines()
+    assert toc[:4] == ["format: jb-book", "root: intro", "chapters:", "- file: scorecard"]
+    assert toc[4] == f"- file: chapters/{CHAPTERS[0].stem}" and toc[-1] == "- file: credits"
+    page = (book_dir / "scorecard.md").read_text()
+    assert ("| 04 | text added to the ID DNN | all | AUC (higher is better) | DNN + text vs DNN "
+            "| +0.010 [+0.004, +0.016] | a gain | 1,536 | cpu |") in page
+    assert f"| {CHAPTERS[0].stem} | `cpu` |" in page and "(requested: `auto`)" in page
+    assert "[scorecard](scorecard.md)" in (book_dir / "intro.md").read_text()
+    assert calls and calls[0][1:3] == ["build", str(book_dir)]
+
+
+def test_build_refuses_malformed_thesis_rows(tmp_path, monkeypatch):
+    run_dir = tmp_path / "smoke"
+    for stem in (p.stem for p in CHAPTERS):
+        _fake_executed(run_dir, stem)
+    (run_dir / CHAPTERS[0].stem).mkdir()
+    (run_dir / CHAPTERS[0].stem / "metrics.json").write_text(json.dumps({"metrics": {"thesis": [{"x": 1}]}}))
+    with pytest.raises(book.NotebookError, match="cannot build the scorecard: .*thesis row 0 lacks"):
+        book.build("smoke", output=tmp_path)
+
+
 def test_build_refuses_missing_chapters(tmp_path):
     _fake_executed(tmp_path / "smoke", CHAPTERS[0].stem)
     with pytest.raises(book.NotebookError, match=r"no executed notebook for \['" + CHAPTERS[1].stem):

@@ -217,6 +217,66 @@ def test_only_rank_0_logs_and_writes_the_checkpoint(job):
     assert "[ecrec.distributed]" not in out[1]
 
 
+# --- imports: no cycle at module level --------------------------------------------------------------
+
+
+def _module_level_ecrec_imports(path: Path) -> set[str]:
+    """The ecrec modules that ``path`` imports in its top-level statements (what ``import`` runs)."""
+    import ast
+
+    found = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "ecrec":
+            parts = node.module.split(".")
+            found |= {parts[1]} if len(parts) > 1 else {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("ecrec.")}
+    return found
+
+
+def test_no_module_level_import_cycle_in_ecrec():
+    modules = {p.stem: p for p in (ROOT / "ecrec").glob("*.py")}
+    graph = {m: _module_level_ecrec_imports(p) & set(modules) for m, p in modules.items()}
+    assert "finetune" in graph["hf_trainer"]  # the check sees module-level imports
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack = [(start, [start])]
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    return [*path, start]
+                if nxt not in path:
+                    stack.append((nxt, [*path, nxt]))
+        return None
+
+    cycles = [c for m in sorted(graph) if (c := cycle_from(m))]
+    assert cycles == [], f"module-level import cycles: {cycles}"
+
+
+@pytest.mark.parametrize("module", ["ecrec.distributed", "ecrec.finetune", "ecrec.hf_trainer"])
+def test_each_module_imports_alone_in_a_fresh_interpreter(module):
+    code = (f"import sys, {module}\n"
+            "print(sorted(m for m in sys.modules if m in ('ecrec.distributed', 'ecrec.finetune')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = proc.stdout.strip()
+    if module == "ecrec.distributed":
+        assert loaded == "['ecrec.distributed']"  # the DDP context does not pull in the training loop
+
+
+def test_predict_logits_uses_the_scorer_it_is_given():
+    calls = []
+
+    def scorer(model, data, **kwargs):
+        calls.append((model, data, kwargs))
+        return np.arange(3, dtype=np.float32)
+
+    out = DistContext().predict_logits("m", "d", predict=scorer, batch_size=8)
+    assert out.tolist() == [0, 1, 2] and calls == [("m", "d", {"batch_size": 8})]
+
+
 # --- a job that times out or is interrupted leaves no process behind ------------------------------
 
 # A worker: records its pid, then blocks (as a rank stuck in a collective would).
