@@ -80,29 +80,35 @@ KERNEL_ENV = {
 KERNEL_WARNING_FILTERS = ("ignore:IProgress not found",)
 
 
-def _kernel_manager_class():
-    """``AsyncKernelManager`` talking to its kernel over IPC (Unix sockets), not TCP.
+def _ipc_prefix() -> Path:
+    """A fresh prefix for a kernel's IPC socket files, in the Jupyter runtime folder."""
+    import uuid
+
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    runtime = Path(jupyter_runtime_dir())
+    runtime.mkdir(parents=True, exist_ok=True)
+    # unique: chapters run by other runners at the same time get other files
+    return runtime / f"ecrec-kernel-{uuid.uuid4().hex[:12]}-ipc"
+
+
+def _kernel_manager_class(ipc_prefix: Path | None):
+    """``AsyncKernelManager`` talking to its kernel over IPC (Unix sockets ``ipc_prefix-N``), not TCP.
 
     Over TCP, ipykernel logs "Kernel is running over TCP without encryption"
     to the runner's stderr at every chapter. IPC keeps the messages on this
-    machine, in socket files under the Jupyter runtime folder (removed when
-    the kernel shuts down), so there is nothing to warn about. Windows has no
-    IPC transport: TCP there.
+    machine, in socket files (removed by the kernel manager at shutdown, and
+    by :func:`execute` on every path), so there is nothing to warn about.
+    ``ipc_prefix`` None (Windows: no Unix sockets): TCP.
     """
-    import uuid
-
     from jupyter_client import AsyncKernelManager
-    from jupyter_core.paths import jupyter_runtime_dir
 
-    if os.name == "nt":  # pragma: no cover - no Unix sockets
+    if ipc_prefix is None:  # pragma: no cover - Windows
         return AsyncKernelManager
 
     class IpcKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs: Any):
-            runtime = Path(jupyter_runtime_dir())
-            runtime.mkdir(parents=True, exist_ok=True)
-            # a unique prefix: chapters run by other runners at the same time get other files
-            kwargs.setdefault("ip", str(runtime / f"ecrec-kernel-{uuid.uuid4().hex[:12]}-ipc"))
+            kwargs.setdefault("ip", str(ipc_prefix))
             super().__init__(transport="ipc", **kwargs)
 
     return IpcKernelManager
@@ -320,6 +326,7 @@ def execute(
     executed = executed_dir / f"{path.stem}.ipynb"
     executed.unlink(missing_ok=True)  # never leave an older run's notebook behind a failed start
     started = time.time()
+    ipc_prefix = _ipc_prefix() if os.name != "nt" else None
     env_before = dict(os.environ)
     os.environ.clear()
     os.environ.update(_kernel_env())  # the kernel inherits the runner's environment
@@ -329,7 +336,7 @@ def execute(
             str(executed),
             parameters=None,  # injected above (inject_parameters): papermill would turn tuples into strings
             kernel_name=KERNEL,
-            kernel_manager_class=_kernel_manager_class(),  # IPC: no "running over TCP" warning
+            kernel_manager_class=_kernel_manager_class(ipc_prefix),  # IPC: no "running over TCP" warning
             cwd=str(NOTEBOOKS),
             # the runner's own bar stays live: explicit values beat the kernel's TQDM_* defaults
             progress_bar={"mininterval": 0.1, "maxinterval": 10.0} if progress else False,
@@ -349,6 +356,8 @@ def execute(
         os.environ.clear()
         os.environ.update(env_before)
         source_ipynb.unlink(missing_ok=True)
+        for socket_file in ipc_prefix.parent.glob(ipc_prefix.name + "-*") if ipc_prefix else ():
+            socket_file.unlink(missing_ok=True)  # a killed kernel's manager may not have cleaned up
     seconds = time.time() - started
     if executed.is_file():
         from ecrec.io import atomic_write_text

@@ -159,7 +159,10 @@ json.dump({"sizes": shape(sizes), "dims": shape(dims)}, open(os.path.join(output
 """
 
 
-def test_tuples_lists_and_nested_literals_reach_the_notebook_as_values(tmp_path, capfd):
+def test_tuples_lists_and_nested_literals_reach_the_notebook_as_values(tmp_path, capfd, monkeypatch):
+    used = []
+    monkeypatch.setattr(book, "_kernel_manager_class", lambda prefix, real=book._kernel_manager_class: (
+        used.append(prefix) or real(prefix)))
     path = tmp_path / "96_types.py"
     path.write_text(TYPES)
     params = book._parse_params(["dims=(64, 32)", "sizes={'hidden': (64, 32), 'lrs': [1e-3, (2,)], 3: {'a'}}"])
@@ -179,6 +182,7 @@ def test_tuples_lists_and_nested_literals_reach_the_notebook_as_values(tmp_path,
     # the kernel talks over IPC: ipykernel's "running over TCP without encryption" warning is gone
     err = capfd.readouterr().err
     assert "without encryption" not in err and "Kernel is running over TCP" not in err, err
+    assert len(used) == 1 and list(used[0].parent.glob(used[0].name + "-*")) == []  # its sockets removed
 
 
 def test_parameter_values_that_are_not_literals_are_refused(tmp_path):
@@ -241,7 +245,8 @@ y = 2
 '''
 
 
-def test_runner_stops_a_cell_at_the_timeout_and_names_it(tmp_path):
+def test_runner_stops_a_cell_at_the_timeout_and_names_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(book, "_ipc_prefix", lambda: tmp_path / "kernel-ipc")
     path = tmp_path / "98_hangs.py"
     path.write_text(HANGS)
     result = book.execute(path, tmp_path / "run", progress=False, cell_timeout=2)
@@ -252,6 +257,7 @@ def test_runner_stops_a_cell_at_the_timeout_and_names_it(tmp_path):
     executed = nbformat.read(result.executed, as_version=4)
     assert executed.metadata["ecrec"]["ok"] is False and executed.metadata["ecrec"]["cell_timeout"] == 2
     assert executed.cells[-1].get("execution_count") is None, "the cell after the timeout must not run"
+    assert list(tmp_path.glob("kernel-ipc-*")) == []  # the stopped kernel's IPC sockets are gone too
     assert book.run_failures(executed)
 
 
