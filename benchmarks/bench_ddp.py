@@ -57,6 +57,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--cache-dir", default=str(ROOT / "_output" / "smoke" / "cache"))
     ap.add_argument("--output", default=None, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--timeout", type=float, default=1800,
+                    help="seconds per job; a job past it is killed with all its workers (run_job)")
     args = ap.parse_args(argv)
 
     job = ["--model", args.model, "--architecture", args.architecture, "--n-train", str(args.n_train),
@@ -75,7 +77,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     for r in range(args.repeats):
         for name, nproc, threads in (configs if r % 2 == 0 else configs[::-1]):
             out = root / f"{nproc}x{threads}_r{r}"
-            res, _ = run_job(job, out, nproc=nproc, threads=threads)
+            res, _ = run_job(job, out, nproc=nproc, threads=threads, timeout=args.timeout)
             row = {"config": name, "processes": nproc, "threads/process": threads,
                    "steps": res["optimizer_steps"], "best_step": res["best_step"], "samples": res["train_samples"],
                    "train_s": res["train_seconds"], "samples/s": res["samples_per_s"],
