@@ -53,14 +53,21 @@
 # learning yet. The data ship with the repository under `data/` and are
 # checked against their sha256 when loaded, offline.
 
-# %% tags=["parameters"]
+# %% tags=["remove-input"]
+# The chapter's lesson in one sentence, computed from this run in the Summary and shown here as well.
+from IPython.display import Markdown, display
+
+LESSON = display(Markdown("*This chapter's lesson, in one sentence, appears here once the chapter has run.*"),
+                 display_id=True)
+
+# %% tags=["parameters", "remove-input"]
 profile = "auto"  # "auto" | "smoke" | "cpu" | "full"
 seed = 42
 output_dir = "outputs/01_data"
 sizes = None  # optional dict overriding the profile's sizes
 cutoff = None  # start of the test window for cold start; None: chapter 03's split (last 30 days)
 
-# %%
+# %% tags=["remove-input"]
 # In Colab: fetch the book's code and data, then install it (skipped elsewhere).
 import os
 import subprocess
@@ -71,7 +78,7 @@ if "google.colab" in sys.modules and not os.path.isdir("ecrec-book"):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "requirements.txt"], cwd="ecrec-book", check=True)
     sys.path.insert(0, os.path.abspath("ecrec-book"))
 
-# %%
+# %% tags=["remove-input"]
 import re
 import time
 from collections import Counter
@@ -81,6 +88,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown
 
+from ecrec.cold_start import cold_test_mask, hold_out_items
 from ecrec.data import (
     clean_online_retail,
     is_cancellation,
@@ -88,7 +96,7 @@ from ecrec.data import (
     load_online_retail,
     load_reviews,
 )
-from ecrec.features import split_dates
+from ecrec.features import purchase_events, split_dates
 from ecrec.io import write_metrics
 from ecrec.plots import save
 from ecrec.profiles import pick_sizes, seed_everything
@@ -149,6 +157,10 @@ examples = pd.concat([
 examples.set_index("why")
 
 # %% [markdown]
+# Each of these rows would teach a model something false about what customers
+# buy; the next section removes them, one named rule at a time.
+
+# %% [markdown]
 # ## 1.2 Cleaning: from a log to purchases
 #
 # We want **purchases of real products by known customers**.
@@ -180,7 +192,7 @@ print(f"{report.rows_in:,} rows in -> {report.rows_out:,} rows out "
       f"({report.whitespace_normalised:,} distinct raw spellings had stray or doubled whitespace)")
 table
 
-# %%
+# %% tags=["remove-input"]
 fig, ax = plt.subplots(figsize=(7, 3))
 ax.barh(table["rule"][::-1], table["rows_removed"][::-1], color="tab:red")
 for y, n in enumerate(table["rows_removed"][::-1]):
@@ -190,7 +202,7 @@ ax.set_xlabel("rows removed (log scale)")
 ax.set_title(f"Cleaning Online Retail: {report.rows_in:,} -> {report.rows_out:,} rows")
 show(fig, "cleaning_report")
 
-# %%
+# %% tags=["remove-input"]
 biggest_rule = max(report.removed, key=report.removed.get)
 missing_share = report.removed["missing_customer"] / report.rows_in
 others_share = (sum(report.removed.values()) - report.removed["missing_customer"]) / report.rows_in
@@ -225,7 +237,7 @@ monthly = (
 )
 monthly
 
-# %%
+# %% tags=["remove-input"]
 fig, ax = plt.subplots(figsize=(8, 3.5))
 for col, marker in zip(monthly.columns, "os^", strict=True):
     ax.plot(monthly.index, monthly[col], marker=marker, label=f"active {col}")
@@ -237,7 +249,7 @@ ax.set_title(f"Monthly active customers, items and invoices ({last_day:%b %Y} ha
 ax.legend(loc="upper left")
 show(fig, "monthly_activity")
 
-# %%
+# %% tags=["remove-input"]
 full_months = monthly.iloc[:-1]  # the last month is cut short by the end of the log
 peak = full_months["invoices"].idxmax()
 Markdown(
@@ -268,7 +280,7 @@ print(f"the top 20% of items by customers ({top20:,}) account for {100 * top20_s
 print(f"{100 * rare_share:.1f}% of items were bought by fewer than 5 customers; "
       f"median item: {popularity.median():.0f} customers")
 
-# %%
+# %% tags=["remove-input"]
 rank = np.arange(1, len(popularity) + 1)
 fig, ax = plt.subplots(figsize=(6, 4))
 ax.loglog(rank, popularity.to_numpy(), lw=2)
@@ -279,6 +291,13 @@ ax.set_xlabel("item rank (1 = most popular)")
 ax.set_ylabel("distinct customers who bought it")
 ax.set_title("Item popularity: a short head and a long tail")
 show(fig, "item_long_tail")
+
+# %% tags=["remove-input"]
+Markdown(
+    f"The head is short and the tail is long: {top20:,} items (20%) carry {100 * top20_share:.0f}% of the purchase "
+    f"lines, while {100 * rare_share:.0f}% of the items have fewer than 5 customers, too few for an ID embedding to "
+    "learn much from. A description is there for every item, popular or not."
+)
 
 # %% [markdown]
 # ## 1.5 Do customers come back?
@@ -296,7 +315,7 @@ print(f"repeat customers: {100 * repeat_customer_rate:.1f}% of {n_customers:,} "
       f"(median {invoices_per_customer.median():.0f} invoices per customer)")
 print(f"repeat (customer, item) pairs: {100 * repeat_pair_rate:.1f}% of {len(pairs):,}")
 
-# %%
+# %% tags=["remove-input"]
 fig, ax = plt.subplots(figsize=(6, 3.5))
 counts = invoices_per_customer.clip(upper=30).value_counts().sort_index()
 ax.bar(counts.index, counts.to_numpy(), color=["tab:grey"] + ["tab:blue"] * (len(counts) - 1))
@@ -305,6 +324,13 @@ ax.set_xlabel("invoices per customer (30 = 30 or more)")
 ax.set_ylabel("customers (log scale)")
 ax.set_title(f"{100 * repeat_customer_rate:.0f}% of customers order more than once")
 show(fig, "invoices_per_customer")
+
+# %% tags=["remove-input"]
+Markdown(
+    f"The grey bar, customers with a single invoice, is {100 * (1 - repeat_customer_rate):.0f}% of them; the rest "
+    f"come back, and {100 * repeat_pair_rate:.0f}% of all (customer, item) pairs are bought on more than one invoice. "
+    "A model that has seen a customer's past has a lot to go on; one that has not (a cold customer) has little."
+)
 
 # %% [markdown]
 # ## 1.6 Basket sizes
@@ -317,6 +343,8 @@ show(fig, "invoices_per_customer")
 basket = clean.groupby("InvoiceNo")["StockCode"].nunique()
 print(f"items per invoice: median {basket.median():.0f}, mean {basket.mean():.1f}, "
       f"90th percentile {basket.quantile(0.9):.0f}, max {basket.max()}")
+
+# %% tags=["remove-input"]
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.hist(basket.clip(upper=100), bins=np.arange(0.5, 101.5, 1), color="tab:green")
 ax.axvline(basket.median(), color="black", ls="--", lw=1, label=f"median {basket.median():.0f}")
@@ -325,6 +353,13 @@ ax.set_ylabel("invoices")
 ax.set_title("Basket sizes")
 ax.legend()
 show(fig, "basket_sizes")
+
+# %% tags=["remove-input"]
+Markdown(
+    f"Half the invoices hold {basket.median():.0f} distinct items or more and one in ten holds "
+    f"{basket.quantile(0.9):.0f} or more: a basket is a list of many purchases at one moment, which is why chapter 03 "
+    "treats one invoice and its sampled negatives as one \"impression list\"."
+)
 
 # %% [markdown]
 # ## 1.7 The product text
@@ -356,7 +391,7 @@ n_tokens = np.array([len(ids) for ids in tokenizer(items["Description"].tolist()
 print(f"tokens per description: median {np.median(n_tokens):.0f}, max {n_tokens.max()} "
       f"(+2 for [CLS] and [SEP]); {np.mean(n_tokens > n_words):.0%} of descriptions need more tokens than words")
 
-# %%
+# %% tags=["remove-input"]
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
 bins = np.arange(0.5, max(n_tokens.max(), n_words.max()) + 1.5)
 axes[0].hist([n_words, n_tokens], bins=bins, label=["words", "MiniLM tokens"])
@@ -370,7 +405,7 @@ axes[1].set_title(f"The {len(top_words)} most common words")
 fig.tight_layout()
 show(fig, "description_text")
 
-# %%
+# %% tags=["remove-input"]
 Markdown(
     f"A typical description has {n_words.median():.0f} words ({np.median(n_tokens):.0f} tokens). The most "
     f"common words ({', '.join(top_words['word'].head(8))}, ...) name product types, colours, materials and "
@@ -416,7 +451,7 @@ print(f"train: {len(before):,} rows before {CUTOFF.date()}; test: {len(after):,}
       f"({100 * len(after) / len(clean):.1f}%) from {CUTOFF.date()} to {clean['InvoiceDate'].max():%Y-%m-%d}")
 cold
 
-# %%
+# %% tags=["remove-input"]
 fig, ax = plt.subplots(figsize=(6, 3))
 x = np.arange(2)
 ax.bar(x - 0.2, cold["share unseen %"], width=0.4, label="of distinct users / items")
@@ -427,7 +462,7 @@ ax.set_title(f"Cold start after the {CUTOFF.date()} cutoff")
 ax.legend()
 show(fig, "cold_start")
 
-# %%
+# %% tags=["remove-input"]
 larger = "customers" if cold_user_share > cold_item_share else "items"
 Markdown(
     f"{100 * cold_user_share:.1f}% of the test-window customers (about one in "
@@ -436,6 +471,35 @@ Markdown(
     f"items sold in the test window are new ({100 * cold_item_rows:.1f}% of the lines). Here cold "
     f"{larger} are the larger problem. Cold items still matter in any shop that adds products, "
     "and that is where text helps most."
+)
+
+# %% [markdown]
+# **Too few new products to measure: a simulated catalogue refresh.** A few
+# dozen cold items are not enough to measure how well a model ranks or
+# retrieves products it has never seen. The later chapters therefore also
+# *simulate* a catalogue refresh, the item cold-start split of DropoutNet
+# (Volkovs, Yu and Poutanen, NeurIPS 2017), with `ecrec.cold_start`: among
+# the items sold both before and after the cutoff, hold out a seeded random
+# 20%, and remove every purchase of them before the cutoff from everything a
+# model learns from. Their purchases after the cutoff become a cold-item test
+# set.
+
+# %%
+events = purchase_events(clean)  # one row per (invoice, item): the book's events table
+refresh = hold_out_items(events, CUTOFF, share=0.2, seed=seed)
+held_test = cold_test_mask(events, refresh)  # test-window purchases of held-out items
+pd.Series({**refresh.summary(), "test purchases of held-out items": int(held_test.sum()),
+           "test purchases in all": int((events["ts"] >= CUTOFF).sum())}).to_frame("simulated refresh")
+
+# %% tags=["remove-input"]
+n_test_events = int((events["ts"] >= CUTOFF).sum())
+Markdown(
+    f"{len(refresh.held_out):,} of the {len(refresh.candidates):,} items sold on both sides of the cutoff are held out; "
+    f"their {int(held_test.sum()):,} purchases after it ({held_test.sum() / n_test_events:.0%} of the test window's) "
+    f"are a cold-item test set far larger than the {len(refresh.natural_cold)} natural cold items give. It is a "
+    "simulation, and it differs from real new products: the held-out items are established ones, drawn at random "
+    "from the items that sell on both sides of the cutoff (more popular than the average item), while products a shop "
+    "has just added may be described, priced and bought differently."
 )
 
 # %% [markdown]
@@ -457,6 +521,8 @@ crosstab
 
 # %%
 recommend_by_rating = reviews.groupby("Rating")["Recommended IND"].mean()
+
+# %% tags=["remove-input"]
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.bar(recommend_by_rating.index, 100 * recommend_by_rating.to_numpy(), color="tab:orange")
 for r, v in recommend_by_rating.items():
@@ -467,7 +533,7 @@ ax.set_ylim(0, 110)
 ax.set_title(f"Recommend rate by rating (overall {100 * reviews['Recommended IND'].mean():.0f}%)")
 show(fig, "reviews_recommend_by_rating")
 
-# %%
+# %% tags=["remove-input"]
 Markdown(
     "The recommend flag is almost a threshold on the rating: at least "
     f"{100 * recommend_by_rating.loc[[4, 5]].min():.0f}% of the 4 and 5 star reviews recommend the item, "
@@ -490,7 +556,7 @@ print(f"words per review: median {review_words.median():.0f}, max {review_words.
       f"MiniLM tokens (sample of {len(sample):,}): median {np.median(review_tokens):.0f}, "
       f"{100 * over_128:.1f}% over 128")
 
-# %%
+# %% tags=["remove-input"]
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.hist(review_tokens, bins=40, color="tab:cyan")
 ax.axvline(128, color="black", ls="--", lw=1, label="max_length = 128")
@@ -500,13 +566,32 @@ ax.set_title("Review lengths")
 ax.legend()
 show(fig, "review_lengths")
 
+# %% tags=["remove-input"]
+Markdown(
+    f"The median review is {np.median(review_tokens):.0f} tokens and {100 * over_128:.1f}% are longer than 128: "
+    + ("`max_length = 128` keeps almost every review whole."
+       if over_128 < 0.1 else
+       "`max_length = 128` cuts a noticeable share of the reviews; a chapter that uses less must say how many it cuts.")
+)
+
+# %% tags=["remove-input"]
+lesson = (
+    "The log records purchases only, so every later chapter samples its negatives; activity is seasonal "
+    f"(invoices peak at {full_months['invoices'].max() / full_months['invoices'].median():.1f} times the median "
+    "month), so every chapter splits by time; and at that split "
+    f"{100 * cold_user_share:.0f}% of the test customers but only {100 * cold_item_share:.1f}% of the test items "
+    f"({round(cold_item_share * len(test_items))}) are new, so new products are simulated by holding out "
+    f"{len(refresh.held_out):,} items, for which only their text and attributes can speak."
+)
+LESSON.update(Markdown(f"**In one sentence (from this run):** {lesson}"))
+
 # %% [markdown]
 # ## 1.10 The numbers, saved
 #
 # `metrics.json` keeps this chapter's headline numbers, so tests and later
 # chapters can check them.
 
-# %%
+# %% tags=["remove-input"]
 metrics = {
     "rows_raw": report.rows_in,
     "rows_clean": report.rows_out,
@@ -547,6 +632,9 @@ metrics = {
     "reviews_tokenized": len(sample),
     "reviews_median_tokens": float(np.median(review_tokens)),
     "reviews_share_over_128_tokens": float(over_128),
+    "simulated_refresh": {**refresh.summary(), "test_events_held_out": int(held_test.sum()),
+                          "test_events": n_test_events},
+    "lesson": lesson,
 }
 write_metrics(output_dir, metrics, profile=run_profile, seed=seed, started=STARTED)
 pd.Series({k: v for k, v in metrics.items() if not isinstance(v, dict)}).to_frame("value")
@@ -554,8 +642,9 @@ pd.Series({k: v for k, v in metrics.items() if not isinstance(v, dict)}).to_fram
 # %% [markdown]
 # ## Summary
 
-# %%
+# %% tags=["remove-input"]
 Markdown(
+    f"**The lesson.** {lesson}\n\n"
     f"* Cleaning is a list of named decisions: {100 * report.rows_out / report.rows_in:.1f}% of the "
     f"{report.rows_in:,} raw rows are purchases of real products by known customers; `{biggest_rule}` "
     f"removes the most ({100 * report.removed[biggest_rule] / report.rows_in:.1f}% of the log).\n"
@@ -569,7 +658,8 @@ Markdown(
     "that a text model will know about an item.\n"
     f"* Activity is seasonal, so every later chapter splits by time. At the {CUTOFF.date()} cutoff "
     f"{100 * cold_user_share:.0f}% of the test customers and {100 * cold_item_share:.1f}% of the test "
-    "items are new.\n"
+    f"items are new: too few to measure, so the later chapters also simulate a catalogue refresh "
+    f"({len(refresh.held_out):,} items held out, {int(held_test.sum()):,} test purchases).\n"
     f"* In the reviews the recommend flag is nearly a threshold on the rating, "
     f"{100 * reviews['Recommended IND'].mean():.0f}% positive, and {100 * over_128:.1f}% of the reviews "
     "are longer than 128 tokens."

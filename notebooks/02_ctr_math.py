@@ -42,13 +42,20 @@
 # chain rule, and a little numpy and torch. The whole chapter runs on a CPU in
 # seconds.
 
-# %% tags=["parameters"]
+# %% tags=["remove-input"]
+# The chapter's lesson in one sentence, computed from this run in the Summary and shown here as well.
+from IPython.display import Markdown, display
+
+LESSON = display(Markdown("*This chapter's lesson, in one sentence, appears here once the chapter has run.*"),
+                 display_id=True)
+
+# %% tags=["parameters", "remove-input"]
 profile = "auto"  # "auto" | "smoke" | "cpu" | "full"
 seed = 42
 output_dir = "outputs/02_ctr_math"
 sizes = None  # optional dict overriding the profile's sizes
 
-# %%
+# %% tags=["remove-input"]
 # In Colab: fetch the book's code and data, then install it (skipped elsewhere).
 import os
 import subprocess
@@ -59,7 +66,7 @@ if "google.colab" in sys.modules and not os.path.isdir("ecrec-book"):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "requirements.txt"], cwd="ecrec-book", check=True)
     sys.path.insert(0, os.path.abspath("ecrec-book"))
 
-# %%
+# %% tags=["remove-input"]
 import time
 
 import matplotlib.pyplot as plt
@@ -90,6 +97,8 @@ from ecrec.mlp import (
     sigmoid,
 )
 from ecrec.profiles import pick_sizes, seed_everything
+from ecrec.stats import bootstrap_auc, bootstrap_log_loss
+from ecrec.verdict import compare, decide
 
 STARTED = time.time()
 SIZES = {
@@ -168,6 +177,13 @@ pd.DataFrame({
     for name, d in {"train": train, "valid": valid, "test": test}.items()
 }).T
 
+# %% tags=["remove-input"]
+Markdown(
+    f"Training holds {len(train):,} rows from {len(train_cutoffs)} monthly snapshots (a customer appears once per "
+    f"snapshot); {train['label'].mean():.1%} of them buy again within 30 days, against {valid['label'].mean():.1%} "
+    f"in the validation month and {test['label'].mean():.1%} in the test month: the base rate moves with the season."
+)
+
 # %% [markdown]
 # Features are standardised with the **training** mean and standard deviation
 # only (the validation and test sets must not leak into anything we fit).
@@ -211,6 +227,12 @@ plt.show()
 print(f"argmin q = {best_q:.3f}, base rate = {y_train.mean():.4f}")
 assert abs(best_q - y_train.mean()) < 1e-3
 
+# %% tags=["remove-input"]
+Markdown(
+    f"The curve bottoms out at $q = {best_q:.3f}$, the training base rate ({y_train.mean():.4f}): the log loss "
+    "rewards the honest probability, which is what *proper* means."
+)
+
 # %% [markdown]
 # **Why not train on AUC?** AUC only looks at the *order* of the scores: any
 # increasing transformation leaves it unchanged, so it cannot tell a calibrated
@@ -237,18 +259,34 @@ auc_vs_loss = pd.DataFrame({
 assert auc_vs_loss.loc["p (fitted)", "log loss"] == auc_vs_loss["log loss"].min()
 auc_vs_loss.round(4)
 
+# %% [markdown]
+# Are these differences more than the luck of which customers we happened to
+# have? A **bootstrap** over customers answers that: resample the customers
+# with replacement 1,000 times, recompute each log loss on every resample, and
+# read the middle 95% of the differences. A difference is called a gain or a
+# loss only when that interval excludes 0 (`ecrec.verdict.decide` applies the
+# book's one rule).
+
 # %%
+constant = "constant (base rate)"
+demo_ci = bootstrap_log_loss(y_train, scores, train["CustomerID"].to_numpy(), seed=seed,
+                             pairs=[(name, constant) for name in scores if name != constant])
+demo_verdict = {name: decide(demo_ci[f"{name} - {constant}"], better="lower") for name in scores if name != constant}
+pd.Series({name: v.text for name, v in demo_verdict.items()}, name="log loss minus the constant's")
+
+# %% tags=["remove-input"]
+distortions_lose = all(demo_verdict[k].is_loss for k in ("p / 10", "p ** 3"))
 Markdown(
     f"The fitted probabilities average {p_model.mean():.4f}, the base rate is {y_train.mean():.4f}, and their "
-    f"log loss ({auc_vs_loss.loc['p (fitted)', 'log loss']:.4f}) beats the constant base rate "
-    f"({auc_vs_loss.loc['constant (base rate)', 'log loss']:.4f}). Dividing by ten or cubing keeps every pair "
-    f"in the same order, so AUC stays at {auc_vs_loss.loc['p (fitted)', 'AUC']:.4f}, but the log loss rises to "
-    f"{auc_vs_loss.loc['p / 10', 'log loss']:.4f} and {auc_vs_loss.loc['p ** 3', 'log loss']:.4f}: both "
-    "distortions are worse than predicting the base rate for everyone, and AUC cannot see it."
-    if max(auc_vs_loss.loc[["p / 10", "p ** 3"], "log loss"]) > auc_vs_loss.loc["constant (base rate)", "log loss"]
-    else f"The fitted probabilities average {p_model.mean():.4f}, the base rate is {y_train.mean():.4f}. "
-    f"Dividing by ten or cubing keeps AUC at {auc_vs_loss.loc['p (fitted)', 'AUC']:.4f} but raises the log loss "
-    f"to {auc_vs_loss.loc['p / 10', 'log loss']:.4f} and {auc_vs_loss.loc['p ** 3', 'log loss']:.4f}."
+    f"log loss ({auc_vs_loss.loc['p (fitted)', 'log loss']:.4f}) against the constant base rate's "
+    f"({auc_vs_loss.loc[constant, 'log loss']:.4f}) differs by {demo_verdict['p (fitted)'].text}. Dividing by ten "
+    f"or cubing keeps every pair in the same order, so AUC stays at {auc_vs_loss.loc['p (fitted)', 'AUC']:.4f}, "
+    f"but the log loss rises to {auc_vs_loss.loc['p / 10', 'log loss']:.4f} and "
+    f"{auc_vs_loss.loc['p ** 3', 'log loss']:.4f}"
+    + (": both distortions are worse than predicting the base rate for everyone "
+       f"({demo_verdict['p / 10'].text}; {demo_verdict['p ** 3'].text}), and AUC cannot see it."
+       if distortions_lose else
+       f" (against the constant: {demo_verdict['p / 10'].text}; {demo_verdict['p ** 3'].text}), and AUC cannot see it.")
 )
 
 # %% [markdown]
@@ -277,11 +315,16 @@ weights = pd.DataFrame({"tensor": [f"{k}{i // 2 + 1}" for i, k in enumerate(["W"
 pd.concat([shapes, weights], ignore_index=True).set_index("tensor")
 
 # %% [markdown]
+# Every activation is (rows, width of its layer) and every weight is (width out,
+# width in), so one affine map is one matrix product, `A @ W.T + b`, for the
+# whole batch at once.
+
+# %% [markdown]
 # The sigmoid squashes the logit into $(0, 1)$. Its derivative is
 # $\sigma'(z) = \sigma(z)(1 - \sigma(z))$: at most $1/4$, and tiny once $|z|$
 # is more than a few units.
 
-# %%
+# %% tags=["remove-input"]
 zs = np.linspace(-8, 8, 401)
 fig, ax = plt.subplots(figsize=(5, 3.2))
 ax.plot(zs, sigmoid(zs), label=r"$\sigma(z)$")
@@ -316,6 +359,12 @@ plots.save(fig, output_dir, "gradient_norm_per_layer")
 plt.show()
 ratio = grad_norms.iloc[0] / grad_norms.iloc[-1]
 print("first-layer / last-layer gradient norm:", ratio.round(6).to_dict())
+
+# %% tags=["remove-input"]
+Markdown(
+    f"With sigmoid hidden units the first layer's gradient is {ratio['sigmoid']:.1e} times the last layer's; with "
+    f"ReLU and He initialisation it is {ratio['relu']:.2g} times: the sigmoid stack barely trains its lower layers."
+)
 
 # %% [markdown]
 # ## 2.4 The gradient
@@ -389,6 +438,13 @@ shorthand = pd.Series({
 }, name="relative error")
 shorthand.to_frame()
 
+# %% tags=["remove-input"]
+Markdown(
+    f"With $\\nabla_\\theta z$ the shorthand is the log-loss gradient (relative error {shorthand.iloc[0]:.0e}); with "
+    f"$\\nabla_\\theta \\hat y$ it is off by {shorthand.iloc[1]:.0%} and is the squared-error gradient instead "
+    f"(relative error {shorthand.iloc[2]:.0e})."
+)
+
 # %% [markdown]
 # **Back-propagation** carries $\delta_L = \partial L / \partial z$ (shape
 # $(n, 1)$, equal to $(\hat y - y)/n$ for the mean loss) down the network. At each layer
@@ -410,6 +466,10 @@ for layer in range(len(params) // 2, 0, -1):
 pd.DataFrame(rows).set_index("layer")
 
 # %% [markdown]
+# Each $\partial L / \partial W_l$ has the shape of $W_l$, and $\delta$ shrinks from
+# the width of one layer to the width of the one below: back-propagation is the
+# forward pass run backwards with transposed weights.
+#
 # ## 2.5 Numerics: why frameworks compute the loss from logits
 #
 # Computing $\hat y = \sigma(z)$ and then $\log \hat y$ fails at both ends. In
@@ -450,7 +510,7 @@ numerics
 # $(1 - y) \log(1 - \hat y) = 0 \cdot (-\infty)$, which is `nan`.
 # The same curves over a range of logits:
 
-# %%
+# %% tags=["remove-input"]
 zs = np.linspace(-10, 10, 401)
 fig, ax = plt.subplots(figsize=(5, 3.2))
 ax.plot(zs, log_loss_from_logits(np.ones_like(zs), zs, "none"), label="y = 1: softplus(-z)")
@@ -490,6 +550,14 @@ for z0 in (-5.0, -20.0, -40.0, -200.0):
         rows.append({"z": z0, "method": name, "loss": loss.item(), "dL/dz": zt.grad.item()})
 clamping = pd.DataFrame(rows).pivot(index="z", columns="method")
 clamping
+
+# %% tags=["remove-input"]
+grad_at = clamping["dL/dz"].loc[-40.0]
+Markdown(
+    f"At $z = -40$ the logits loss has gradient {grad_at['BCEWithLogitsLoss'] + 0.0:.3g}; the clamped one "
+    f"{grad_at['sigmoid, clamp(1e-7), log'] + 0.0:.3g} and torch's `BCELoss` {grad_at['sigmoid, BCELoss'] + 0.0:.3g}: "
+    "the confident mistake stops teaching the model."
+)
 
 # %% [markdown]
 # **Half precision.** float16 has 10 mantissa bits and a largest value of
@@ -608,7 +676,7 @@ models = {"logistic regression": ([len(FEATURES), 1], 1e-2), "MLP": (layer_sizes
 trained = {name: fit(sizes_, lr=lr) for name, (sizes_, lr) in models.items()}
 {name: f"best epoch {t[2]} of {size['epochs']}" for name, t in trained.items()}
 
-# %%
+# %% tags=["remove-input"]
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
 for ax, (name, (_, history, best_epoch)) in zip(axes, trained.items(), strict=True):
     plots.loss_curves(history, ax=ax)
@@ -617,7 +685,7 @@ for ax, (name, (_, history, best_epoch)) in zip(axes, trained.items(), strict=Tr
 plots.save(fig, output_dir, "loss_curves")
 plt.show()
 
-# %%
+# %% tags=["remove-input"]
 n_params = {name: sum(p.size for p in t[0]) for name, t in trained.items()}
 Markdown(
     "The gap between the training and validation curves of logistic regression is not overfitting: "
@@ -648,16 +716,39 @@ metric_gap = float(max((results["log loss"] - results["log loss (sklearn)"]).abs
 print(f"hand-written vs scikit-learn: largest absolute difference {metric_gap:.1e}")
 results.round(4)
 
+# %% [markdown]
+# The differences between the models, with bootstrap intervals over the test
+# customers (one row each), the same resamples for every model:
+
 # %%
-lr_row, mlp_row = results.loc["logistic regression"], results.loc["MLP"]
-constant_loss = results.loc["constant (train base rate)", "log loss"]
+LR, MLP, CONST = "logistic regression", "MLP", "constant (train base rate)"
+test_users = test["CustomerID"].to_numpy()
+test_ll = bootstrap_log_loss(y_test, {k: probs[k] for k in (LR, MLP, CONST)}, test_users, seed=seed,
+                             pairs=[(MLP, LR), (LR, CONST), (MLP, CONST)])
+test_auc = bootstrap_auc(y_test, {k: probs[k] for k in (LR, MLP)}, test_users, seed=seed, pairs=[(MLP, LR)])
+verdicts = {
+    "MLP - LR, log loss": decide(test_ll[f"{MLP} - {LR}"], better="lower"),
+    "MLP - LR, AUC": decide(test_auc[f"{MLP} - {LR}"]),
+    "LR - constant, log loss": decide(test_ll[f"{LR} - {CONST}"], better="lower"),
+    "MLP - constant, log loss": decide(test_ll[f"{MLP} - {CONST}"], better="lower"),
+}
+pd.Series({k: v.text for k, v in verdicts.items()}, name="difference [95% interval], verdict")
+
+# %% tags=["remove-input"]
+lr_row, mlp_row = results.loc[LR], results.loc[MLP]
+constant_loss = results.loc[CONST, "log loss"]
+mlp_gains = [k for k in ("MLP - LR, log loss", "MLP - LR, AUC") if verdicts[k].is_gain]
 Markdown(
-    f"On {len(FEATURES)} dense RFM features the MLP has little to add over logistic regression: test log loss "
-    f"{mlp_row['log loss']:.4f} against {lr_row['log loss']:.4f}, AUC {mlp_row['AUC']:.4f} against "
-    f"{lr_row['AUC']:.4f}. The relationship between recency, frequency and buying again is close to monotone, "
-    "which a linear model on log features already captures. Capacity pays off when the inputs are rich "
-    "(IDs, text): the subject of the next chapters. Both models beat the constant prediction "
-    f"({constant_loss:.4f}) by at least {constant_loss - max(lr_row['log loss'], mlp_row['log loss']):.3f} nats."
+    f"On {len(FEATURES)} dense RFM features, in test log loss "
+    f"{compare('the MLP', 'logistic regression', test_ll[f'{MLP} - {LR}'], better='lower')}, and in AUC "
+    f"{compare('the MLP', 'logistic regression', test_auc[f'{MLP} - {LR}'])}. "
+    + ("The relationship between recency, frequency and buying again is close to monotone, which a linear model on "
+       "log features already captures; capacity pays off when the inputs are rich (IDs, text), the subject of the "
+       "next chapters. " if not mlp_gains else
+       "The hidden layers find something the linear model misses here, on nine features; chapters 03 and 04 give "
+       "them far richer inputs (IDs, text). ")
+    + f"Against predicting the training base rate for everyone (log loss {constant_loss:.4f}): logistic regression "
+    f"{verdicts['LR - constant, log loss'].text}, the MLP {verdicts['MLP - constant, log loss'].text}."
 )
 
 # %% [markdown]
@@ -666,7 +757,7 @@ Markdown(
 # reliability diagram bins the test set by predicted probability and plots the
 # observed rate in each bin; a calibrated model lies on the diagonal.
 
-# %%
+# %% tags=["remove-input"]
 fig, ax = plt.subplots(figsize=(4.8, 4.8))
 plots.reliability(y_test, {k: probs[k] for k in models}, n_bins=10, ax=ax)
 plots.save(fig, output_dir, "reliability")
@@ -681,8 +772,21 @@ plt.show()
 # (November's pre-Christmas rush) would shift the whole curve, one reason to
 # monitor calibration in production.
 
-# %%
-write_metrics(output_dir, {
+# %% tags=["remove-input"]
+mlp_vs_lr = verdicts["MLP - LR, log loss"]
+lesson = (
+    "Train on the log loss computed from the logit: its gradient there is simply $\\hat y - y$ (back-propagation "
+    f"agrees with finite differences to {grad_check_error:.0e}), it stays finite where the naive formula gives `inf` "
+    "and `nan`, and on nine RFM features "
+    + ("an MLP adds nothing measurable to logistic regression" if mlp_vs_lr.word in ("within noise", "identical")
+       else f"an MLP {'beats' if mlp_vs_lr.is_gain else 'loses to'} logistic regression")
+    + f" (test log loss {mlp_vs_lr.text})"
+    + (": depth needs richer inputs to pay." if not mlp_vs_lr.is_gain else ".")
+)
+LESSON.update(Markdown(f"**In one sentence (from this run):** {lesson}"))
+
+# %% tags=["remove-input"]
+_ = write_metrics(output_dir, {
     "n_train": len(y_train), "n_valid": len(y_valid), "n_test": len(y_test),
     "train_base_rate": float(y_train.mean()), "test_base_rate": float(y_test.mean()),
     "test_log_loss_lr": float(results.loc["logistic regression", "log loss"]),
@@ -704,13 +808,19 @@ write_metrics(output_dir, {
     "demo_train_log_loss_cubed": float(auc_vs_loss.loc["p ** 3", "log loss"]),
     "demo_train_log_loss_constant": float(auc_vs_loss.loc["constant (base rate)", "log loss"]),
     "best_epoch_lr": trained["logistic regression"][2], "best_epoch_mlp": trained["MLP"][2],
+    "demo_train_log_loss_minus_constant": {k: demo_ci[f"{k} - {constant}"] for k in demo_verdict},
+    "test_log_loss_diff": {k: test_ll[k] for k in (f"{MLP} - {LR}", f"{LR} - {CONST}", f"{MLP} - {CONST}")},
+    "test_auc_diff": {f"{MLP} - {LR}": test_auc[f"{MLP} - {LR}"]},
+    "verdicts": {k: v.word for k, v in verdicts.items()},
+    "lesson": lesson,
 }, profile=run_profile, seed=seed, started=STARTED)
 
 # %% [markdown]
 # ## Summary
 
-# %%
+# %% tags=["remove-input"]
 Markdown(
+    f"**The lesson.** {lesson}\n\n"
     "* A click is a Bernoulli event; its negative log-likelihood is the log loss, a proper scoring rule. "
     f"AUC cannot see calibration: dividing the fitted probabilities by ten keeps AUC at "
     f"{auc_vs_loss.loc['p (fitted)', 'AUC']:.3f} and raises the log loss from "
@@ -721,9 +831,10 @@ Markdown(
     "* Compute the loss from logits, $\\operatorname{softplus}(z) - yz$: finite and with gradient "
     "$\\pm 1$ where the naive formula gives `inf` and `nan`; clamping keeps the value finite but kills the "
     "gradient of confident mistakes, and half precision breaks the naive loss already at moderate logits.\n"
-    f"* On {len(FEATURES)} RFM features the MLP (test AUC {mlp_row['AUC']:.3f}) adds little to logistic "
-    f"regression ({lr_row['AUC']:.3f}); both beat the constant base rate by "
-    f"{constant_loss - max(lr_row['log loss'], mlp_row['log loss']):.3f} nats of test log loss or more."
+    f"* On {len(FEATURES)} RFM features the MLP (test AUC {mlp_row['AUC']:.3f}) against logistic regression "
+    f"({lr_row['AUC']:.3f}): AUC {verdicts['MLP - LR, AUC'].text}, log loss {verdicts['MLP - LR, log loss'].text}. "
+    f"Against the constant base rate, test log loss: logistic regression {verdicts['LR - constant, log loss'].text}; "
+    f"the MLP {verdicts['MLP - constant, log loss'].text}."
 )
 
 # %% [markdown]

@@ -81,3 +81,20 @@ def test_reviews(m):
     assert m["reviews_tokenized"] == 2_000
     assert 65 <= m["reviews_median_tokens"] <= 85
     assert 0.02 <= m["reviews_share_over_128_tokens"] <= 0.10
+
+
+def test_simulated_catalogue_refresh(m):
+    # ecrec.cold_start at the cutoff: items sold on both sides, 20% of them held out (seed 42)
+    r = m["simulated_refresh"]
+    assert (r["candidates"], r["natural_cold"], r["share"], r["seed"]) == (2_617, 37, 0.2, 42)
+    assert r["held_out"] == round(0.2 * r["candidates"]) == 523
+    assert r["natural_cold"] == round(m["cold_item_share"] * m["test_items"])  # the book's one definition
+    assert r["test_start"].startswith(m["cutoff"])
+    # purchase events (invoice x item) in the test window, and the held-out items' share of them
+    assert r["test_events"] == 61_490
+    assert 0.12 < r["test_events_held_out"] / r["test_events"] < 0.28
+
+
+def test_lesson_is_computed_from_the_run(m):
+    assert f"{100 * m['cold_item_share']:.1f}%" in m["lesson"]
+    assert f"{m['simulated_refresh']['held_out']:,}" in m["lesson"]

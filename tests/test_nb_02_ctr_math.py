@@ -74,3 +74,25 @@ def test_auc_blind_to_calibration_demo(m):
     q = m["train_base_rate"]
     assert m["demo_train_log_loss_constant"] == pytest.approx(-(q * math.log(q) + (1 - q) * math.log(1 - q)), rel=1e-9)
     assert m["demo_train_log_loss_fitted"] < m["demo_train_log_loss_constant"] < m["demo_train_log_loss_cubed"]
+
+
+def test_differences_carry_bootstrap_intervals_and_verdicts(m):
+    # recorded (smoke, seed 42): MLP - LR log loss +0.002 [-0.004, +0.008]; LR - constant -0.072 [-0.085, -0.057]
+    diffs = m["test_log_loss_diff"]
+    for r in [*diffs.values(), *m["test_auc_diff"].values(), *m["demo_train_log_loss_minus_constant"].values()]:
+        assert r["low"] <= r["diff"] <= r["high"] and r["level"] == 0.95
+    assert diffs["MLP - logistic regression"]["diff"] == pytest.approx(m["test_log_loss_mlp"] - m["test_log_loss_lr"])
+    assert -0.02 < diffs["MLP - logistic regression"]["diff"] < 0.02
+    lr_const = diffs["logistic regression - constant (train base rate)"]
+    assert lr_const["diff"] == pytest.approx(-0.072, abs=0.015) and lr_const["high"] < -0.03
+    assert m["verdicts"]["LR - constant, log loss"] == "a gain"  # its interval clears 0 by far
+    # in-sample, deterministic: the fitted probabilities against the constant, and the two distortions
+    demo = m["demo_train_log_loss_minus_constant"]
+    assert demo["p (fitted)"]["diff"] == pytest.approx(-0.093, abs=2e-3) and demo["p (fitted)"]["high"] < 0
+    assert demo["p / 10"]["low"] > 0.2 and demo["p ** 3"]["low"] > 0.2
+
+
+def test_lesson_is_computed_from_the_run(m):
+    mlp_lr = m["test_log_loss_diff"]["MLP - logistic regression"]
+    assert f"{mlp_lr['diff']:+.3f} [{mlp_lr['low']:+.3f}, {mlp_lr['high']:+.3f}]" in m["lesson"]
+    assert m["verdicts"]["MLP - LR, log loss"] in m["lesson"]

@@ -8,8 +8,10 @@ Generic, for every chapter (issue 21): the computed sentences must come from
 * "a gain" or "beats" next to a signed difference whose interval does not
   clear 0 in the better direction: for a higher-is-better metric (AUC,
   Recall@K, ...) its low end must be > 0; for a lower-is-better one (log loss,
-  MAE, latency), named nearest before the interval, its high end must be < 0.
-  An interval that holds 0 is never a gain, whatever the metric.
+  MAE, latency) its high end must be < 0. The metric is the one named nearest
+  before the interval in its clause, else before the clause in the same
+  output, else after it; an interval that holds 0 is never a gain, whatever
+  the metric.
 
 The scanner is unit-tested on hand-written sentences; the notebook test reads
 ``executed/NN_slug.ipynb`` of the ``smoke_run`` fixture (``ECREC_RUN_DIR`` to
@@ -41,10 +43,19 @@ def _float(s: str) -> float:
     return float(s.replace("−", "-"))
 
 
+def _lower_is_better(text: str, clause_start: int, clause: str, at: int) -> bool | None:
+    """The direction of the metric an interval at ``at`` in ``clause`` measures: the metric named nearest
+    before it in the clause, else nearest before the clause in ``text``, else first after it; None: unnamed."""
+    before = list(METRIC.finditer(clause, 0, at)) or list(METRIC.finditer(text, 0, clause_start))
+    found = before[-1] if before else METRIC.search(text, clause_start + at)
+    return None if found is None else bool(found.group("lower"))
+
+
 def verdict_problems(text: str) -> list[str]:
     """The clauses of ``text`` whose verdict its interval does not support (empty: none)."""
     problems = []
-    for clause in CLAUSE_SPLIT.split(text):
+    starts = [0] + [m.end() for m in CLAUSE_SPLIT.finditer(text)]
+    for start, clause in zip(starts, CLAUSE_SPLIT.split(text), strict=True):
         for m in INTERVAL.finditer(clause):
             diff = _float(m.group("diff"))
             lo = _float(m.group("lo") or m.group("lo2"))
@@ -54,10 +65,9 @@ def verdict_problems(text: str) -> list[str]:
                 continue
             if not GAIN.search(clause):
                 continue
-            metrics = list(METRIC.finditer(clause, 0, m.start()))
-            lower = bool(metrics and metrics[-1].group("lower"))
-            if lo <= 0 <= hi or (lower and hi >= 0) or (not lower and lo <= 0):
-                better = "lower" if lower else "higher"
+            lower = _lower_is_better(text, start, clause, m.start())
+            if lo <= 0 <= hi or (lower is True and hi >= 0) or (lower is False and lo <= 0):
+                better = {True: "lower", False: "higher", None: "direction unnamed"}[lower]
                 problems.append(f"'a gain'/'beats' on an interval that does not clear 0 ({better} is better): "
                                 f"{clause.strip()!r}")
     return problems
@@ -71,6 +81,9 @@ def verdict_problems(text: str) -> list[str]:
     "+0.002 [-0.001, +0.005] (95% interval), within noise; over 3 seeds +0.0001 to +0.0038",
     "the two lists are identical (difference exactly 0 up to rounding)",
     "lr_all AUC 0.840 [0.832, 0.848] beats nothing here",
+    "Against the constant, test log loss: logistic regression -0.072 [-0.085, -0.057], a gain; "
+    "the MLP -0.070 [-0.084, -0.054], a gain.",
+    "p (fitted)    -0.093 [-0.104, -0.083] (95% interval), a gain\nName: log loss minus the constant's",
 ])
 def test_scanner_accepts_honest_verdicts(text):
     assert verdict_problems(text) == []
@@ -84,6 +97,8 @@ def test_scanner_accepts_honest_verdicts(text):
     ("the MLP beats it in log loss: -0.010 [-0.015, +0.002]", "does not clear 0"),
     ("the MLP beats it in log loss: +0.010 [+0.004, +0.020]", "does not clear 0"),
     ("the MLP beats it on AUC: −0.010 [−0.015, −0.002]", "does not clear 0"),
+    ("Recall@50, hybrid minus ALS.\nhybrid -0.010 [-0.015, -0.002], a gain", "does not clear 0"),
+    ("no metric named: +0.010 [-0.015, +0.020], a gain", "does not clear 0"),
 ])
 def test_scanner_catches_verdicts_that_lie(text, why):
     problems = verdict_problems(text)
