@@ -81,15 +81,15 @@ KERNEL_WARNING_FILTERS = ("ignore:IProgress not found",)
 
 
 def _ipc_prefix() -> Path:
-    """A fresh prefix for a kernel's IPC socket files, in the Jupyter runtime folder."""
+    """A fresh prefix for a kernel's IPC socket files, in the temporary folder.
+
+    Unique, so that chapters run at the same time by other runners get other
+    files; short, as a Unix socket's path must be (about 100 bytes).
+    """
+    import tempfile
     import uuid
 
-    from jupyter_core.paths import jupyter_runtime_dir
-
-    runtime = Path(jupyter_runtime_dir())
-    runtime.mkdir(parents=True, exist_ok=True)
-    # unique: chapters run by other runners at the same time get other files
-    return runtime / f"ecrec-kernel-{uuid.uuid4().hex[:12]}-ipc"
+    return Path(tempfile.gettempdir()) / f"ecrec-kernel-{uuid.uuid4().hex[:12]}-ipc"
 
 
 def _kernel_manager_class(ipc_prefix: Path | None):
