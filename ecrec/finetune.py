@@ -43,6 +43,8 @@ __all__ = [
     "pick_device",
     "AmpPlan",
     "amp_plan",
+    "fastest_precision",
+    "cpu_bf16_supported",
     "FGM",
     "TrainConfig",
     "TrainResult",
@@ -131,6 +133,24 @@ def amp_plan(device, precision: str = "auto") -> AmpPlan:
     if precision == "bf16":
         return AmpPlan("bf16", torch.bfloat16, False)
     return AmpPlan("fp16", torch.float16, True)
+
+
+def fastest_precision(device) -> str:
+    """The precision a chapter should train in on ``device``: what it names, never "auto".
+
+    bf16 autocast on a CPU that has bf16 instructions (AVX512-BF16 or AMX; measured
+    1.6-1.7x fp32's training throughput for MiniLM on a 2-core AVX512-BF16 EPYC,
+    ``benchmarks/bench_bert.py``), fp32 on other CPUs, and :func:`amp_plan`'s
+    ``"auto"`` choice on a GPU. Unlike ``"auto"``, results then depend on the CPU's
+    instruction set, so a chapter using it prints which precision ran.
+
+    Returns:
+        ``"bf16"``, ``"fp32"`` or ``"fp16"``.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return "bf16" if cpu_bf16_supported() else "fp32"
+    return amp_plan(device).name
 
 
 # --- FGM ---------------------------------------------------------------------------
@@ -411,6 +431,126 @@ def evaluate_logits(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
 # --- the loop --------------------------------------------------------------------------
 
 
+@dataclass
+class _Run:
+    """Everything one call of :func:`train_ctr_model` sets up: device, precision,
+    optimizer, schedule, the (possibly DDP-wrapped) model, and the result being filled."""
+
+    device: torch.device
+    plan: AmpPlan
+    dist: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    fgm: FGM | None
+    params: list
+    net: Any
+    result: TrainResult
+    total_steps: int
+    eval_every: int
+
+
+def _set_up(model, train, valid, config: TrainConfig, device) -> _Run:
+    """Check the inputs, move ``model``, build the optimizer groups, AdamW, the warm-up
+    schedule, the loss scaler (fp16), FGM and the DDP wrapper."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from ecrec.distributed import DistContext
+
+    if len(train) == 0:
+        raise ValueError("no training examples")
+    if len(np.unique(valid.labels)) < 2:
+        raise ValueError("valid must hold both positive and negative examples for AUC")
+    device = pick_device(device) if device is None else torch.device(device)
+    plan = amp_plan(device, config.precision)
+    model.to(device)
+    dist = DistContext.current()  # rank 0 of 1 without torch.distributed: every dist.* is the identity
+    torch.manual_seed(config.seed + dist.rank)
+    n_batches = math.ceil(len(train) / (config.batch_size * dist.world_size))
+    steps_per_epoch = math.ceil(n_batches / config.grad_accum)
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    groups = optimizer_groups(model, config.lr, config.head_lr, config.weight_decay)
+    optimizer = adamw(groups)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    scaler = torch.amp.GradScaler("cuda") if plan.use_scaler else None
+    fgm = FGM(config.fgm_epsilon) if config.fgm_epsilon > 0 else None
+    params = [p for g in groups for p in g["params"]]
+    net = dist.wrap(model, device)  # DistributedDataParallel under torch.distributed, else model
+    trainable, total = count_params(model)
+    result = TrainResult(trainable_params=trainable, total_params=total, precision=plan.name, device=str(device))
+    return _Run(device, plan, dist, optimizer, scheduler, scaler, fgm, params, net, result, total_steps,
+                config.eval_every or steps_per_epoch)
+
+
+class _EarlyStopping:
+    """Scores validation, keeps the best state (step 0 included) and writes it as a checkpoint."""
+
+    def __init__(self, model, valid, config: TrainConfig, run: _Run, pad_id: int,
+                 checkpoint_dir: str | Path | None, checkpoint_meta: Mapping[str, Any] | None):
+        self.model, self.valid, self.config, self.run, self.pad_id = model, valid, config, run, pad_id
+        self.checkpoint_dir, self.checkpoint_meta = checkpoint_dir, checkpoint_meta
+        self.sign = 1.0 if config.monitor == "auc" else -1.0
+        self.best_score = -math.inf
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_evals = 0
+        self.running, self.running_n = 0.0, 0  # training loss since the previous evaluation
+
+    def add_loss(self, loss: float, n: int) -> None:
+        self.running, self.running_n = self.running + loss * n, self.running_n + n
+
+    def __call__(self, step: int, epoch: int) -> bool:
+        """Score valid, keep the state if best; True when patience is exhausted."""
+        run, model, result = self.run, self.model, self.run.result
+        scores = evaluate_logits(self.valid.labels, run.dist.predict_logits(
+            model, self.valid, pad_id=self.pad_id, batch_size=self.config.eval_batch_size, device=run.device,
+            precision=run.plan.name))
+        result.history.append({"step": step, "epoch": epoch,
+                               "train_loss": self.running / self.running_n if self.running_n else None,
+                               "valid_auc": scores["auc"], "valid_log_loss": scores["log_loss"]})
+        self.running, self.running_n = 0.0, 0
+        score = self.sign * scores[self.config.monitor]
+        if score > self.best_score:
+            self.best_score, self.bad_evals = score, 0
+            result.best_step, result.best_valid_auc, result.best_valid_log_loss = step, scores["auc"], scores["log_loss"]
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if self.checkpoint_dir is not None and run.dist.is_main:
+                save_checkpoint(model, self.checkpoint_dir, **dict(self.checkpoint_meta or {}))
+            if self.checkpoint_dir is not None:
+                run.dist.barrier()  # the checkpoint is on disk before any rank goes on
+        else:
+            self.bad_evals += 1
+        model.train()
+        return self.bad_evals >= self.config.patience
+
+
+def _optimizer_step(run: _Run, train, window: Sequence[np.ndarray], config: TrainConfig, pad_id: int) -> dict:
+    """One optimizer step on ``window`` (its micro-batches): backward, unscale (fp16), clip,
+    AdamW, schedule. Returns the step's log (loss, grad_norm, logit_std, lr) and its counts."""
+    started = time.perf_counter()
+    run.optimizer.zero_grad(set_to_none=True)
+    shards = [run.dist.shard(b) for b in window]
+    loss, spread, tokens = backward_window(run.net, train, shards, device=run.device, plan=run.plan, pad_id=pad_id,
+                                           scaler=run.scaler, fgm=run.fgm, denominator=run.dist.denominator(window))
+    if run.scaler is not None:
+        run.scaler.unscale_(run.optimizer)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, config.max_grad_norm))
+    if run.scaler is not None:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.scheduler.step()
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    run.result.train_seconds += time.perf_counter() - started
+    n = sum(len(i) for i in window)
+    loss, tokens = run.dist.window_totals(loss, sum(len(i) for i in shards), tokens, n)
+    return {"loss": loss, "grad_norm": grad_norm, "logit_std": spread, "lr": run.optimizer.param_groups[0]["lr"],
+            "n": n, "tokens": tokens}
+
+
 def train_ctr_model(
     model,
     train,
@@ -462,103 +602,33 @@ def train_ctr_model(
         FloatingPointError: a NaN/inf loss.
     """
     from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
 
-    if len(train) == 0:
-        raise ValueError("no training examples")
-    if len(np.unique(valid.labels)) < 2:
-        raise ValueError("valid must hold both positive and negative examples for AUC")
-    device = pick_device(device) if device is None else torch.device(device)
-    plan = amp_plan(device, config.precision)
-    model.to(device)
-    from ecrec.distributed import DistContext
-
-    dist = DistContext.current()  # rank 0 of 1 without torch.distributed: every dist.* is the identity
-    torch.manual_seed(config.seed + dist.rank)
-    n_batches = math.ceil(len(train) / (config.batch_size * dist.world_size))
-    steps_per_epoch = math.ceil(n_batches / config.grad_accum)
-    total_steps = steps_per_epoch * config.epochs
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    eval_every = config.eval_every or steps_per_epoch
-
-    groups = optimizer_groups(model, config.lr, config.head_lr, config.weight_decay)
-    optimizer = adamw(groups)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
-    scaler = torch.amp.GradScaler("cuda") if plan.use_scaler else None
-    fgm = FGM(config.fgm_epsilon) if config.fgm_epsilon > 0 else None
-    params = [p for g in groups for p in g["params"]]
-    net = dist.wrap(model, device)  # DistributedDataParallel under torch.distributed, else model
-    trainable, total = count_params(model)
-    result = TrainResult(trainable_params=trainable, total_params=total, precision=plan.name, device=str(device))
-    sign = 1.0 if config.monitor == "auc" else -1.0
-    best_score = -math.inf
-    best_state: dict[str, torch.Tensor] | None = None
-    bad_evals = 0
-    running, running_n = 0.0, 0
-
-    def evaluate(step: int, epoch: int) -> bool:
-        """Score valid, keep the state if best; True when patience is exhausted."""
-        nonlocal best_score, best_state, bad_evals, running, running_n
-        scores = evaluate_logits(valid.labels, dist.predict_logits(
-            model, valid, pad_id=pad_id, batch_size=config.eval_batch_size, device=device, precision=plan.name))
-        result.history.append({"step": step, "epoch": epoch, "train_loss": running / running_n if running_n else None,
-                               "valid_auc": scores["auc"], "valid_log_loss": scores["log_loss"]})
-        running, running_n = 0.0, 0
-        score = sign * scores[config.monitor]
-        if score > best_score:
-            best_score, bad_evals = score, 0
-            result.best_step, result.best_valid_auc, result.best_valid_log_loss = step, scores["auc"], scores["log_loss"]
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if checkpoint_dir is not None and dist.is_main:
-                save_checkpoint(model, checkpoint_dir, **dict(checkpoint_meta or {}))
-            if checkpoint_dir is not None:
-                dist.barrier()  # the checkpoint is on disk before any rank goes on
-        else:
-            bad_evals += 1
-        model.train()
-        return bad_evals >= config.patience
-
+    run = _set_up(model, train, valid, config, device)
+    result, dist = run.result, run.dist
+    evaluate = _EarlyStopping(model, valid, config, run, pad_id, checkpoint_dir, checkpoint_meta)
     evaluate(0, 0)
     result.start_valid_auc = result.history[0]["valid_auc"]
     step, done = 0, False
-    bar = tqdm(total=total_steps, desc=f"train ({plan.name}, {device.type})", disable=not (config.progress and dist.is_main))
+    bar = tqdm(total=run.total_steps, desc=f"train ({run.plan.name}, {run.device.type})",
+               disable=not (config.progress and dist.is_main))
     for epoch in range(config.epochs):
         batches = length_grouped_batches(train.lengths, config.batch_size * dist.world_size, seed=config.seed + epoch)
         windows = [batches[i : i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)]
         model.train()
         for window in windows:
-            started = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            shards = [dist.shard(b) for b in window]
-            loss, spread, tokens = backward_window(net, train, shards, device=device, plan=plan, pad_id=pad_id,
-                                                   scaler=scaler, fgm=fgm, denominator=dist.denominator(window))
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            result.train_seconds += time.perf_counter() - started
-            n = sum(len(i) for i in window)
-            loss, tokens = dist.window_totals(loss, sum(len(i) for i in shards), tokens, n)
+            log = _optimizer_step(run, train, window, config, pad_id)
+            n, tokens = log.pop("n"), log.pop("tokens")
             step += 1
             result.train_samples += n
             result.train_tokens += tokens
-            running, running_n = running + loss * n, running_n + n
-            result.steps.append({"step": step, "loss": loss, "grad_norm": grad_norm, "logit_std": spread,
-                                 "lr": optimizer.param_groups[0]["lr"]})
+            evaluate.add_loss(log["loss"], n)
+            result.steps.append({"step": step, **log})
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            if step % eval_every == 0 or step == total_steps:
+            bar.set_postfix(loss=f"{log['loss']:.4f}")
+            if step % run.eval_every == 0 or step == run.total_steps:
                 done = evaluate(step, epoch + 1)
-                result.stopped_early = done and step < total_steps
-            if done or step >= total_steps:
+                result.stopped_early = done and step < run.total_steps
+            if done or step >= run.total_steps:
                 done = True
                 break
         if done:
@@ -566,8 +636,8 @@ def train_ctr_model(
     bar.close()
     result.optimizer_steps = step
     result.samples_per_s = result.train_samples / max(result.train_seconds, 1e-9)
-    del net  # DDP's gradient hooks go with it
-    model.load_state_dict(best_state)
+    del run.net  # DDP's gradient hooks go with it
+    model.load_state_dict(evaluate.best_state)
     model.eval()
     return result
 

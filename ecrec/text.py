@@ -142,3 +142,112 @@ def encode_texts(
                 masks[rows, :width] = batch["attention_mask"].cpu()
     model.train(was_training)
     return out if states is None else (out, states, masks)
+
+
+# --- one cache of sentence vectors, keyed by model and text -------------------------
+
+VECTOR_CACHE_FORMAT = "ecrec-text-vectors/1"
+
+
+def model_fingerprint(model_name: str = DEFAULT_MODEL) -> str:
+    """A hex digest that changes when the model's files change.
+
+    For a local folder (``"minilm"`` resolves to one) it hashes the name, every
+    ``*.json`` file's bytes and each weight file's bytes (``*.safetensors``,
+    ``*.bin``; about 0.2 s for MiniLM's 90 MB). For a hub name that is not a
+    folder it is the name alone (the hub's revision is then the caller's concern).
+
+    Returns:
+        A 16-character hex string.
+    """
+    import hashlib
+    from pathlib import Path
+
+    h = hashlib.sha256(model_name.encode())
+    folder = Path(model_path(model_name))
+    if folder.is_dir():
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors", ".bin"))
+        for p in files:
+            h.update(str(p.relative_to(folder)).encode())
+            with open(p, "rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 22), b""):
+                    h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _text_key(text: str) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).digest()[:16]
+
+
+def cached_text_vectors(
+    texts: Sequence[str],
+    model_name: str = DEFAULT_MODEL,
+    *,
+    cache_dir,
+    max_length: int = 64,
+    normalize: bool = True,
+    batch_size: int = 128,
+    progress: bool = False,
+) -> np.ndarray:
+    """:func:`encode_texts` through an on-disk cache keyed by model and text.
+
+    One file per (model fingerprint, ``max_length``, ``normalize``) under
+    ``cache_dir/text_vectors/``, holding a 16-byte SHA-256 key per text and its
+    vector. A call encodes only the texts whose key is missing and appends them
+    (written atomically, :func:`ecrec.io.atomic_write`). A changed text gets a
+    new key, a changed model (its weights or configuration,
+    :func:`model_fingerprint`) a new file: neither is ever served a stale vector.
+    Chapters 04, 05 and 07 encode the same catalogue descriptions with it.
+
+    Args:
+        texts: n strings (the text as encoded: lower-case it first if you want that).
+        model_name: ``"minilm"`` or a Hugging Face name/folder.
+        cache_dir: the folder to keep the cache in (created when missing).
+        max_length, normalize, batch_size, progress: as :func:`encode_texts`.
+
+    Returns:
+        float32 (n, hidden), row i the vector of ``texts[i]``; identical to
+        :func:`encode_texts` on the same texts up to float rounding from batching.
+
+    Raises:
+        TypeError: an element of ``texts`` is not a string.
+        ValueError: a cache file that does not hold this model's vectors
+            (delete it to rebuild).
+    """
+    from pathlib import Path
+
+    from ecrec.io import atomic_write
+
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"cached_text_vectors needs strings; element {bad[0]} is {type(texts[bad[0]]).__name__}")
+    fingerprint = model_fingerprint(model_name)
+    path = Path(cache_dir) / "text_vectors" / f"{fingerprint}_len{max_length}_{'unit' if normalize else 'raw'}.npz"
+    keys = np.empty((0, 16), dtype=np.uint8)
+    vectors = None
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["format"]) != VECTOR_CACHE_FORMAT or str(z["fingerprint"]) != fingerprint:
+                raise ValueError(f"{path} is not a {VECTOR_CACHE_FORMAT} cache of model {fingerprint}: delete it")
+            keys, vectors = z["keys"], z["vectors"]
+    have = {k.tobytes(): i for i, k in enumerate(keys)}
+    wanted = [_text_key(t) for t in texts]
+    missing = list(dict.fromkeys(k for k in wanted if k not in have))  # distinct, in first-seen order
+    if missing:
+        first = {k: i for i, k in reversed(list(enumerate(wanted)))}
+        new = encode_texts([texts[first[k]] for k in missing], model_name, batch_size=batch_size,
+                           max_length=max_length, normalize=normalize, progress=progress)
+        new_keys = np.frombuffer(b"".join(missing), dtype=np.uint8).reshape(-1, 16)
+        keys = np.concatenate([keys, new_keys])
+        vectors = new if vectors is None else np.concatenate([vectors, new])
+        have.update({k: len(have) + j for j, k in enumerate(missing)})
+
+        def write(tmp: Path, keys=keys, vectors=vectors) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, format=VECTOR_CACHE_FORMAT, fingerprint=fingerprint, keys=keys, vectors=vectors)
+
+        atomic_write(path, write)
+    return np.ascontiguousarray(vectors[[have[k] for k in wanted]], dtype=np.float32)

@@ -146,3 +146,40 @@ def test_minilm_bi_encoder_overfits_256_pairs(tokenizer):
     res = finetune.train_ctr_model(model, data, data, cfg, pad_id=tokenizer.pad_token_id, device="cpu")
     assert res.best_valid_auc > 0.95, [round(h["valid_auc"], 3) for h in res.history]
     assert res.start_valid_auc < 0.7  # it was learned, not there at the start
+
+
+def test_fastest_precision_is_bf16_only_on_cpus_with_bf16(monkeypatch):
+    monkeypatch.setattr(finetune, "cpu_bf16_supported", lambda: True)
+    assert finetune.fastest_precision("cpu") == "bf16"
+    assert finetune.amp_plan("cpu", finetune.fastest_precision("cpu")).dtype == torch.bfloat16
+    monkeypatch.setattr(finetune, "cpu_bf16_supported", lambda: False)
+    assert finetune.fastest_precision("cpu") == "fp32"
+    assert finetune.amp_plan("cpu", "auto").name == "fp32"  # "auto" itself stays fp32 on every CPU
+
+
+def test_train_ctr_model_pieces_stay_short():
+    """22.14: the loop is split into pieces under ~100 lines each."""
+    import inspect
+
+    for fn in (finetune.train_ctr_model, finetune._set_up, finetune._optimizer_step, finetune._EarlyStopping,
+               finetune.backward_window):
+        assert len(inspect.getsource(fn).splitlines()) <= 100, fn.__name__
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_checkpoint_written_during_training_reloads_the_best_model(tiny_st, tokenizer, tmp_path, lora):
+    """Chapter 04's former section 4.11, as a test: the best state is saved atomically while training
+    (adapters and head only under LoRA) and reloading it reproduces the returned model's logits."""
+    train, valid = _encoded(tokenizer, 24, seed=7), _encoded(tokenizer, 16, seed=8)
+    model = bert.load_ctr_model(tiny_st, architecture="bi", seed=3)
+    if lora:
+        model = bert.add_lora(model, r=2, alpha=4)
+    cfg = finetune.TrainConfig(batch_size=8, epochs=2, lr=1e-2, head_lr=1e-1, eval_every=1, patience=5, **FAST)
+    res = finetune.train_ctr_model(model, train, valid, cfg, pad_id=tokenizer.pad_token_id, device="cpu",
+                                   checkpoint_dir=tmp_path / "ckpt", checkpoint_meta={"regime": "test"})
+    again = bert.load_checkpoint(tmp_path / "ckpt")
+    a = finetune.predict_logits(model, valid, pad_id=tokenizer.pad_token_id, precision="fp32")
+    b = finetune.predict_logits(again, valid, pad_id=tokenizer.pad_token_id, precision="fp32")
+    assert np.abs(a - b).max() < 1e-5
+    assert finetune.evaluate_logits(valid.labels, b)["auc"] == pytest.approx(res.best_valid_auc)
+    assert not list((tmp_path / "ckpt").glob("*.tmp"))  # atomic: no temporary file left behind
