@@ -289,8 +289,8 @@ def test_check_heads_names_column_and_fix(tiny_st):
         R.check_heads(model, [R.REVIEW_TASKS[2]])
     data = _tiny_data(8)  # all three tasks: the loop checks the heads before any step
     with pytest.raises(ValueError, match="no head for task 'recommended'"):
-        R.train_multitask(model, data.subset(range(4)), data.subset(range(4, 8)),
-                          R.MultiTaskConfig(progress=False), device="cpu")
+        R.train_review_model(model, data.subset(range(4)), data.subset(range(4, 8)),
+                          R.ReviewTrainConfig(progress=False), device="cpu")
 
 
 def test_probe_init_makes_step0_logits_the_probes(tiny_st):
@@ -308,12 +308,12 @@ def test_probe_init_makes_step0_logits_the_probes(tiny_st):
 def test_training_reduces_loss_and_is_deterministic(tiny_st):
     data = _tiny_data(96)
     train, valid = data.subset(range(64)), data.subset(range(64, 96))
-    config = R.MultiTaskConfig(epochs=6, batch_size=16, lr=3e-3, head_lr=0.1, warmup_ratio=0.0, eval_every=4,
+    config = R.ReviewTrainConfig(epochs=6, batch_size=16, lr=3e-3, head_lr=0.1, warmup_ratio=0.0, eval_every=4,
                                patience=100, progress=False, seed=3)
     runs = []
     for _ in range(2):
         model = _tiny_model(tiny_st)
-        runs.append((R.train_multitask(model, train, train, config, device="cpu"),
+        runs.append((R.train_review_model(model, train, train, config, device="cpu"),
                      R.predict_outputs(model, valid, device="cpu")))
     res = runs[0][0]
     assert res.history[0]["step"] == 0 and res.history[0]["train_loss"] is None
@@ -331,10 +331,10 @@ def test_early_stopping_never_ends_below_start(tiny_st):
     data = _tiny_data(64)
     model = _tiny_model(tiny_st)
     # an absurd learning rate: every step makes validation worse; step 0's weights are kept
-    config = R.MultiTaskConfig(batch_size=16, lr=5.0, head_lr=5.0, warmup_ratio=0.0, eval_every=1, patience=2,
+    config = R.ReviewTrainConfig(batch_size=16, lr=5.0, head_lr=5.0, warmup_ratio=0.0, eval_every=1, patience=2,
                                progress=False)
     before = R.predict_outputs(model, data, device="cpu")
-    res = R.train_multitask(model, data.subset(range(32)), data.subset(range(32, 64)), config, device="cpu")
+    res = R.train_review_model(model, data.subset(range(32)), data.subset(range(32, 64)), config, device="cpu")
     assert res.best_valid_loss <= res.start_valid_loss
     if res.best_step == 0:
         after = R.predict_outputs(model, data, device="cpu")
@@ -361,3 +361,105 @@ def test_lora_trains_adapters_and_heads_only(tiny_st):
     got = R.predict_outputs(other, data, device="cpu")
     for name in want:
         np.testing.assert_allclose(got[name], want[name], atol=1e-6)
+
+
+# ---------------------------------------------------------------- learning curves at equal data
+
+
+def test_nested_samples_are_nested_stratified_and_seeded():
+    df = _frame(600)
+    s = R.nested_samples(df, [30, 60, 120, 600], ["Department Name"], seed=3)
+    assert [len(s[n]) for n in (30, 60, 120, 600)] == [30, 60, 120, 600]
+    assert set(s[30].index) <= set(s[60].index) <= set(s[120].index) <= set(s[600].index)
+    assert s[600].equals(df) and s[60].index.is_monotonic_increasing
+    shares = df["Department Name"].value_counts() / len(df)
+    for n in (60, 120):  # every stratum within one row (plus rounding) of its share
+        counts = s[n]["Department Name"].value_counts().reindex(shares.index, fill_value=0)
+        assert (counts - shares * n).abs().max() <= 1.5, n
+    again = R.nested_samples(df, [60], ["Department Name"], seed=3)[60]
+    assert again.equals(s[60]) and not R.nested_samples(df, [60], ["Department Name"], seed=4)[60].equals(s[60])
+    with pytest.raises(ValueError, match="outside"):
+        R.nested_samples(df, [0, 601], ["Rating"])
+
+
+def test_max_length_for_by_hand():
+    lengths = np.array([5, 10, 20, 30, 40, 50, 60, 70, 80, 200])
+    assert R.max_length_for(lengths, 0.9) == 80  # 9 of 10 texts have <= 80 tokens
+    assert R.max_length_for(lengths, 0.5) == 40  # 5 of 10 have <= 40 tokens
+    assert R.max_length_for(lengths, 0.55) == 56  # 6 of 10 need 50, rounded up to a multiple of 8
+    assert R.max_length_for(lengths, 1.0) == 200
+    assert R.max_length_for(lengths, 1.0, cap=128) == 128
+    assert R.max_length_for([3], 1.0) == 8  # at least one multiple
+    with pytest.raises(ValueError, match="coverage"):
+        R.max_length_for(lengths, 0.0)
+
+
+def test_tfidf_outputs_match_a_scikit_learn_pipeline():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    words = np.array(["soft", "lovely", "fits", "returned", "cheap", "tight", "great", "itchy"])
+    n = 240
+    good = rng.random(n) < 0.5
+    text = [" ".join(rng.choice(words[:3] if g else words[3:6], 4)) + " " + rng.choice(words[6:]) for g in good]
+    df = pd.DataFrame({"text": text, "Recommended IND": good.astype(int),
+                       "Rating": np.where(good, rng.integers(4, 6, n), rng.integers(1, 4, n)),
+                       "Department Name": rng.choice(R.DEPARTMENTS, n)})
+    train, valid, test = df.iloc[:160], df.iloc[160:200], df.iloc[200:]
+    tasks = [t for t in R.REVIEW_TASKS if t.name == "recommended"]
+    out = R.tfidf_outputs(train, valid, test, tasks, cs=(1.0,))
+    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=30000, sublinear_tf=True).fit(train.text)
+    lr = LogisticRegression(C=1.0, max_iter=2000, tol=1e-3).fit(vec.transform(train.text), train["Recommended IND"])
+    assert out["recommended"] == pytest.approx(lr.decision_function(vec.transform(test.text)), abs=1e-5)
+    assert roc_auc_score(test["Recommended IND"], out["recommended"]) > 0.9  # the words carry the label
+
+
+def _curve_points():
+    """Two sizes x two seeds: "ft" is the labels plus noise that shrinks with n, "bow" a fixed noisy score."""
+    rng = np.random.default_rng(1)
+    y = {"recommended": rng.integers(0, 2, 500)}
+    bow = {"recommended": (y["recommended"] * 1.0 + rng.normal(0, 1, 500)).astype(np.float32)}
+    points = {}
+    for n, noise in ((100, 4.0), (1000, 0.3)):
+        for s in (0, 1):
+            ft = {"recommended": (y["recommended"] + rng.normal(0, noise, 500)).astype(np.float32)}
+            points[(n, s)] = {"ft": ft, "bow": bow}
+    return y, points
+
+
+def test_curve_table_verdicts_and_crossover():
+    tasks = [t for t in R.REVIEW_TASKS if t.name == "recommended"]
+    y, points = _curve_points()
+    table = R.curve_table(y, points, tasks, pairs=[("ft", "bow")], n_boot=200, seed=0)
+    assert set(table.n) == {100, 1000} and set(table.seed) == {0, 1} and (table.level == 0.95).all()
+    row = table[(table.n == 1000) & (table.seed == 0) & (table.model == "ft - bow") & (table.metric == "recommended/auc")]
+    by_hand = roc_auc_score(y["recommended"], points[(1000, 0)]["ft"]["recommended"]) - roc_auc_score(
+        y["recommended"], points[(1000, 0)]["bow"]["recommended"])
+    assert row.value.iloc[0] == pytest.approx(by_hand, abs=1e-9)
+    pd.testing.assert_frame_equal(table, R.curve_table(y, points, tasks, pairs=[("ft", "bow")], n_boot=200, seed=0))
+    v = R.curve_verdicts(table, "ft", "bow", "recommended/auc", main_seed=0)
+    assert v.n.tolist() == [100, 1000] and v.seeds.tolist() == [2, 2]
+    assert v.word.tolist() == ["a loss", "a gain"]  # noise 4 loses to noise 1; noise 0.3 beats it
+    sentence = R.crossover_sentence(v, "ft", "bow", "AUC")
+    assert sentence.startswith("ft overtakes bow in AUC from 1,000 training reviews on") and "100: " in sentence
+    kept = R.curve_verdicts(table, "ft", "bow", "recommended/auc", main_seed=0, kept_start={1000: True})
+    assert kept.word.tolist()[1] == "= its probe (fine-tuning did not move it)"
+    assert "no crossover" in R.crossover_sentence(kept, "ft", "bow", "AUC")
+    rows = R.curve_thesis_rows(v, question="q", metric="AUC", lm="ft", baseline="bow", table=table,
+                               metric_key="recommended/auc")
+    assert [r["train_size"] for r in rows] == [100, 1000] and [r["verdict"] for r in rows] == ["a loss", "a gain"]
+    assert rows[1]["diff"] == pytest.approx(round(by_hand, 4)) and rows[1]["chapter"] == "06"
+    assert len(rows[1]["seed_range"]) == 2
+    with pytest.raises(ValueError, match="no curve points"):
+        R.curve_table(y, {}, tasks, pairs=[])
+
+
+def test_crossover_sentence_every_size_and_none():
+    v = pd.DataFrame({"n": [10, 20], "word": ["a gain", "a gain"], "text": ["+0.1 [...]", "+0.2 [...]"]})
+    assert R.crossover_sentence(v, "a", "b", "AUC").startswith("a beats b in AUC at every training size, from 10")
+    v = v.assign(word=["a loss", "a loss"])
+    assert "b beats a in AUC at every training size up to 20 reviews: no crossover" in R.crossover_sentence(
+        v, "a", "b", "AUC")
+    v = v.assign(word=["a gain", "within noise"])
+    assert "does not overtake" in R.crossover_sentence(v, "a", "b", "AUC")
