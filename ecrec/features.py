@@ -9,20 +9,23 @@ it and of the data (:func:`dataset_key`). Chapter 05 (recall) does not read this
 dataset: :func:`ecrec.recall.build_recall_data` starts from the same
 :func:`purchase_events` and :func:`item_catalog`.
 
-Functions
----------
-* :func:`purchase_events` (clean -> one row per (invoice, item): the positives
-  and the history every feature is computed from).
-* :func:`split_dates` (timestamps -> ``(valid_start, test_start)``) and
-  :func:`assign_split` (timestamps -> ``"train"|"valid"|"test"``): one
-  global time split, test last.
-* :func:`sample_negatives` (seeded, ``"uniform"`` or ``"popularity"`` over
-  the items sold in the 30 days before the positive; only the positive's
-  own basket is excluded).
-* :func:`point_in_time_features` (examples + event log -> features that use
-  only events strictly before each example's ``ts``).
-* :func:`build_ctr_dataset`, :func:`load_or_build_ctr_dataset`,
-  :func:`dataset_key`, :func:`item_catalog`.
+Modules, one concept each (every name below is re-exported here, so
+``from ecrec.features import X`` works for all of them)
+----------------------------------------------------------------------------
+* :mod:`ecrec.events`: :func:`purchase_events` (clean -> one row per (invoice,
+  item): the positives and the history every feature is computed from),
+  :func:`split_dates` / :func:`assign_split` (one global time split, test
+  last), :func:`cold_items`.
+* :mod:`ecrec.negatives`: :func:`sample_negatives` (seeded, ``"uniform"`` or
+  ``"popularity"`` over the items sold in the 30 days before the positive;
+  only the positive's own basket is excluded).
+* :mod:`ecrec.pit_features`: :func:`point_in_time_features` (examples + event
+  log -> features that use only events strictly before each example's ``ts``).
+* here: :class:`CtrDatasetConfig`, :func:`dataset_config`,
+  :func:`build_ctr_dataset`, :func:`load_or_build_ctr_dataset`,
+  :func:`dataset_key` (the parquet cache), and the item attributes a model
+  joins (:func:`item_catalog`, :func:`hist_matrix`,
+  :func:`text_history_similarity`, :func:`add_item_attributes`).
 
 Columns of the CTR dataset (one row per example, sorted by ``ts``, ``user_id``,
 ``invoice_no``, ``label`` descending, ``item_id``; fresh RangeIndex)
@@ -71,12 +74,14 @@ is the whole cleaned log (all users), also when ``max_users`` subsamples the
 users that get examples: popularity is a global statistic.
 """
 
+
 from __future__ import annotations
 
 import functools
 import hashlib
 import inspect
 import json
+import sys
 import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,157 +90,31 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-SPLITS = ("train", "valid", "test")
-NEGATIVE_SAMPLING = ("uniform", "popularity")
-HIST_DTYPE = pd.ArrowDtype(pa.list_(pa.string()))
-_DAY_S = 86_400
+# re-exported: callers import these names from ecrec.features
+from ecrec.events import (
+    _DAY_S,
+    SPLITS,
+    _datetime_index,
+    _seconds,
+    assign_split,
+    cold_items,
+    purchase_events,
+    split_dates,
+)
+from ecrec.negatives import NEGATIVE_SAMPLING, _sorted_member, sample_negatives
+from ecrec.pit_features import HIST_DTYPE, _Sorted, point_in_time_features
+
+__all__ = [
+    "SPLITS", "NEGATIVE_SAMPLING", "HIST_DTYPE", "purchase_events", "split_dates", "assign_split", "cold_items",
+    "sample_negatives", "point_in_time_features", "CtrDatasetConfig", "DATASET_SIZES", "dataset_config",
+    "build_ctr_dataset", "builder_sources", "dataset_key", "load_or_build_ctr_dataset", "item_catalog",
+    "hist_matrix", "text_history_similarity", "add_item_attributes",
+]
+# private helpers re-exported for the benchmarks and tests that reach them through this module
+_REEXPORTED_PRIVATE = (_DAY_S, _datetime_index, _seconds, _sorted_member, _Sorted)
 
 
-# --- events and the global time split ---------------------------------------
-
-
-def purchase_events(clean: pd.DataFrame) -> pd.DataFrame:
-    """One row per (invoice, item): the purchase events, de-duplicated within an invoice.
-
-    Args:
-        clean: cleaned Online Retail (:func:`ecrec.data.load_clean_online_retail`),
-            columns InvoiceNo, StockCode, Quantity, InvoiceDate, UnitPrice,
-            CustomerID, Country (Description is not used).
-
-    Returns:
-        Frame sorted by ``ts``, ``user_id``, ``item_id``, ``invoice_no`` with
-        columns ``invoice_no`` (str), ``user_id`` (int64), ``item_id`` (str),
-        ``ts`` (datetime64; the invoice's earliest line time, so one invoice is
-        one moment), ``quantity`` (int64, summed), ``price`` (float64, the mean
-        unit price, pounds), ``spend`` (float64, sum of quantity x price,
-        pounds), ``country`` (str).
-
-    Raises:
-        ValueError: a required column is missing, or a row has no CustomerID.
-    """
-    need = ["InvoiceNo", "StockCode", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country"]
-    missing = [c for c in need if c not in clean.columns]
-    if missing:
-        raise ValueError(f"purchase_events needs the cleaned Online Retail columns; missing {missing}")
-    if clean["CustomerID"].isna().any():
-        raise ValueError("purchase_events: rows without CustomerID; pass the *cleaned* log (clean_online_retail)")
-    df = pd.DataFrame(
-        {
-            "invoice_no": clean["InvoiceNo"].astype(str),
-            "user_id": clean["CustomerID"].astype("int64"),
-            "item_id": clean["StockCode"].astype(str),
-            "ts": clean.groupby("InvoiceNo")["InvoiceDate"].transform("min"),
-            "quantity": clean["Quantity"].astype("int64"),
-            "price": clean["UnitPrice"].astype("float64"),
-            "spend": clean["Quantity"] * clean["UnitPrice"],
-            "country": clean["Country"].astype(str),
-        }
-    )
-    out = df.groupby(["invoice_no", "item_id"], sort=False, as_index=False).agg(
-        user_id=("user_id", "first"),
-        ts=("ts", "first"),
-        quantity=("quantity", "sum"),
-        price=("price", "mean"),
-        spend=("spend", "sum"),
-        country=("country", "first"),
-    )
-    out = out[["invoice_no", "user_id", "item_id", "ts", "quantity", "price", "spend", "country"]]
-    return out.sort_values(["ts", "user_id", "item_id", "invoice_no"], kind="stable").reset_index(drop=True)
-
-
-def _datetime_index(ts, where: str) -> pd.DatetimeIndex:
-    """Timestamps as a DatetimeIndex, keeping a time zone if they have one (naive stays naive)."""
-    if isinstance(ts, (pd.Series, pd.Index)):
-        out = pd.DatetimeIndex(pd.to_datetime(ts))
-    else:
-        arr = np.asarray(ts)
-        out = pd.DatetimeIndex(pd.to_datetime(arr)) if arr.dtype != object else pd.DatetimeIndex(list(arr))
-    if out.hasnans:
-        raise ValueError(f"{where}: timestamps contain NaT")
-    return out
-
-
-def split_dates(ts, valid_days: int = 30, test_days: int = 30) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """Global time split: the last ``test_days`` whole days are test, the ``valid_days`` before are validation.
-
-    The windows are in calendar days ending at midnight after the last
-    timestamp: ``test_start = ceil_day(max ts) - test_days``,
-    ``valid_start = test_start - valid_days``. Everything before
-    ``valid_start`` is train. Use with :func:`assign_split`.
-
-    Time zones: naive timestamps (the Online Retail log) are read as local
-    wall-clock time. Time-zone-aware timestamps are handled in their own
-    zone: the boundaries are local midnights, stepped in calendar days
-    (``pandas.DateOffset``), so a window across a daylight-saving change
-    (Europe/London, 30 October 2011) still starts at 00:00 local, not 01:00;
-    the boundaries are returned aware, in that zone.
-
-    Args:
-        ts: timestamps (Series, DatetimeIndex or array of datetime64), e.g.
-            the ``ts`` column of :func:`purchase_events`; naive or aware
-            (one zone).
-        valid_days, test_days: window lengths in days, >= 1.
-
-    Returns:
-        ``(valid_start, test_start)`` as :class:`pandas.Timestamp` (midnight;
-        aware in ``ts``'s zone when ``ts`` is aware).
-
-    Raises:
-        ValueError: empty ``ts``, NaT values, non-positive window lengths, or
-            windows so long that the train window would be empty (also for
-            non-integer window lengths).
-    """
-    for name, days in (("valid_days", valid_days), ("test_days", test_days)):
-        if not isinstance(days, (int, np.integer)) or isinstance(days, bool) or days < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {days!r}")
-    if len(ts) == 0:
-        raise ValueError("split_dates: no timestamps")
-    ts = _datetime_index(ts, "split_dates")
-    end = ts.max().normalize() + pd.DateOffset(days=1)
-    test_start = end - pd.DateOffset(days=int(test_days))
-    valid_start = test_start - pd.DateOffset(days=int(valid_days))
-    if valid_start <= ts.min():
-        raise ValueError(
-            f"split_dates: valid_days={valid_days} + test_days={test_days} cover all the data "
-            f"({ts.min()} .. {ts.max()}); nothing is left for training"
-        )
-    return valid_start, test_start
-
-
-def assign_split(ts, valid_start, test_start) -> np.ndarray:
-    """Label each timestamp ``"train"`` (< valid_start), ``"valid"`` (< test_start) or ``"test"``.
-
-    Args:
-        ts: n timestamps (Series, DatetimeIndex or datetime64 array).
-        valid_start, test_start: from :func:`split_dates` (or any timestamps
-            with ``valid_start <= test_start``); aware exactly when ``ts`` is
-            (aware instants compare correctly across zones).
-
-    Returns:
-        (n,) object array of str.
-
-    Raises:
-        ValueError: ``valid_start > test_start``, NaT in ``ts``, or naive
-            timestamps mixed with aware ones (which instant a naive time means
-            is ambiguous).
-    """
-    valid_start, test_start = pd.Timestamp(valid_start), pd.Timestamp(test_start)
-    ts = _datetime_index(ts, "assign_split")
-    aware = {"ts": ts.tz is not None, "valid_start": valid_start.tz is not None, "test_start": test_start.tz is not None}
-    if len(set(aware.values())) > 1:
-        raise ValueError(
-            f"assign_split: naive and time-zone-aware timestamps mixed ({aware}); localise them to one zone "
-            "(Series.dt.tz_localize) or pass naive times throughout"
-        )
-    if valid_start > test_start:
-        raise ValueError(f"assign_split: valid_start {valid_start} is after test_start {test_start}")
-    out = np.full(len(ts), "test", dtype=object)
-    out[ts < test_start] = "valid"
-    out[ts < valid_start] = "train"
-    return out
-
-
-# --- configuration and negatives --------------------------------------------
+# --- configuration ----------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -329,391 +208,6 @@ def dataset_config(size: dict, *, seed: int, negatives: str = "uniform") -> CtrD
                             neg_ratio=size["neg_ratio"], history_len=size["history_len"])
 
 
-def cold_items(events: pd.DataFrame, items, before) -> np.ndarray:
-    """The book's one definition of a **cold item**: nobody bought it before ``before``.
-
-    ``before`` is the end of the data the model learns from: chapter 03's
-    ranking models train on the train window (``valid_start``); chapter 05's
-    generators on train + valid (``test_start``). An ID model has no row for
-    such an item; only its text or attributes can speak for it.
-
-    Args:
-        events: purchase events with ``item_id`` and ``ts`` (:func:`purchase_events`).
-        items: item ids to flag, shape ``(n,)``.
-        before: the cut-off (a timestamp).
-
-    Returns:
-        ``(n,)`` bool array, True for cold items.
-
-    Raises:
-        ValueError: ``events`` lacks ``item_id`` or ``ts``.
-    """
-    missing = [c for c in ("item_id", "ts") if c not in events.columns]
-    if missing:
-        raise ValueError(f"cold_items: events lack {missing}; pass purchase_events(clean)")
-    seen = events.loc[events["ts"] < pd.Timestamp(before), "item_id"].unique()
-    return ~pd.Index(np.asarray(items)).isin(seen)
-
-
-def _sorted_member(keys_sorted: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Whether each query key is in the sorted array (one searchsorted, no re-sort)."""
-    if keys_sorted.size == 0:
-        return np.zeros(q.shape, dtype=bool)
-    pos = np.minimum(np.searchsorted(keys_sorted, q), keys_sorted.size - 1)
-    return keys_sorted[pos] == q
-
-
-def sample_negatives(
-    positives: pd.DataFrame,
-    events: pd.DataFrame,
-    *,
-    neg_ratio: int,
-    method: str,
-    seed: int,
-    window_days: int = 30,
-    max_rounds: int = 50,
-    exclude_bought_in_split: bool = False,
-) -> pd.DataFrame:
-    """Draw ``neg_ratio`` items per positive: on sale just before its ``ts``, not in its basket.
-
-    A negative is "an item the customer did not buy in this basket". The
-    basket is everything the customer bought at that moment: all of the
-    user's invoices with the same ``ts`` are ONE basket (a customer with two
-    invoices in the same minute did not "not buy" the items of the other
-    one). By default only the basket is excluded: excluding everything the
-    customer bought anywhere in a long window (as a first version did) makes
-    "bought this item before" a perfect positive signal in train but not in
-    test, a label shortcut that inflates AUC and breaks calibration. With
-    ``exclude_bought_in_split=True`` an item the same user bought at ANY time
-    in the positive's split window (train, valid or test) is excluded too:
-    no negative is a purchase of the same user in the same window, at the
-    price of that shortcut (chapter 03 measures what it changes).
-
-    Candidates are the items sold (by anyone) in the ``window_days`` days
-    strictly before the positive's ``ts``: items on sale at that moment, never
-    one that only appears later. ``method="uniform"`` draws every such item
-    with equal probability (rejection sampling against the item's sale
-    times), ``"popularity"`` proportionally to its purchase events in that
-    window (a uniformly drawn event of the window). Vectorised over all
-    positives: the exclusion keys are sorted once and every round looks its
-    draws up with one :func:`numpy.searchsorted`. A rejected draw (excluded,
-    or for ``"uniform"`` not sold in the window) is redrawn, up to
-    ``max_rounds`` times. Once few draws remain (<= 2,000, or <= 20,000 when
-    a round accepts under 10%), they are finished exactly: each draws from
-    the acceptable items of its window (the same distribution as rejection
-    sampling, conditional on acceptance), and a draw with no acceptable item
-    (every item sold in the window is excluded) is dropped at once instead
-    of using up the rounds; draws still rejected after ``max_rounds`` (only
-    if that point is never reached) are dropped too. An item drawn twice for the same
-    invoice is kept once. A positive with no sale at all in its window (the
-    first moments of the log) gets no negative. Sampled negatives are not
-    impressions: items the customer probably never saw.
-
-    Args:
-        positives: rows of :func:`purchase_events` with a ``split`` column
-            (the users whose examples are wanted).
-        events: all purchase events (``invoice_no``, ``user_id``,
-            ``item_id``, ``ts``; plus ``split`` with
-            ``exclude_bought_in_split``): the candidate pool, the popularity
-            and the baskets. Must contain the positives' purchases.
-        neg_ratio: negatives drawn per positive (integer >= 1).
-        method: ``"uniform"`` or ``"popularity"``.
-        seed: seeds the generator; same inputs and seed give the same frame.
-        window_days: length of the trailing candidate window (integer >= 1).
-        max_rounds: redraw rounds before a rejected draw is dropped (>= 1).
-        exclude_bought_in_split: also exclude the user's purchases anywhere
-            in the positive's split window (see above).
-
-    Returns:
-        Frame with ``invoice_no``, ``user_id``, ``item_id``, ``ts``,
-        ``country``, ``split`` (one row per negative), same dtypes as
-        ``positives``. ``attrs["negative_sampling"]`` reports the draws:
-        ``requested``, ``no_window`` (empty candidate window), ``impossible``
-        (every candidate excluded), ``exhausted`` (still rejected after
-        ``max_rounds``), ``duplicates`` (same item twice for an invoice),
-        ``kept`` and ``rounds`` run.
-
-    Raises:
-        ValueError: unknown ``method``, ``neg_ratio``/``window_days``/
-            ``max_rounds`` not an integer >= 1, missing columns, or NaT in ``ts``.
-    """
-    if method not in NEGATIVE_SAMPLING:
-        raise ValueError(f"method must be one of {NEGATIVE_SAMPLING}, got {method!r}")
-    for name, value in (("neg_ratio", neg_ratio), ("window_days", window_days), ("max_rounds", max_rounds)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"sample_negatives: {name} must be an integer >= 1, got {value!r}")
-    ev_cols = ["invoice_no", "user_id", "item_id", "ts"] + (["split"] if exclude_bought_in_split else [])
-    for frame, name, cols in (
-        (positives, "positives", ["invoice_no", "user_id", "item_id", "ts", "country", "split"]),
-        (events, "events", ev_cols),
-    ):
-        missing = [c for c in cols if c not in frame.columns]
-        if missing:
-            raise ValueError(f"sample_negatives: {name} lacks columns {missing}")
-        if frame["ts"].isna().any():
-            raise ValueError(f"sample_negatives: {name} have NaT in ts")
-    rng = np.random.default_rng(seed)
-    items = pd.Index(np.sort(events["item_id"].astype(str).unique()))
-    n_items = len(items)
-    ev_item = items.get_indexer(events["item_id"].astype(str).to_numpy()).astype(np.int64)
-    ev_secs, pos_secs = _seconds(events["ts"]), _seconds(positives["ts"])
-    t0 = int(min(ev_secs.min(), pos_secs.min())) - (window_days + 1) * _DAY_S if len(ev_secs) else 0
-    ev_t = ev_secs - t0
-    # baskets: one per (user, moment), over the events and the positives together
-    both = pd.DataFrame({
-        "u": np.concatenate([events["user_id"].to_numpy(np.int64), positives["user_id"].to_numpy(np.int64)]),
-        "t": np.concatenate([ev_secs, pos_secs]),
-    })
-    basket_of = pd.MultiIndex.from_frame(both).factorize()[0].astype(np.int64)
-    ev_basket, pos_basket = basket_of[: len(events)], basket_of[len(events) :]
-    excluded = np.unique(ev_basket * n_items + ev_item)  # sorted once
-    if exclude_bought_in_split:
-        split_code = {name: i for i, name in enumerate(SPLITS)}
-        users = pd.Index(np.unique(both["u"].to_numpy()))
-        ev_us = users.get_indexer(events["user_id"].to_numpy()) * len(SPLITS) + events["split"].map(split_code).to_numpy()
-        user_split_keys = np.unique(ev_us.astype(np.int64) * n_items + ev_item)
-        pos_us = (users.get_indexer(positives["user_id"].to_numpy()) * len(SPLITS)
-                  + positives["split"].map(split_code).to_numpy()).astype(np.int64)
-    # events by time (popularity draws) and by (item, time) (uniform: was the item sold in the window?)
-    by_time = np.argsort(ev_t, kind="stable")
-    t_sorted, item_by_time = ev_t[by_time], ev_item[by_time]
-    rep = np.repeat(np.arange(len(positives)), neg_ratio)
-    t = pos_secs[rep] - t0
-    span = int(max(ev_t.max() if len(ev_t) else 0, t.max() if len(t) else 0)) + 1
-    item_keys = np.sort(ev_item * span + ev_t)
-    w_start = t - window_days * _DAY_S
-    lo, hi = np.searchsorted(t_sorted, w_start, "left"), np.searchsorted(t_sorted, t, "left")
-    bas = pos_basket[rep]
-    us = pos_us[rep] if exclude_bought_in_split else None
-
-    def is_excluded(idx: np.ndarray, cand: np.ndarray) -> np.ndarray:
-        out = _sorted_member(excluded, bas[idx] * n_items + cand)
-        if exclude_bought_in_split:
-            out |= _sorted_member(user_split_keys, us[idx] * n_items + cand)
-        return out
-
-    def finish(idx: np.ndarray) -> np.ndarray:
-        """Exactly, once few draws remain: draw from the acceptable items of each window, or none.
-
-        Conditional on acceptance, rejection sampling draws uniformly (``"uniform"``) or in
-        proportion to sales (``"popularity"``) among the items of the window that are not
-        excluded; drawing from that set directly gives the same distribution without rounds.
-        Returns the drawn item per entry of ``idx``, -1 where no item is acceptable.
-        """
-        out = np.full(len(idx), -1, dtype=np.int64)
-        key = pd.MultiIndex.from_arrays([bas[idx], lo[idx], hi[idx]] + ([us[idx]] if us is not None else []))
-        codes, uniq = key.factorize()
-        for c in range(len(uniq)):
-            members = np.flatnonzero(codes == c)
-            first = idx[members[0]]
-            window = item_by_time[lo[first] : hi[first]]  # one entry per sale: popularity weights
-            pool = window if method == "popularity" else np.unique(window)
-            pool = pool[~is_excluded(np.full(len(pool), first), pool)]
-            if len(pool):
-                out[members] = pool[rng.integers(0, len(pool), size=len(members))]
-        return out
-
-    drawn = np.full(len(rep), -1, dtype=np.int64)
-    todo = np.flatnonzero(hi > lo)  # an empty window: nothing on sale yet, no negative
-    report = {"requested": int(len(rep)), "no_window": int(len(rep) - len(todo)), "impossible": 0,
-              "exhausted": 0, "duplicates": 0, "kept": 0, "rounds": 0}
-    checked = False
-    for _ in range(max_rounds):
-        if len(todo) == 0:
-            break
-        report["rounds"] += 1
-        if method == "popularity":
-            j = lo[todo] + np.floor(rng.random(len(todo)) * (hi[todo] - lo[todo])).astype(np.int64)
-            cand = item_by_time[np.minimum(j, hi[todo] - 1)]
-            ok = np.ones(len(todo), dtype=bool)
-        else:
-            cand = rng.integers(0, n_items, size=len(todo))
-            ok = np.searchsorted(item_keys, cand * span + t[todo], "left") > np.searchsorted(
-                item_keys, cand * span + w_start[todo], "left"
-            )
-        ok &= ~is_excluded(todo, cand)
-        drawn[todo[ok]] = cand[ok]
-        todo = todo[~ok]
-        stalled = ok.mean() < 0.1 if len(ok) else False
-        if not checked and 0 < len(todo) and (len(todo) <= 2000 or (stalled and len(todo) <= 20000)):
-            checked = True  # few left: finish them exactly, dropping the draws that can never be accepted
-            last = finish(todo)
-            report["impossible"] = int((last < 0).sum())
-            drawn[todo] = last
-            todo = todo[:0]
-    report["exhausted"] = int(len(todo))
-    keep = drawn >= 0
-    cols = ["invoice_no", "user_id", "ts", "country", "split"]
-    neg = positives[cols].iloc[rep[keep]].reset_index(drop=True)
-    neg.insert(2, "item_id", np.asarray(items)[drawn[keep]])
-    neg["item_id"] = neg["item_id"].astype(positives["item_id"].dtype)
-    out = neg.drop_duplicates(["invoice_no", "item_id"]).reset_index(drop=True)
-    report["duplicates"] = int(len(neg) - len(out))
-    report["kept"] = int(len(out))
-    out.attrs["negative_sampling"] = report
-    return out
-
-
-# --- point-in-time features ---------------------------------------------------
-
-
-def _seconds(ts) -> np.ndarray:
-    return pd.DatetimeIndex(pd.to_datetime(np.asarray(ts))).as_unit("s").asi8
-
-
-class _Sorted:
-    """Events sorted by (code, time) with composite int64 keys ``code * span + t``."""
-
-    def __init__(self, codes: np.ndarray, t: np.ndarray, span: int, tiebreak: np.ndarray | None = None):
-        order = np.lexsort((tiebreak, t, codes) if tiebreak is not None else (t, codes))
-        self.order = order
-        self.codes = codes[order]
-        self.t = t[order]
-        self.span = span
-        self.keys = self.codes * span + self.t
-
-    def before(self, codes: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(start, stop): the events of ``codes`` strictly before ``t`` are ``[start, stop)``."""
-        base = codes * self.span
-        return np.searchsorted(self.keys, base, "left"), np.searchsorted(self.keys, base + t, "left")
-
-
-def point_in_time_features(
-    examples: pd.DataFrame,
-    events: pd.DataFrame,
-    *,
-    history_len: int = 10,
-    pop_windows: tuple[int, ...] = (7, 30),
-) -> pd.DataFrame:
-    """Features of each example from the events strictly before its ``ts`` (no per-row Python loop).
-
-    Each family of events is sorted once by a composite int64 key
-    ``code * span + seconds``; one :func:`numpy.searchsorted` per example
-    then finds how many events of that user, item or (user, item) pair come
-    strictly before ``ts``, and cumulative sums give counts and totals.
-
-    Args:
-        examples: frame with ``user_id`` (int), ``item_id`` (str), ``ts``
-            (datetime64); users or items absent from ``events`` are fine
-            (they get zero counts and NaN).
-        events: :func:`purchase_events` frame (``user_id``, ``item_id``,
-            ``invoice_no``, ``ts``, ``price``, ``spend``).
-        history_len: cap of ``hist_items``.
-        pop_windows: trailing windows in days for ``i_pop_<w>d``.
-
-    Returns:
-        Frame indexed like ``examples`` with the feature columns listed in
-        the module docstring (``hist_items``, ``hist_len``, ``u_*``, ``i_*``,
-        ``ui_*``, ``hour``, ``weekday``, ``month``).
-
-    Raises:
-        ValueError: missing columns or NaT in ``ts``.
-    """
-    for frame, name, cols in (
-        (examples, "examples", ["user_id", "item_id", "ts"]),
-        (events, "events", ["user_id", "item_id", "invoice_no", "ts", "price", "spend"]),
-    ):
-        missing = [c for c in cols if c not in frame.columns]
-        if missing:
-            raise ValueError(f"point_in_time_features: {name} lacks columns {missing}")
-    for frame, name in ((examples, "examples"), (events, "events")):
-        if frame["ts"].isna().any():
-            raise ValueError(f"point_in_time_features: {name} have NaT in ts")
-    n = len(examples)
-    max_w = max(pop_windows) if pop_windows else 0
-    ex_s, ev_s = _seconds(examples["ts"]), _seconds(events["ts"])
-    t0 = min(ex_s.min() if n else 0, ev_s.min() if len(ev_s) else 0) - (max_w + 1) * _DAY_S
-    ex_t, ev_t = ex_s - t0, ev_s - t0
-    span = int(max(ex_t.max() if n else 0, ev_t.max() if len(ev_t) else 0)) + 1
-
-    users = pd.Index(np.union1d(events["user_id"].to_numpy(), examples["user_id"].to_numpy()))
-    items = pd.Index(np.union1d(events["item_id"].astype(str).to_numpy(), examples["item_id"].astype(str).to_numpy()))
-    if len(users) * len(items) * span >= 2**62:
-        raise ValueError("point_in_time_features: too many users x items x seconds for int64 keys")
-    ev_u = users.get_indexer(events["user_id"].to_numpy()).astype(np.int64)
-    ev_i = items.get_indexer(events["item_id"].astype(str).to_numpy()).astype(np.int64)
-    ex_u = users.get_indexer(examples["user_id"].to_numpy()).astype(np.int64)
-    ex_i = items.get_indexer(examples["item_id"].astype(str).to_numpy()).astype(np.int64)
-    out = pd.DataFrame(index=examples.index)
-
-    # user level: one row per (user, invoice); computed once per distinct (user, ts)
-    inv = (
-        pd.DataFrame({"u": ev_u, "t": ev_t, "inv": events["invoice_no"].to_numpy(), "spend": events["spend"].to_numpy()})
-        .groupby(["u", "t", "inv"], sort=True, as_index=False)
-        .agg(n_lines=("spend", "size"), spend=("spend", "sum"))
-    )
-    inv_s = _Sorted(inv["u"].to_numpy(), inv["t"].to_numpy(), span)
-    uq = pd.DataFrame({"u": ex_u, "t": ex_t})
-    uq_unique = uq.drop_duplicates().reset_index(drop=True)
-    uq_pos = pd.MultiIndex.from_frame(uq_unique).get_indexer(pd.MultiIndex.from_frame(uq))
-    qu, qt = uq_unique["u"].to_numpy(), uq_unique["t"].to_numpy()
-    start, stop = inv_s.before(qu, qt)
-    n_inv = stop - start
-    cs_lines = np.concatenate([[0], np.cumsum(inv["n_lines"].to_numpy()[inv_s.order])])
-    cs_spend = np.concatenate([[0.0], np.cumsum(inv["spend"].to_numpy()[inv_s.order])])
-    has = n_inv > 0
-    last_t = np.where(has, inv_s.t[np.maximum(stop - 1, 0)], 0)
-    first_t = np.where(has, inv_s.t[np.minimum(start, len(inv_s.t) - 1)] if len(inv_s.t) else 0, 0)
-    user_feats = {
-        "u_n_invoices": n_inv.astype(np.float64),
-        "u_n_lines": (cs_lines[stop] - cs_lines[start]).astype(np.float64),
-        "u_spend": cs_spend[stop] - cs_spend[start],
-        "u_days_since_last": np.where(has, (qt - last_t) / _DAY_S, np.nan),
-        "u_tenure_days": np.where(has, (qt - first_t) / _DAY_S, np.nan),
-    }
-
-    # sequence: the user's last items strictly before ts, newest first
-    ev_s_sorted = _Sorted(ev_u, ev_t, span, tiebreak=ev_i)
-    h_start, h_stop = ev_s_sorted.before(qu, qt)
-    offs = np.arange(1, history_len + 1)
-    pos = h_stop[:, None] - offs[None, :]
-    valid = pos >= h_start[:, None]
-    hist_codes = np.where(valid, ev_i[ev_s_sorted.order][np.maximum(pos, 0)] if len(ev_i) else -1, -1)
-    lengths = valid.sum(1)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    item_names = pa.array(np.asarray(items, dtype=object), pa.string())
-    values = pa.DictionaryArray.from_arrays(pa.array(hist_codes[valid], pa.int32()), item_names).cast(pa.string())
-    hist = pa.ListArray.from_arrays(pa.array(offsets), values).take(pa.array(uq_pos))
-    out["hist_items"] = pd.Series(pd.arrays.ArrowExtensionArray(hist), index=examples.index, dtype=HIST_DTYPE)
-    out["hist_len"] = lengths[uq_pos].astype(np.int64)
-    for name, values_ in user_feats.items():
-        out[name] = values_[uq_pos]
-
-    # item level
-    it_s = _Sorted(ev_i, ev_t, span)
-    i_start, i_stop = it_s.before(ex_i, ex_t)
-    out["i_pop_all"] = (i_stop - i_start).astype(np.float64)
-    for w in pop_windows:
-        w_start = np.searchsorted(it_s.keys, ex_i * span + ex_t - w * _DAY_S, "left")
-        out[f"i_pop_{w}d"] = (i_stop - np.maximum(w_start, i_start)).astype(np.float64)
-    # traffic grows towards Christmas: shares of all purchases travel across windows, raw counts do not
-    all_t = np.sort(ev_t)
-    n_all = np.searchsorted(all_t, ex_t, "left")
-    out["i_share_all"] = 1000.0 * out["i_pop_all"].to_numpy() / np.maximum(n_all, 1)
-    for w in pop_windows:
-        n_w = n_all - np.searchsorted(all_t, ex_t - w * _DAY_S, "left")
-        out[f"i_share_{w}d"] = 1000.0 * out[f"i_pop_{w}d"].to_numpy() / np.maximum(n_w, 1)
-    i_has = i_stop > i_start
-    price_sorted = events["price"].to_numpy()[it_s.order]
-    out["i_price"] = np.where(i_has, price_sorted[np.maximum(i_stop - 1, 0)] if len(price_sorted) else 0, np.nan)
-    first_it = it_s.t[np.minimum(i_start, max(len(it_s.t) - 1, 0))] if len(it_s.t) else np.zeros(n)
-    out["i_age_days"] = np.where(i_has, (ex_t - first_it) / _DAY_S, np.nan)
-
-    # user x item
-    ui_s = _Sorted(ev_u * len(items) + ev_i, ev_t, span)
-    p_start, p_stop = ui_s.before(ex_u * len(items) + ex_i, ex_t)
-    p_has = p_stop > p_start
-    out["ui_n_before"] = (p_stop - p_start).astype(np.float64)
-    last_pair = ui_s.t[np.maximum(p_stop - 1, 0)] if len(ui_s.t) else np.zeros(n)
-    out["ui_days_since_last"] = np.where(p_has, (ex_t - last_pair) / _DAY_S, np.nan)
-
-    # context
-    when = pd.DatetimeIndex(examples["ts"])
-    out["hour"] = np.asarray(when.hour, dtype=np.int64)
-    out["weekday"] = np.asarray(when.day_of_week, dtype=np.int64)
-    out["month"] = np.asarray(when.month, dtype=np.int64)
-    return out
-
 
 # --- the dataset --------------------------------------------------------------
 
@@ -782,6 +276,8 @@ def _data_fingerprint(clean: pd.DataFrame) -> str:
     return hashlib.sha256(digest.tobytes()).hexdigest()[:16]
 
 
+# The modules whose code decides the cached frame (this one and the ones it was split into).
+_DATASET_MODULES = frozenset({__name__, "ecrec.events", "ecrec.negatives", "ecrec.pit_features"})
 # The functions whose code decides the cached frame; the helpers they call are found from their code.
 _BUILDERS = ("build_ctr_dataset", "sample_negatives", "point_in_time_features", "purchase_events",
              "split_dates", "assign_split", "_write_dataset", "_read_dataset")
@@ -803,30 +299,32 @@ def _code_of(obj) -> list[types.CodeType]:
 
 
 def builder_sources() -> dict[str, str]:
-    """Source of every function and class of this module that building the dataset runs.
+    """Source of every function and class that building the dataset runs.
 
     Starts from the builders (:func:`build_ctr_dataset`, :func:`sample_negatives`,
     :func:`point_in_time_features`, :func:`purchase_events`, :func:`split_dates`,
     :func:`assign_split`, the parquet writer and reader) and follows the
     module-level functions and classes they name (``_select_users``,
-    ``_Sorted``, :class:`CtrDatasetConfig`...), transitively; module-level
-    constants they name (``_DAY_S``, ``HIST_DTYPE``...) enter as their ``repr``.
+    ``_Sorted``, :class:`CtrDatasetConfig`...), transitively, in this module
+    and the modules it was split into (:data:`_DATASET_MODULES`: each name is
+    looked up in the module of the code that names it); module-level constants
+    they name (``_DAY_S``, ``HIST_DTYPE``...) enter as their ``repr``.
 
     Returns:
         ``{name: source}``, sorted by name.
     """
-    module = globals()
     out: dict[str, str] = {}
-    todo = list(_BUILDERS)
+    todo = [(name, globals()) for name in _BUILDERS]
     while todo:
-        name = todo.pop()
-        if name in out or name not in module:
+        name, namespace = todo.pop()
+        if name in out or name not in namespace:
             continue
-        obj = module[name]
-        if isinstance(obj, (types.FunctionType, type)) and getattr(obj, "__module__", None) == __name__:
+        obj = namespace[name]
+        if isinstance(obj, (types.FunctionType, type)) and getattr(obj, "__module__", None) in _DATASET_MODULES:
             out[name] = inspect.getsource(obj)
+            home = vars(sys.modules[obj.__module__])  # names in its code resolve in its own module
             for code in _code_of(obj):
-                todo += sorted(_names_used(code))
+                todo += [(n, home) for n in sorted(_names_used(code))]
         elif isinstance(obj, (int, float, str, tuple, frozenset, pd.api.extensions.ExtensionDtype)):
             out[name] = repr(obj)
     return dict(sorted(out.items()))

@@ -40,6 +40,7 @@ Training and evaluation
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Sequence
@@ -219,6 +220,11 @@ class MultitaskConfig(DnnConfig):
             (:class:`UncertaintyWeighting`).
         weighting_lr: Adam learning rate of the log-variances (they need to
             travel ~1 in a few hundred steps).
+        torch_threads: intra-op threads while :func:`train_multitask` runs
+            (restored after; ``None`` leaves torch's setting). 1 by default:
+            these nets are small (a step is ~100 small ops on a 1,024-row
+            batch), and a second thread spends more CPU synchronising than it
+            saves, far more on a busy machine (``benchmarks/NOTES.md``).
 
     Raises:
         ValueError: as DnnConfig, an unknown ``weighting``, or ``n_experts`` < 1.
@@ -230,6 +236,7 @@ class MultitaskConfig(DnnConfig):
     weighting: str = "equal"
     weighting_lr: float = 2e-2
     monitor: str = "log_loss"
+    torch_threads: int | None = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -237,6 +244,8 @@ class MultitaskConfig(DnnConfig):
             raise ValueError(f"weighting must be 'equal' or 'uncertainty', got {self.weighting!r}")
         if self.n_experts < 1:
             raise ValueError(f"n_experts must be >= 1, got {self.n_experts}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be None or >= 1, got {self.torch_threads}")
 
 
 def _mlp(width: int, hidden: Sequence[int], dropout: float, out: int | None = None) -> tuple[nn.Sequential, int]:
@@ -512,6 +521,18 @@ class TrainedMultitask:
         return self.net.probabilities(self.logits_arrays(self.preprocessor.transform(df)))
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """Run the block with ``n`` torch intra-op threads (``None``: unchanged), then restore the setting."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _labels_masks(df: pd.DataFrame, label_columns, mask_columns) -> tuple[np.ndarray, np.ndarray]:
     y = np.stack([df[c].fillna(0).to_numpy(np.float32) for c in label_columns], axis=1)
     m = np.stack([df[c].to_numpy(bool) if c is not None else np.ones(len(df), bool) for c in mask_columns], axis=1)
@@ -557,9 +578,17 @@ def train_multitask(
             both splits), NaN logits.
         FloatingPointError: the loss became infinite.
     """
+    cfg = config or MultitaskConfig()
+    with _torch_threads(cfg.torch_threads):
+        return _train_multitask(make_net, train, valid, categorical=categorical, numeric=numeric,
+                                label_columns=label_columns, mask_columns=mask_columns, cfg=cfg, progress=progress)
+
+
+def _train_multitask(make_net, train, valid, *, categorical, numeric, label_columns, mask_columns,
+                     cfg: MultitaskConfig, progress: bool) -> TrainedMultitask:
+    """:func:`train_multitask`'s body, under the thread setting it chose."""
     from tqdm.auto import tqdm
 
-    cfg = config or MultitaskConfig()
     categorical = list(categorical)
     item_field = categorical.index("item_id") if "item_id" in categorical else None
     pre = CtrPreprocessor(categorical, numeric, sequence=item_field is not None, history_len=cfg.history_len).fit(train)

@@ -207,6 +207,8 @@ def test_config_errors():
         MT.MultitaskConfig(weighting="gradnorm")
     with pytest.raises(ValueError, match="n_experts"):
         MT.MultitaskConfig(n_experts=0)
+    with pytest.raises(ValueError, match="torch_threads"):
+        MT.MultitaskConfig(torch_threads=0)
 
 
 # --- training and its refusals --------------------------------------------------
@@ -290,8 +292,16 @@ def test_train_loss_is_the_mean_over_each_tasks_rows():
     df.loc[[1, 3, 5, 7, 9], "label"] = 1  # returned rows must be purchases; here rows 0-9 all are
     cfg = MT.MultitaskConfig(emb_dim=2, hidden=(4,), tower=(2,), batch_size=30, max_epochs=1, lr=0.0,
                              dropout=0.0, id_dropout=0.0)
-    model = MT.train_multitask(lambda c, k, i: _ConstantLogits(), df, df, categorical=["user_id"], numeric=["x"],
+    threads = torch.get_num_threads()
+    seen = []
+
+    def make(c, k, i):
+        seen.append(torch.get_num_threads())
+        return _ConstantLogits()
+
+    model = MT.train_multitask(make, df, df, categorical=["user_id"], numeric=["x"],
                                label_columns=["label", "returned"], mask_columns=[None, "bought"], config=cfg)
+    assert seen == [1] and torch.get_num_threads() == threads  # trained on one thread, the setting restored
     buy, ret = model.history["train_loss"][0]
     sp = lambda z: math.log1p(math.exp(z))  # noqa: E731 - softplus
     n_pos = int(df["label"].sum())  # 25 purchases among the 40 rows, logit 0: log 2 each
