@@ -1,18 +1,22 @@
 """Chapter 07 benchmark: what a request costs, printed as ratios measured side by side (no timed assertions).
 
-1. Feature lookup: ``ecrec.system.FeatureStore.frame`` (a snapshot, array
-   lookups) against recomputing the same rows from the log with
-   ``ecrec.features.point_in_time_features`` per request, for one user's K
-   candidates; the ratio, and a check that both give the same numbers.
-2. The ranking stage per request: feature frame + item attributes +
-   preprocessing against the DNN's forward pass (which part dominates), at
-   batch 1 (one user, K candidates) and in batches of users.
+1. Feature lookup for one user's K candidates, four ways, the same numbers
+   from each (checked): recomputed from the log
+   (``ecrec.features.point_in_time_features``), the snapshot assembled as a
+   pandas DataFrame (``FeatureStore.frame``, the old serving path), the
+   snapshot's columnar arrays (``FeatureStore.fetch``: integer-indexed
+   lookups), and the same snapshot in Redis (``RedisFeatureStore.fetch``:
+   one pipelined round trip over loopback; skipped without ``redis-server``).
+2. The ranking stage per request: feature lookup, the DNN's input arrays
+   (old: DataFrame + item attributes + ``preprocessor.transform``; new:
+   ``RequestEncoder.encode`` on the arrays) and the DNN's forward pass: which
+   part dominates, at batch 1, with ``--threads`` threads.
 3. The text ranker's item tower (chapter 04's MiniLM bi-encoder): fp32
    against dynamic int8 and ONNX Runtime (when installed), one new item at
    batch 1 and the catalogue's first 512 items in batches, with 1 and 2
    threads: speed-up ratios and the smallest cosine to the fp32 vectors.
 
-Run: ``python benchmarks/bench_serving.py [--sections 1 2 3] [--requests 300]`` (about 3 minutes on 2 cores).
+Run: ``python benchmarks/bench_serving.py [--sections 1 2 3] [--requests 1000]`` (about 3 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import pandas as pd
 import torch
 
 from ecrec import ctr
+from ecrec import feature_store as FS
 from ecrec import features as F
 from ecrec import system as S
 
@@ -49,51 +54,79 @@ def setup(max_users: int, seed: int):
     return events, test_start, ranker, users
 
 
-def section_features(events, at, ranker, users, k: int, n: int, seed: int) -> None:
+def _requests(ranker, users, k: int, n: int, seed: int) -> list[tuple[int, np.ndarray]]:
     rng = np.random.default_rng(seed)
-    reqs = [(int(u), ranker.item_ids[rng.choice(len(ranker.item_ids), k, replace=False)])
-            for u in rng.choice(users, n + 5)]
+    return [(int(u), rng.choice(len(ranker.item_ids), k, replace=False)) for u in rng.choice(users, n)]
+
+
+def section_features(events, at, ranker, users, k: int, n: int, seed: int) -> None:
+    from ecrec.online_store import RedisServer, redis_status
+
+    reqs = _requests(ranker, users, k, n + 20, seed)
+    store, enc = ranker.store, FS.RequestEncoder(ranker.model.preprocessor, ranker.store, ranker.catalog,
+                                                 ranker.item_ids, ranker.text)
 
     def from_log(r):
-        ex = pd.DataFrame({"user_id": r[0], "item_id": r[1], "ts": at})
-        return F.point_in_time_features(ex, events)
+        return F.point_in_time_features(pd.DataFrame({"user_id": r[0], "item_id": ranker.item_ids[r[1]], "ts": at}),
+                                        events)
 
-    def from_store(r):
-        return ranker.store.frame(np.full(k, r[0]), r[1], at, "United Kingdom")
+    def as_frame(r):
+        return store.frame(np.full(k, r[0]), ranker.item_ids[r[1]], at, "United Kingdom")
 
     few = reqs[: min(n, 30) + 5]  # recomputing from the log is slow: fewer requests
-    log_ms = S.latency_ms(from_log, few, warmup=5)
-    store_ms = S.latency_ms(from_store, reqs, warmup=5)
+    table = {"point_in_time_features from the log": S.latency_ms(from_log, few, warmup=5),
+             "snapshot as a DataFrame (FeatureStore.frame)": S.latency_ms(as_frame, reqs, warmup=20),
+             "snapshot as arrays (FeatureStore.fetch)": S.latency_ms(
+                 lambda r: store.fetch(r[0], enc.store_row[r[1]]), reqs, warmup=20)}
+    ok, message = redis_status()
+    if ok:
+        with RedisServer() as server:
+            client = server.client(timeout_s=10)
+            FS.write_to_redis(store, client)
+            client.close()
+            online = FS.RedisFeatureStore(store, server.port)
+            table["snapshot in Redis (one pipelined round trip)"] = S.latency_ms(
+                lambda r: online.fetch(r[0], enc.store_row[r[1]]), reqs, warmup=20)
+            a, b = store.fetch(*reqs[0][:1], enc.store_row[reqs[0][1]]), online.fetch(reqs[0][0],
+                                                                                    enc.store_row[reqs[0][1]])
+            assert all(np.array_equal(a.items[c], b.items[c], equal_nan=True) for c in a.items)
+            online.close()
     cols = [c for c in from_log(reqs[0]).columns if c.startswith(("u_", "i_", "ui_", "hist"))]
-    pd.testing.assert_frame_equal(from_store(reqs[0])[cols], from_log(reqs[0])[cols], check_dtype=False)
-    print(f"\n1. Features of one user's {k} candidates (same numbers from both, checked)")
-    print(pd.DataFrame({"point_in_time_features from the log": log_ms, "FeatureStore snapshot": store_ms}).T.round(3))
-    print(f"   snapshot speed-up (p50): {log_ms['p50_ms'] / store_ms['p50_ms']:.0f}x")
+    pd.testing.assert_frame_equal(as_frame(reqs[0])[cols], from_log(reqs[0])[cols], check_dtype=False)
+    t = pd.DataFrame(table).T
+    print(f"\n1. Features of one user's {k} candidates (the same numbers from each, checked)"
+          + ("" if ok else f"; Redis skipped: {message}"))
+    print(t[["p50_ms", "p95_ms", "p99_ms", "mean_ms", "n"]].round(4).to_string())
+    base = t.loc["snapshot as arrays (FeatureStore.fetch)", "p50_ms"]
+    print("   p50 relative to the arrays: " + ", ".join(f"{name} {v / base:,.1f}x" for name, v in t["p50_ms"].items()))
 
 
 def section_ranking(ranker, users, at, k: int, n: int, seed: int) -> None:
-    rng = np.random.default_rng(seed + 1)
-    ids = rng.choice(len(users), n + 20)
-    cand = rng.integers(0, len(ranker.item_ids), (len(users), k))
-    when, country = np.full(len(users), np.datetime64(at)), np.full(len(users), "United Kingdom", dtype=object)
-    cache = {}
+    reqs = _requests(ranker, users, k, n + 20, seed + 1)
+    enc = FS.RequestEncoder(ranker.model.preprocessor, ranker.store, ranker.catalog, ranker.item_ids, ranker.text)
+    when = np.datetime64(at)
+    fetched = {i: ranker.store.fetch(r[0], enc.store_row[r[1]]) for i, r in enumerate(reqs)}
+    arrays = {i: enc.encode(fetched[i], r[1], at, "United Kingdom", user_id=r[0]) for i, r in enumerate(reqs)}
+    ids = list(range(len(reqs)))
 
-    def lookup(i):
-        frame, _ = ranker.features(users[i : i + 1], cand[i : i + 1], when[i : i + 1], country[i : i + 1])
-        cache[i] = ranker.arrays(frame)
+    def old(i):
+        frame, _ = ranker.features([reqs[i][0]], reqs[i][1][None, :], [when], ["United Kingdom"])
+        return ranker.arrays(frame)
 
-    lookup_ms = S.latency_ms(lookup, ids, warmup=20)
-    dnn_ms = S.latency_ms(lambda i: ranker.logits(cache[i]), ids, warmup=20)
-    batch = np.arange(min(len(users), 64))
-    big = ranker.arrays(ranker.features(users[batch], cand[batch], when[batch], country[batch])[0])
-    lookup_tp = S.throughput(lambda: ranker.arrays(ranker.features(users[batch], cand[batch], when[batch],
-                                                                   country[batch])[0]), len(batch) * k, repeats=1)
-    dnn_tp = S.throughput(lambda: ranker.logits(big), len(batch) * k)
+    np.testing.assert_allclose(old(0)["num"], arrays[0]["num"], atol=1e-6)
+    table = {"old: DataFrame + attributes + preprocessor": S.latency_ms(old, ids, warmup=20),
+             "new: lookup (arrays)": S.latency_ms(lambda i: ranker.store.fetch(reqs[i][0], enc.store_row[reqs[i][1]]),
+                                                   ids, warmup=20),
+             "new: encode (arrays -> DNN inputs)": S.latency_ms(
+                 lambda i: enc.encode(fetched[i], reqs[i][1], at, "United Kingdom", user_id=reqs[i][0]), ids,
+                 warmup=20),
+             "DNN forward": S.latency_ms(lambda i: ranker.logits(arrays[i]), ids, warmup=20)}
+    t = pd.DataFrame(table).T
     print(f"\n2. Ranking one user's {k} candidates, {torch.get_num_threads()} thread(s)")
-    print(pd.DataFrame({"feature lookup": lookup_ms, "DNN forward": dnn_ms}).T.round(3))
-    print(f"   lookup / DNN (p50): {lookup_ms['p50_ms'] / dnn_ms['p50_ms']:.1f}x; rows/s in batches of "
-          f"{len(batch)} users: lookup {lookup_tp:,.0f}, DNN {dnn_tp:,.0f}; batch-of-users speed-up over batch 1: "
-          f"lookup {lookup_tp / (k / lookup_ms['mean_ms'] * 1000):.1f}x, DNN {dnn_tp / (k / dnn_ms['mean_ms'] * 1000):.1f}x")
+    print(t[["p50_ms", "p95_ms", "p99_ms", "mean_ms", "n"]].round(4).to_string())
+    new = t.loc["new: lookup (arrays)", "p50_ms"] + t.loc["new: encode (arrays -> DNN inputs)", "p50_ms"]
+    print(f"   old path / new path (lookup + encode, p50): {t.iloc[0]['p50_ms'] / new:.0f}x; "
+          f"DNN / (lookup + encode): {t.loc['DNN forward', 'p50_ms'] / new:.1f}x")
 
 
 def section_text(n: int, seed: int, tmp: str) -> None:
@@ -139,7 +172,7 @@ def section_text(n: int, seed: int, tmp: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1, help="threads for sections 1 and 2")
     parser.add_argument("--seed", type=int, default=0)

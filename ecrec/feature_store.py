@@ -437,6 +437,10 @@ class RequestEncoder:
             self._init_text(text)
         self.hist_codes = self._hist_codes()
         self._init_numeric()
+        # the request's own values (user id, country, hour...) -> their code: a dict, O(1) per request
+        self.context_codes = {c: dict(zip(self.pre.encoders_[c].vocabulary_.tolist(),
+                                          range(1, self.pre.encoders_[c].n_indices), strict=True))
+                              for c in self.pre.categorical if c not in self.item_codes}
 
     def _codes(self, column: str, values) -> np.ndarray | None:
         enc = self.pre.encoders_.get(column)
@@ -487,13 +491,13 @@ class RequestEncoder:
         k, when = len(c), pd.Timestamp(when)
         context = {"hour": when.hour, "weekday": when.day_of_week, "month": when.month, "country": country,
                    USER_ID: user_id}
-        cols = []
-        for name in self.pre.categorical:
+        cat = np.empty((k, len(self.pre.categorical)), dtype=np.int64)
+        for j, name in enumerate(self.pre.categorical):
             if name in self.item_codes:
-                cols.append(self.item_codes[name][c])
-            else:
-                cols.append(np.full(k, self.pre.encoders_[name].transform(np.array([context[name]], object))[0]))
-        out = {"cat": np.stack(cols, axis=1) if cols else np.zeros((k, 0), np.int64)}
+                cat[:, j] = self.item_codes[name][c]
+            else:  # 0: a value the encoder never saw (IdEncoder's unknown bucket)
+                cat[:, j] = self.context_codes[name].get(context[name], 0)
+        out = {"cat": cat}
         out["num"] = self._numeric(f, c, k)
         if self.hist_codes is not None:
             enc = self.pre.encoders_["item_id"]
