@@ -26,6 +26,7 @@ are spelled out above :func:`dedupe_rows`.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -281,7 +282,8 @@ def gauc(
 #   - a scipy sparse matrix (n_users, n_items): column = item id, value =
 #     gain > 0 (e.g. number of purchases; binary metrics use only its
 #     non-zero pattern);
-#   - a list of n_users sequences of item ids (duplicates ignored);
+#   - a list of n_users collections of item ids: lists, tuples, arrays or
+#     Python sets (duplicates ignored);
 #   - a (n_users, R) integer array padded with -1.
 # * Users with NO relevant item are EXCLUDED from the means (their recall is
 #   0/0); ``per_user=True`` returns NaN for them. If no user has a relevant
@@ -290,7 +292,7 @@ def gauc(
 
 RELEVANT_HELP = (
     "relevant must be a scipy sparse matrix (n_users, n_items), a list of n_users "
-    "sequences of item ids, or a (n_users, R) int array padded with -1"
+    "collections of item ids (lists, arrays or sets), or a (n_users, R) int array padded with -1"
 )
 
 
@@ -354,6 +356,21 @@ def dedupe_rows(retrieved, k: int | None = None) -> np.ndarray:
     return _pad(out, k, -1)
 
 
+def _id_sequence(ids, user: int) -> np.ndarray:
+    """One user's relevant ids (a list, tuple, array, set or any iterable of ints) as int64 (m,)."""
+    if isinstance(ids, (set, frozenset, dict)) or not hasattr(ids, "__len__"):
+        ids = list(ids)  # sets, dict keys, generators: numpy cannot read them as sequences
+    arr = np.asarray(ids)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise TypeError(f"relevant[{user}] must hold integer item ids, got {type(ids).__name__} of dtype {arr.dtype}; "
+                        f"{RELEVANT_HELP}")
+    if np.issubdtype(arr.dtype, np.floating) and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+        raise ValueError(f"relevant[{user}] holds non-integer item ids, e.g. {arr.ravel()[0]!r}")
+    return arr.astype(np.int64).ravel()
+
+
 def as_relevance_csr(relevant, n_users: int):
     """Turn any accepted ``relevant`` form into a CSR matrix of gains, sorted, no zeros.
 
@@ -387,7 +404,7 @@ def as_relevance_csr(relevant, n_users: int):
     elif isinstance(relevant, (list, tuple)) or (isinstance(relevant, np.ndarray) and relevant.dtype == object):
         if len(relevant) != n_users:
             raise ValueError(f"relevant has {len(relevant)} entries but retrieved has {n_users} users")
-        parts = [np.asarray(r, dtype=np.int64).ravel() for r in relevant]
+        parts = [_id_sequence(r, u) for u, r in enumerate(relevant)]
         lengths = np.array([len(p) for p in parts], dtype=np.int64)
         rows = np.repeat(np.arange(n_users), lengths)
         cols = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
@@ -417,119 +434,253 @@ def _log_comb(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class _Ranked:
-    """Expected per-position gains of the ranked lists and of the ideal list (shared by all metrics).
+    """Expected per-position hits and gains of the ranked lists and of the ideal list (shared by all metrics).
 
     Every quantity is per position ``i`` (0-based) of the deduplicated list,
     as an expectation over random orders within tie groups (see the module
-    notes); without scores every group is a single item and the expectations
-    are the realised values.
+    notes); without ties every group is a single item and the expectations
+    are the realised values. Ties are paid for only where they exist: rows
+    with no tie (the common case, and every row without ``scores``) are
+    summed over their hits alone (row, position), and only the rows holding
+    a tie group go through the hypergeometric expectations
+    (:class:`_TieRows`), whose values replace theirs. Only the first ``k``
+    positions are looked up (a tie group crossing the cut-off is read whole).
     """
 
     def __init__(self, retrieved, relevant, k: int, scores=None):
         arr = _as_id_matrix(retrieved)
         n = arr.shape[0]
-        top, src = _dedupe_source(arr)
+        top, src = _dedupe_fast(arr)
         width = max(top.shape[1], k)
-        top, src = _pad(top, width, -1), _pad(src, width, -1)
-        rel = as_relevance_csr(relevant, n)
-        self.k = k
+        top = _pad(top, width, -1)
+        self.rel = rel = as_relevance_csr(relevant, n)
+        self.n, self.k = n, k
         self.top = top[:, :k]
+        self.full_top = top
         self.n_relevant = np.diff(rel.indptr).astype(np.float64)
         self.valid = self.n_relevant > 0
         if not self.valid.any():
             raise ValueError("no user has a relevant item: ranking metrics are undefined")
-        # Look up (user, item) pairs: keys user * span + item are sorted in CSR order.
-        span = max(int(rel.shape[1]), int(top.max()) + 1, 1)
-        rel_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(rel.indptr))
-        rel_keys = rel_rows * span + rel.indices.astype(np.int64)
-        keys = np.arange(n, dtype=np.int64)[:, None] * span + np.maximum(top, 0)
-        pos = np.searchsorted(rel_keys, keys)
-        pos_c = np.minimum(pos, max(len(rel_keys) - 1, 0))
-        found = (top >= 0) & (len(rel_keys) > 0)
-        if len(rel_keys):
-            found &= rel_keys[pos_c] == keys
-        hit = found.astype(np.float64)
-        gain = np.where(found, rel.data[pos_c] if len(rel_keys) else 0.0, 0.0)
-        idx = np.arange(width)
-        # tie groups: a new group starts where the score changes (or at padding)
-        new = np.ones((n, width), dtype=bool)
+        # the hits in the first k positions, row-major: (row, position), and their rank among the row's hits
+        self.hit_row, self.hit_pos = np.nonzero(_lookup(rel, self.top))
+        first = np.flatnonzero(np.r_[True, self.hit_row[1:] != self.hit_row[:-1]]) if len(self.hit_row) else \
+            np.zeros(0, dtype=np.int64)
+        self.hit_rank = np.arange(len(self.hit_row)) - np.repeat(first, np.diff(np.r_[first, len(self.hit_row)]))
+        self.first_hit = np.full(n, k, dtype=np.int64)  # position of each row's first hit (k: none)
+        self.first_hit[self.hit_row[first]] = self.hit_pos[first]
+        self.ties = None  # the rows holding a tie group, with their group statistics
         if scores is not None:
-            sc = np.asarray(scores, dtype=np.float64)
-            if sc.shape != arr.shape:
-                raise ValueError(f"scores must have the shape of retrieved {arr.shape}, got {sc.shape}")
-            real = arr >= 0
-            if np.isnan(sc[real]).any():
-                r, c = np.argwhere(np.isnan(sc) & real)[0]
-                raise ValueError(f"scores contain NaN for a retrieved item, e.g. row {r}, column {c}")
-            masked = np.where(real, sc, np.nan)
-            filled = np.where(real, sc, np.inf)
-            run_min = np.minimum.accumulate(filled, axis=1)
-            rising = real[:, 1:] & (masked[:, 1:] > run_min[:, :-1])
-            if rising.any():
-                r, c = np.argwhere(rising)[0]
-                raise ValueError(
-                    f"scores must be non-increasing along each row (best first); row {r} rises at column {c + 1}"
-                )
-            s = np.take_along_axis(sc, np.maximum(src, 0), axis=1)
-            new[:, 1:] = (top[:, 1:] < 0) | (top[:, :-1] < 0) | (s[:, 1:] != s[:, :-1])
-        start = np.maximum.accumulate(np.where(new, idx, 0), axis=1)
-        group = np.cumsum(new, axis=1) - 1  # group number within the row
-        rows = np.broadcast_to(np.arange(n)[:, None], (n, width))
-        gid = (rows * width + group).ravel()
-        size = np.bincount(gid, minlength=n * width).reshape(n, width)
-        g_hits = np.bincount(gid, weights=hit.ravel(), minlength=n * width).reshape(n, width)
-        g_gain = np.bincount(gid, weights=gain.ravel(), minlength=n * width).reshape(n, width)
-        g = np.take_along_axis(size, group, axis=1).astype(np.float64)
-        h = np.take_along_axis(g_hits, group, axis=1)
-        self.m_hit = h / g  # expected hit at each position
-        self.m_gain = np.take_along_axis(g_gain, group, axis=1) / g
-        cum_excl = np.concatenate([np.zeros((n, 1)), np.cumsum(hit, axis=1)], axis=1)
-        h_before = np.take_along_axis(cum_excl, start, axis=1)  # hits in the groups before
-        j = idx[None, :] - start  # offset within the group
-        # HitRate with the cut right after position i: P(at least one hit in positions <= i)
-        s_in = j + 1
-        p_none = np.exp(_log_comb(g - h, s_in) - _log_comb(g, s_in))
-        self.hit_upto = np.where(h_before > 0, 1.0, 1.0 - p_none)
-        # MRR: the first hit lies in the first group holding one; P(first hit at offset j)
-        first_grp = (h_before == 0) & (h > 0)
-        p_first = np.exp(_log_comb(g - 1 - j, h - 1) - _log_comb(g, h))
-        self.rr_terms = np.where(first_grp, p_first / (idx[None, :] + 1), 0.0)
-        # AP: E[rel_i * hits(<= i)] / (i + 1)
-        pair = np.where(g > 1, h * (h - 1) / np.maximum(g * (g - 1), 1), 0.0)
-        self.ap_terms = (self.m_hit * (1 + h_before) + j * pair) / (idx[None, :] + 1)
-        # inclusion probability of each listed item in the top K (for coverage): needs start and size
-        self.start, self.size, self.full_top = start, g, top
-        # Ideal ranking: ALL relevant items by decreasing gain, cut to k.
+            new = _tie_starts(arr, scores, top, src)
+            tied = ~new[:, 1:].all(1) if width > 1 else np.zeros(n, dtype=bool)
+            if tied.any():
+                rows = np.flatnonzero(tied)
+                sub = top[rows]
+                found = _lookup(rel, sub, rows)  # the whole width: groups may cross k
+                gain = np.zeros(found.shape)
+                gain[found] = _gain_at(rel, rows[np.nonzero(found)[0]], sub[found])
+                self.ties = _TieRows(rows, new[rows], found.astype(np.float64), gain)
+
+    def _per_row(self, k: int, weights: np.ndarray | None, tied: np.ndarray | None) -> np.ndarray:
+        """(n,) sum over each row's hits in the top ``k`` of ``weights`` (1 each when None); tie rows: ``tied``."""
+        sel = self.hit_pos < k
+        w = None if weights is None else weights[sel]
+        out = np.bincount(self.hit_row[sel], weights=w, minlength=self.n).astype(np.float64)
+        if self.ties is not None:
+            out[self.ties.rows] = tied
+        return out
+
+    @functools.cached_property
+    def _hit_gain(self) -> np.ndarray:
+        """The relevance value (gain) of every hit."""
+        return _gain_at(self.rel, self.hit_row, self.top[self.hit_row, self.hit_pos])
+
+    def expected_hits(self, k: int) -> np.ndarray:
+        """(n,) expected number of hits in the top ``k``."""
+        t = self.ties
+        return self._per_row(k, None, None if t is None else t.m_hit[:, :k].sum(1))
+
+    def dcg(self, k: int, graded: bool) -> np.ndarray:
+        """(n,) expected DCG at ``k``: gains (graded) or hits (binary) over log2(position + 2)."""
+        disc = _discount(k)
+        t = self.ties
+        tied = None if t is None else (t.m_gain if graded else t.m_hit)[:, :k] @ disc
+        w = disc[np.minimum(self.hit_pos, k - 1)]
+        return self._per_row(k, w * self._hit_gain if graded else w, tied)
+
+    def hit_rate(self, k: int) -> np.ndarray:
+        """(n,) P(at least one hit in the top ``k``)."""
+        out = (self.first_hit < k).astype(np.float64)
+        if self.ties is not None:
+            out[self.ties.rows] = self.ties.hit_upto(k - 1)
+        return out
+
+    def reciprocal_rank(self, k: int) -> np.ndarray:
+        """(n,) expected 1 / (rank of the first hit) within the top ``k``, 0 without a hit."""
+        out = np.where(self.first_hit < k, 1.0 / (self.first_hit + 1.0), 0.0)
+        if self.ties is not None:
+            out[self.ties.rows] = self.ties.rr_terms[:, :k].sum(1)
+        return out
+
+    def ap_sum(self, k: int) -> np.ndarray:
+        """(n,) sum over positions i < k of E[rel_i * hits(<= i)] / (i + 1) (AP before its denominator)."""
+        t = self.ties
+        return self._per_row(k, (self.hit_rank + 1.0) / (self.hit_pos + 1.0),
+                             None if t is None else t.ap_terms[:, :k].sum(1))
+
+    def dense(self, graded: bool) -> np.ndarray:
+        """(n, k) expected hit (or gain) at each position of the top k."""
+        out = np.zeros((self.n, self.k))
+        out[self.hit_row, self.hit_pos] = self._hit_gain if graded else 1.0
+        if self.ties is not None:
+            out[self.ties.rows] = (self.ties.m_gain if graded else self.ties.m_hit)[:, : self.k]
+        return out
+
+    def ideal_dcg(self, k: int, graded: bool) -> np.ndarray:
+        """(n,) DCG of the ideal list at ``k``: ALL relevant items by decreasing gain.
+
+        Binary (or every gain 1): the sum of the first min(k, |relevant|) discounts.
+        """
+        rel = self.rel
+        if not graded or (rel.data == 1).all():
+            return np.concatenate([[0.0], np.cumsum(_discount(k))])[np.minimum(self.n_relevant, k).astype(np.int64)]
+        rel_rows = np.repeat(np.arange(self.n, dtype=np.int64), np.diff(rel.indptr))
         order = np.lexsort((-rel.data, rel_rows))
         rank_in_row = np.arange(len(order)) - rel.indptr[rel_rows[order]]
         keep = rank_in_row < k
-        self.ideal_gains = np.zeros((n, k))
-        self.ideal_gains[rel_rows[order][keep], rank_in_row[keep]] = rel.data[order][keep]
-
-    @property
-    def hits(self) -> np.ndarray:
-        """(n, k) expected hit at each position of the top k."""
-        return self.m_hit[:, : self.k]
-
-    @property
-    def gains(self) -> np.ndarray:
-        return self.m_gain[:, : self.k]
-
-    def expected_hits(self, k: int) -> np.ndarray:
-        return self.m_hit[:, :k].sum(1)
+        return np.bincount(rel_rows[order][keep], weights=rel.data[order][keep] * _discount(k)[rank_in_row[keep]],
+                           minlength=self.n)
 
     def inclusion(self, k: int) -> np.ndarray:
         """(n, width) probability that the item listed at each position is in the top ``k``."""
-        idx = np.arange(self.full_top.shape[1])[None, :]
-        end = self.start + self.size
-        p = np.where(end <= k, 1.0, np.where(self.start < k, (k - self.start) / self.size, 0.0))
-        return np.where((self.full_top >= 0) & (idx >= 0), p, 0.0)
+        p = np.broadcast_to((np.arange(self.full_top.shape[1]) < k).astype(np.float64), self.full_top.shape)
+        if self.ties is not None:
+            p = p.copy()
+            p[self.ties.rows] = self.ties.inclusion(k)
+        return np.where(self.full_top >= 0, p, 0.0)
 
     def finish(self, values: np.ndarray, per_user: bool):
         values = np.where(self.valid, values, np.nan)
         if per_user:
             return values
         return float(np.nanmean(values))
+
+
+def _gain_at(rel, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """The relevance values of (user ``rows``, ``items``) pairs that ARE in ``rel``."""
+    if (rel.data == 1).all():
+        return np.ones(len(rows))
+    span = max(int(rel.shape[1]), int(items.max()) + 1 if len(items) else 1)
+    rel_rows = np.repeat(np.arange(rel.shape[0], dtype=np.int64), np.diff(rel.indptr))
+    keys = rel_rows * span + rel.indices.astype(np.int64)  # sorted: CSR order
+    return rel.data[np.searchsorted(keys, rows.astype(np.int64) * span + items)]
+
+
+class _TieRows:
+    """Expectations over random orders within tie groups, for the rows that hold a tie.
+
+    Per position ``i`` (the whole listed width): ``g`` the size of its tie
+    group, ``h`` the hits in the group, ``j`` its offset in the group,
+    ``h_before`` the hits in the groups before. A random order inside the
+    group makes the hits at the group's positions hypergeometric.
+    """
+
+    def __init__(self, rows: np.ndarray, new: np.ndarray, hit: np.ndarray, gain: np.ndarray):
+        m, width = new.shape
+        self.rows = rows
+        idx = np.arange(width)
+        start = np.maximum.accumulate(np.where(new, idx, 0), axis=1)
+        group = np.cumsum(new, axis=1) - 1  # group number within the row
+        gid = (np.arange(m)[:, None] * width + group).ravel()
+        size = np.bincount(gid, minlength=m * width).reshape(m, width)
+        g_hits = np.bincount(gid, weights=hit.ravel(), minlength=m * width).reshape(m, width)
+        g_gain = np.bincount(gid, weights=gain.ravel(), minlength=m * width).reshape(m, width)
+        self.g = np.take_along_axis(size, group, axis=1).astype(np.float64)
+        self.h = np.take_along_axis(g_hits, group, axis=1)
+        self.m_hit = self.h / self.g
+        self.m_gain = np.take_along_axis(g_gain, group, axis=1) / self.g
+        cum_excl = np.concatenate([np.zeros((m, 1)), np.cumsum(hit, axis=1)], axis=1)
+        self.h_before = np.take_along_axis(cum_excl, start, axis=1)
+        self.j = idx[None, :] - start
+        self.start, self.idx = start, idx
+
+    def hit_upto(self, i: int) -> np.ndarray:
+        """(m,) P(at least one hit in positions <= i)."""
+        g, h, j = self.g[:, i], self.h[:, i], self.j[:, i]
+        p_none = np.exp(_log_comb(g - h, j + 1) - _log_comb(g, j + 1))
+        return np.where(self.h_before[:, i] > 0, 1.0, 1.0 - p_none)
+
+    @functools.cached_property
+    def rr_terms(self) -> np.ndarray:
+        # the first hit lies in the first group holding one; P(first hit at offset j)
+        first_grp = (self.h_before == 0) & (self.h > 0)
+        p_first = np.exp(_log_comb(self.g - 1 - self.j, self.h - 1) - _log_comb(self.g, self.h))
+        return np.where(first_grp, p_first / (self.idx[None, :] + 1), 0.0)
+
+    @functools.cached_property
+    def ap_terms(self) -> np.ndarray:
+        g, h = self.g, self.h
+        pair = np.where(g > 1, h * (h - 1) / np.maximum(g * (g - 1), 1), 0.0)
+        return (self.m_hit * (1 + self.h_before) + self.j * pair) / (self.idx[None, :] + 1)
+
+    def inclusion(self, k: int) -> np.ndarray:
+        end = self.start + self.g
+        return np.where(end <= k, 1.0, np.where(self.start < k, (k - self.start) / self.g, 0.0))
+
+
+def _dedupe_fast(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`_dedupe_source`, skipped (source ``None``) when no row has a duplicate or a gap."""
+    if arr.shape[1] < 2:
+        return arr, None
+    srt = np.sort(arr, axis=1)
+    dup = ((srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)).any()
+    gap = ((arr[:, :-1] < 0) & (arr[:, 1:] >= 0)).any()  # padding before an item: items move up
+    if dup or gap:
+        return _dedupe_source(arr)
+    return arr, None
+
+
+def _lookup(rel, top: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """bool, True where ``top[r, c]`` is relevant to user ``rows[r]`` (default: row r) in ``rel``."""
+    n_all = rel.shape[0]
+    rows = np.arange(n_all, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    if len(rel.indices) == 0 or top.size == 0:
+        return np.zeros(top.shape, dtype=bool)
+    span = max(int(rel.shape[1]), int(top.max()) + 1, 1)
+    rel_rows = np.repeat(np.arange(n_all, dtype=np.int64), np.diff(rel.indptr))
+    rel_keys = rel_rows * span + rel.indices.astype(np.int64)  # sorted: CSR order
+    keys = rows[:, None] * span + np.maximum(top, 0)
+    if n_all * span <= 1 << 25:  # up to 32 MB: a dense (user, item) bitmap and one gather
+        table = np.zeros(n_all * span, dtype=bool)
+        table[rel_keys] = True
+        return table[keys] & (top >= 0)
+    pos = np.minimum(np.searchsorted(rel_keys, keys), len(rel_keys) - 1)
+    return (top >= 0) & (rel_keys[pos] == keys)
+
+
+def _tie_starts(arr: np.ndarray, scores, top: np.ndarray, src: np.ndarray | None) -> np.ndarray:
+    """(n, width) True where a new tie group starts (the score changes, or padding). Checks ``scores``."""
+    n, width = top.shape
+    sc = np.asarray(scores, dtype=np.float64)
+    if sc.shape != arr.shape:
+        raise ValueError(f"scores must have the shape of retrieved {arr.shape}, got {sc.shape}")
+    real = arr >= 0
+    nan = np.isnan(sc) & real
+    if nan.any():
+        r, c = np.argwhere(nan)[0]
+        raise ValueError(f"scores contain NaN for a retrieved item, e.g. row {r}, column {c}")
+    if ((~real[:, :-1]) & real[:, 1:]).any():  # padding between items: compare with the running minimum
+        run_min = np.minimum.accumulate(np.where(real, sc, np.inf), axis=1)
+        rising = real[:, 1:] & (sc[:, 1:] > run_min[:, :-1])
+    else:  # items first, padding after: neighbours suffice
+        rising = real[:, 1:] & (sc[:, 1:] > sc[:, :-1])
+    if rising.any():
+        r, c = np.argwhere(rising)[0]
+        raise ValueError(f"scores must be non-increasing along each row (best first); row {r} rises at column {c + 1}")
+    s = sc if src is None else np.take_along_axis(sc, np.maximum(src, 0), axis=1)
+    s = _pad(s, width, -np.inf)
+    new = np.ones((n, width), dtype=bool)
+    new[:, 1:] = (top[:, 1:] < 0) | (top[:, :-1] < 0) | (s[:, 1:] != s[:, :-1])
+    return new
 
 
 def _expected_coverage(r: _Ranked, n_items: int, k: int) -> float:
@@ -562,7 +713,7 @@ def _discount(k: int) -> np.ndarray:
 _RANKING_ARGS = """
     Args:
         retrieved: (n_users, L) int item ids, best first, -1 padding.
-        relevant: sparse (n_users, n_items), list of id sequences, or padded array.
+        relevant: sparse (n_users, n_items), list of id collections (lists, arrays, sets), or padded array.
         k: cut-off, a positive integer.
         scores: optional (n_users, L) float scores of the retrieved items,
             non-increasing along each row: tied items count as the expectation
@@ -629,7 +780,7 @@ def hit_rate_at_k(retrieved, relevant, k: int, *, scores=None, per_user: bool = 
     """
     k = _check_k(k)
     r = _Ranked(retrieved, relevant, k, scores)
-    return r.finish(r.hit_upto[:, k - 1], per_user)
+    return r.finish(r.hit_rate(k), per_user)
 
 
 def mrr_at_k(retrieved, relevant, k: int, *, scores=None, per_user: bool = False):
@@ -640,7 +791,7 @@ def mrr_at_k(retrieved, relevant, k: int, *, scores=None, per_user: bool = False
     """
     k = _check_k(k)
     r = _Ranked(retrieved, relevant, k, scores)
-    return r.finish(r.rr_terms[:, :k].sum(1), per_user)
+    return r.finish(r.reciprocal_rank(k), per_user)
 
 
 def ndcg_at_k(
@@ -688,15 +839,12 @@ def ndcg_at_k(
     if ideal == "retrieved" and scores is not None:
         raise ValueError("ideal='retrieved' is not defined with scores (ties); use ideal='all'")
     r = _Ranked(retrieved, relevant, _check_k(k), scores)
-    disc = _discount(r.k)
-    gains = r.gains if graded else r.hits
     if ideal == "all":
-        best = r.ideal_gains if graded else (r.ideal_gains > 0).astype(np.float64)
+        idcg = r.ideal_dcg(r.k, graded)
     else:
-        best = -np.sort(-gains, axis=1)  # the retrieved gains, best first
-    idcg = best @ disc
+        idcg = -np.sort(-r.dense(graded), axis=1) @ _discount(r.k)  # the retrieved gains, best first
     with np.errstate(invalid="ignore", divide="ignore"):
-        values = np.where(idcg > 0, (gains @ disc) / np.where(idcg > 0, idcg, 1.0), 0.0)
+        values = np.where(idcg > 0, r.dcg(r.k, graded) / np.where(idcg > 0, idcg, 1.0), 0.0)
         return r.finish(values, per_user)
 
 
@@ -734,7 +882,7 @@ def map_at_k(
     r = _Ranked(retrieved, relevant, k, scores)
     d = np.minimum(k, r.n_relevant) if denominator == "min_k_relevant" else r.n_relevant
     with np.errstate(invalid="ignore", divide="ignore"):
-        return r.finish(r.ap_terms[:, :k].sum(1) / d, per_user)
+        return r.finish(r.ap_sum(k) / d, per_user)
 
 
 for _f in (recall_at_k, recall_capped_at_k, precision_at_k, hit_rate_at_k, mrr_at_k):
@@ -770,6 +918,7 @@ def catalogue_coverage(retrieved, n_items: int, k: int, *, scores=None) -> float
 RANKING_METRICS = (
     "recall", "recall_capped", "precision", "hit_rate", "mrr", "ndcg", "ndcg_graded", "map",
 )
+MAP_COLUMNS = {"min_k_relevant": ("map",), "n_relevant": ("map_n_relevant",), "both": ("map", "map_n_relevant")}
 
 
 def ranking_metrics(
@@ -780,21 +929,30 @@ def ranking_metrics(
     n_items: int | None = None,
     scores=None,
     per_user: bool = False,
+    map_denominator: Literal["min_k_relevant", "n_relevant", "both"] = "min_k_relevant",
 ):
     """All ranking metrics at several cut-offs from ONE lookup (for curves and tables).
 
     Equal to calling :func:`recall_at_k`, :func:`recall_capped_at_k`,
     :func:`precision_at_k`, :func:`hit_rate_at_k`, :func:`mrr_at_k`,
     :func:`ndcg_at_k` (binary, and ``graded=True`` as ``ndcg_graded``) and
-    :func:`map_at_k` (default denominator) at each K, and
-    :func:`catalogue_coverage` when ``n_items`` is given, all with the same
-    ``scores`` (tie handling, see the module notes).
+    :func:`map_at_k` at each K, and :func:`catalogue_coverage` when
+    ``n_items`` is given, all with the same ``scores`` (tie handling, see the
+    module notes).
+
+    MAP comes in the two conventions that peers publish (:func:`map_at_k`):
+    column ``map`` divides each user's sum of precisions by min(K,
+    |relevant|) (Kaggle's ``apk``, RecBole), column ``map_n_relevant`` by
+    |relevant| (truncated TREC average precision: ``trec_eval``, ranx,
+    pytrec_eval). ``map_denominator`` picks which column(s) appear.
 
     Args:
         ks: iterable of cut-offs >= 1.
         scores: optional (n_users, L) scores of the retrieved items.
         per_user: if True, return ``{metric: (n_users, len(ks)) array}`` (NaN
             for users without relevant items; coverage omitted).
+        map_denominator: ``"min_k_relevant"`` (default: column ``map``),
+            ``"n_relevant"`` (column ``map_n_relevant``) or ``"both"``.
 
     Returns:
         ``pandas.DataFrame`` indexed by K with one column per metric (means over
@@ -803,35 +961,34 @@ def ranking_metrics(
 
     Raises:
         ValueError: ``ks`` empty or holding a non-positive integer, an item id
-            ``>= n_items``, and everything :func:`recall_at_k` raises.
+            ``>= n_items``, an unknown ``map_denominator``, and everything
+            :func:`recall_at_k` raises.
         TypeError: as :func:`recall_at_k`.
     """
+    if map_denominator not in MAP_COLUMNS:
+        raise ValueError(f"map_denominator must be one of {tuple(MAP_COLUMNS)}, got {map_denominator!r}")
     ks = sorted({_check_k(k) for k in ks})
     if not ks:
         raise ValueError("ks is empty")
-    kmax = ks[-1]
-    r = _Ranked(retrieved, relevant, kmax, scores)
-    disc = _discount(kmax)
-    cum_hits = np.cumsum(r.hits, axis=1)
-    dcg = np.cumsum(r.hits * disc, axis=1)
-    dcg_g = np.cumsum(r.gains * disc, axis=1)
-    idcg = np.cumsum((r.ideal_gains > 0) * disc, axis=1)
-    idcg_g = np.cumsum(r.ideal_gains * disc, axis=1)
-    ap_num = np.cumsum(r.ap_terms[:, :kmax], axis=1)
-    rr = np.cumsum(r.rr_terms[:, :kmax], axis=1)
-    out: dict[str, list] = {m: [] for m in RANKING_METRICS}
+    r = _Ranked(retrieved, relevant, ks[-1], scores)
+    names = [m for m in RANKING_METRICS if m != "map"] + list(MAP_COLUMNS[map_denominator])
+    out: dict[str, list] = {m: [] for m in names}
     nrel = r.n_relevant
     with np.errstate(invalid="ignore", divide="ignore"):
         for k in ks:
-            c = k - 1
-            out["recall"].append(cum_hits[:, c] / nrel)
-            out["recall_capped"].append(cum_hits[:, c] / np.minimum(k, nrel))
-            out["precision"].append(cum_hits[:, c] / k)
-            out["hit_rate"].append(r.hit_upto[:, c])
-            out["mrr"].append(rr[:, c])
-            out["ndcg"].append(dcg[:, c] / idcg[:, c])
-            out["ndcg_graded"].append(dcg_g[:, c] / idcg_g[:, c])
-            out["map"].append(ap_num[:, c] / np.minimum(k, nrel))
+            hits = r.expected_hits(k)
+            out["recall"].append(hits / nrel)
+            out["recall_capped"].append(hits / np.minimum(k, nrel))
+            out["precision"].append(hits / k)
+            out["hit_rate"].append(r.hit_rate(k))
+            out["mrr"].append(r.reciprocal_rank(k))
+            out["ndcg"].append(r.dcg(k, graded=False) / r.ideal_dcg(k, graded=False))
+            out["ndcg_graded"].append(r.dcg(k, graded=True) / r.ideal_dcg(k, graded=True))
+            ap = r.ap_sum(k)
+            if "map" in out:
+                out["map"].append(ap / np.minimum(k, nrel))
+            if "map_n_relevant" in out:
+                out["map_n_relevant"].append(ap / nrel)
     per = {m: np.where(r.valid[:, None], np.stack(v, axis=1), np.nan) for m, v in out.items()}
     if per_user:
         return per

@@ -433,3 +433,55 @@ def test_scores_are_checked():
         M.ndcg_at_k(retrieved, [[0]], 1, ideal="retrieved", scores=[[1.0, 1.0, 1.0]])
     # padding slots are ignored, whatever their score
     assert M.recall_at_k(np.array([[0, -1]]), [[0]], 1, scores=[[0.3, 9.0]]) == 1.0
+
+
+def test_ranking_metrics_offers_both_map_denominators_hand_computed():
+    # hits at ranks 1 and 3 among 5 relevant items: sum of precisions at hits = 1/1 + 2/3 = 5/3
+    retrieved, relevant = np.array([[1, 9, 2]]), [[1, 2, 3, 4, 5]]
+    both = M.ranking_metrics(retrieved, relevant, [1, 3], map_denominator="both")
+    assert both.loc[3, "map"] == pytest.approx((5 / 3) / 3)  # min(K, |relevant|) = 3: Kaggle apk, RecBole
+    assert both.loc[3, "map_n_relevant"] == pytest.approx((5 / 3) / 5)  # |relevant| = 5: trec_eval, ranx
+    assert both.loc[1, "map"] == pytest.approx(1.0) and both.loc[1, "map_n_relevant"] == pytest.approx(1 / 5)
+    only = M.ranking_metrics(retrieved, relevant, [3], map_denominator="n_relevant")
+    assert "map" not in only and only.loc[3, "map_n_relevant"] == pytest.approx(1 / 3)
+    assert "map_n_relevant" not in M.ranking_metrics(retrieved, relevant, [3])  # the default: unchanged columns
+    assert only.loc[3, "map_n_relevant"] == pytest.approx(M.map_at_k(retrieved, relevant, 3, denominator="n_relevant"))
+    with pytest.raises(ValueError, match="map_denominator"):
+        M.ranking_metrics(retrieved, relevant, [3], map_denominator="trec")
+
+
+def test_relevant_as_python_sets_is_accepted():
+    retrieved = np.array([[5, 2, 9], [1, 2, 3]])
+    as_lists = M.ranking_metrics(retrieved, [[2, 9, 7], []], [1, 3])
+    as_sets = M.ranking_metrics(retrieved, [{2, 9, 7}, set()], [1, 3])
+    pdt.assert_frame_equal(as_lists, as_sets)
+    assert M.recall_at_k(retrieved, [{2, 9, 7}, frozenset({1})], 3) == pytest.approx((2 / 3 + 1) / 2)
+    with pytest.raises(TypeError, match=r"relevant\[1\] must hold integer item ids.*sets"):
+        M.recall_at_k(retrieved, [{2}, {"a"}], 3)
+    with pytest.raises(ValueError, match="non-integer"):
+        M.recall_at_k(retrieved, [[2.5], [1]], 3)
+
+
+def test_rows_with_and_without_ties_in_one_call_equal_each_row_alone():
+    # the fast path (rows without a tie) and the tie path (rows with one) side by side, with
+    # duplicates and padding: each row's value must not depend on its neighbours
+    rng = np.random.default_rng(7)
+    n_users, width = 40, 9
+    retrieved = rng.integers(-1, 15, (n_users, width))
+    retrieved[::3] = np.stack([rng.permutation(15)[:width] for _ in range(len(retrieved[::3]))])
+    strict = -np.sort(-rng.random((n_users, width)), axis=1)
+    tied = -np.sort(-rng.integers(0, 3, (n_users, width)).astype(float), axis=1)
+    scores = np.where((np.arange(n_users) % 2 == 0)[:, None], strict, tied)
+    relevant = [list(np.flatnonzero(rng.random(15) < 0.3)) + [u % 15] for u in range(n_users)]
+    ks = [1, 3, 9, 12]
+    together = M.ranking_metrics(retrieved, relevant, ks, scores=scores, per_user=True, map_denominator="both")
+    for u in range(n_users):
+        alone = M.ranking_metrics(retrieved[u : u + 1], [relevant[u]], ks, scores=scores[u : u + 1], per_user=True,
+                                  map_denominator="both")
+        for name, values in together.items():
+            np.testing.assert_allclose(values[u], alone[name][0], rtol=1e-12, atol=1e-15, err_msg=f"{name} user {u}")
+    # strict scores give exactly what no scores give
+    no_ties = M.ranking_metrics(retrieved[::2], relevant[::2], ks, per_user=True)
+    with_scores = M.ranking_metrics(retrieved[::2], relevant[::2], ks, scores=strict[::2], per_user=True)
+    for name in no_ties:
+        np.testing.assert_array_equal(no_ties[name], with_scores[name])
