@@ -40,17 +40,18 @@ from ecrec.two_tower import (
     Pairs,
     encode_with_cache,
     in_batch_eval,
+    in_batch_logits,
     sample_pairs,
     target_log_q,
     train_two_tower,
 )
 
 __all__ = [
-    "top_k", "popular_scores", "item_cosine", "fit_als", "user_vectors", "cap_history", "build_index",
+    "top_k", "popular_scores", "item_cosine", "fit_als", "als_fold_in", "pairs_matrix", "user_vectors", "cap_history", "build_index",
     "tie_margin", "faiss_search", "ShortResultWarning", "with_fallback", "interleave", "per_1000_users",
     # re-exported from ecrec.recall_data and ecrec.two_tower
     "RecallData", "build_recall_data", "recency_weights", "encode_with_cache", "ItemTower", "Pairs",
-    "sample_pairs", "target_log_q", "in_batch_eval", "train_two_tower",
+    "sample_pairs", "target_log_q", "in_batch_logits", "in_batch_eval", "train_two_tower",
 ]
 
 
@@ -221,6 +222,79 @@ def fit_als(
         )
         model.fit(sp.csr_matrix(train_matrix, dtype=np.float32), show_progress=False)
     return np.asarray(model.user_factors), np.asarray(model.item_factors)
+
+
+def als_fold_in(item_factors: np.ndarray, counts, *, regularization: float = 0.05, alpha: float = 10.0) -> np.ndarray:
+    """User factors of users ALS never saw, from fixed item factors (one exact least-squares step).
+
+    The user half of an ALS iteration (Hu, Koren and Volinsky, 2008) with
+    ``implicit``'s convention (confidence ``c = alpha * r`` on observed items,
+    preference 1): ``x_u = (Y^T Y + Y^T (C_u - I) Y + reg I)^-1 Y^T C_u p_u``.
+    It lets an ALS model trained on some users serve others from their history,
+    as a text tower does: what a learning curve over training sizes needs.
+    Same numbers as ``implicit``'s ``recalculate_user`` (tests/test_recall.py).
+
+    Args:
+        item_factors: float (n_items, f), e.g. the second value of :func:`fit_als`.
+        counts: sparse (n_users, n_items) counts >= 0 (e.g. ``RecallData.history_count``).
+        regularization, alpha: as :func:`fit_als`.
+
+    Returns:
+        float32 (n_users, f); all-zero rows for users without history.
+
+    Raises:
+        ValueError: ``counts`` has another number of items than ``item_factors``, or a negative count.
+    """
+    y = np.asarray(item_factors, dtype=np.float64)
+    c = sp.csr_array(counts, dtype=np.float64)
+    if c.shape[1] != y.shape[0]:
+        raise ValueError(f"counts has {c.shape[1]} items but item_factors has {y.shape[0]} rows")
+    if (c.data < 0).any():
+        raise ValueError("counts must be >= 0 (purchases per user and item)")
+    base = y.T @ y + regularization * np.eye(y.shape[1])
+    out = np.zeros((c.shape[0], y.shape[1]), dtype=np.float32)
+    for u in range(c.shape[0]):
+        cols = c.indices[c.indptr[u] : c.indptr[u + 1]]
+        if cols.size:
+            conf = alpha * c.data[c.indptr[u] : c.indptr[u + 1]]
+            yu = y[cols]
+            out[u] = np.linalg.solve(base + (yu * (conf - 1.0)[:, None]).T @ yu, yu.T @ conf)
+    return out
+
+
+def pairs_matrix(pairs: Pairs, n_items: int) -> tuple[np.ndarray, sp.csr_array]:
+    """The (user, item) purchases that training pairs contain, as an ID model's training matrix.
+
+    A pair (history -> target) of user u tells a model that u bought its
+    target and its history items; an ID model trained "on the same examples"
+    as a two-tower fine-tuned on ``pairs`` gets exactly these entries (value 1
+    per distinct (user, item)).
+
+    Args:
+        pairs: :class:`Pairs` with ``user`` (from :func:`sample_pairs`).
+        n_items: catalogue size.
+
+    Returns:
+        ``(users (n_users,) sorted user ids, csr_array (n_users, n_items) float64 of 0/1)``.
+
+    Raises:
+        ValueError: ``pairs.user`` is missing or an item index is outside 0..n_items-1.
+    """
+    if pairs.user is None:
+        raise ValueError("pairs.user is missing: build the pairs with ecrec.recall.sample_pairs")
+    hist = pairs.hist_items
+    width = hist.shape[1] + 1
+    items = np.column_stack([hist, pairs.target]).ravel()
+    user = np.repeat(np.asarray(pairs.user), width)
+    keep = items >= 0
+    items, user = items[keep], user[keep]
+    if items.size and items.max() >= n_items:
+        raise ValueError(f"item index {int(items.max())} is outside the catalogue of {n_items} items")
+    users, row = np.unique(user, return_inverse=True)
+    m = sp.csr_array((np.ones(items.size), (row, items)), shape=(len(users), n_items))
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return users, m
 
 
 def user_vectors(history, item_emb: np.ndarray) -> np.ndarray:
@@ -429,6 +503,16 @@ def faiss_search(
     n_ex = np.diff(ex.indptr) if ex is not None else np.zeros(n, dtype=np.int64)
     rows_q = np.flatnonzero(np.any(q != 0, axis=1))  # zero queries: nothing to search
     kk = min(k + (int(n_ex[rows_q].max()) if ex is not None and len(rows_q) else 0) + tie_margin, index.ntotal)
+    ids, sc = _search_rows(index, q, rows_q, kk, max_batch_bytes)
+    ranked, ranked_s = _drop_and_sort(ids, sc, ex)
+    ranked_s = ranked_s.astype(np.float64) if return_scores else ranked_s
+    _warn_if_short(index, ranked, rows_q, np.minimum(k, index.ntotal - n_ex), k, kk)
+    return _cut_keeping_ties(ranked, ranked_s, k, return_scores)
+
+
+def _search_rows(index, q: np.ndarray, rows_q: np.ndarray, kk: int, max_batch_bytes: int):
+    """Raw FAISS results for the rows ``rows_q`` of ``q`` (others: -1 / -inf), in batches of bounded size."""
+    n = len(q)
     ids_all = np.full((n, max(kk, 1)), -1, dtype=np.int64)
     sc_all = np.full((n, max(kk, 1)), -np.inf, dtype=np.float32)
     if len(rows_q) and kk > 0:
@@ -438,13 +522,18 @@ def faiss_search(
             sel = rows_q[s0 : s0 + step]
             d_, i_ = index.search(q[sel], kk, params=params) if params is not None else index.search(q[sel], kk)
             ids_all[sel], sc_all[sel] = i_, d_
-    ids = ids_all
+    return ids_all, sc_all
+
+
+def _drop_and_sort(ids: np.ndarray, sc: np.ndarray, ex) -> tuple[np.ndarray, np.ndarray]:
+    """Excluded and empty slots become -1 / -inf; rows are ordered by (score desc, item index asc)."""
+    n = len(ids)
     valid = ids >= 0
     if ex is not None:
         rows = np.broadcast_to(np.arange(n)[:, None], ids.shape)
         valid &= ~_in_sparse(ex, rows, np.maximum(ids, 0))
     ranked = np.where(valid, ids, -1)
-    ranked_s = np.where(valid, sc_all, np.float32(-np.inf))
+    ranked_s = np.where(valid, sc, np.float32(-np.inf))
     # FAISS returns each row best first; only rows with an equal-score pair or a dropped slot
     # before a kept one need re-sorting by (score, item index): keeps the wrapper close to raw FAISS
     fix = (ranked_s[:, 1:] == ranked_s[:, :-1]).any(1) & (ranked[:, 1:] >= 0).any(1)
@@ -454,10 +543,13 @@ def faiss_search(
         order = np.lexsort((np.where(sub_ids >= 0, sub_ids, np.iinfo(np.int64).max), -sub_s.astype(np.float64)), axis=1)
         ranked[fix] = np.take_along_axis(sub_ids, order, axis=1)
         ranked_s[fix] = np.take_along_axis(sub_s, order, axis=1)
-    ranked_s = ranked_s.astype(np.float64) if return_scores else ranked_s
+    return ranked, ranked_s
+
+
+def _warn_if_short(index, ranked: np.ndarray, rows_q: np.ndarray, available: np.ndarray, k: int, kk: int) -> None:
+    """:class:`ShortResultWarning` when searched rows hold fewer than the ``available`` items they could."""
     found = (ranked >= 0).sum(1)
-    available = np.minimum(k, index.ntotal - n_ex)
-    short = np.zeros(n, dtype=bool)
+    short = np.zeros(len(ranked), dtype=bool)
     short[rows_q] = found[rows_q] < available[rows_q]
     if short.any():
         import warnings
@@ -468,8 +560,13 @@ def faiss_search(
             f"(fewest: {int(found[short].min())}) although the index holds enough ({what}); the missing "
             "slots are -1. Raise the search breadth or use an exact index.",
             ShortResultWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
+
+
+def _cut_keeping_ties(ranked: np.ndarray, ranked_s: np.ndarray, k: int, return_scores: bool):
+    """The first ``k`` columns (-1 padded), plus, with scores, the items tied with the k-th one."""
+    n = len(ranked)
     width = min(k, ranked.shape[1])
     if return_scores and ranked.shape[1] > k:
         kth = ranked_s[:, k - 1 : k]

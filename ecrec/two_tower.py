@@ -11,7 +11,7 @@ neural modeling for large corpus item recommendations"; :func:`target_log_q`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,8 +21,8 @@ import torch
 from ecrec.recall_data import recency_weights
 from ecrec.schema import INVOICE_NO, ITEM_IDX, TS, USER_ID
 
-__all__ = ["encode_with_cache", "ItemTower", "Pairs", "sample_pairs", "target_log_q", "in_batch_eval",
-           "train_two_tower"]
+__all__ = ["encode_with_cache", "ItemTower", "Pairs", "sample_pairs", "target_log_q", "in_batch_logits",
+           "in_batch_eval", "train_two_tower"]
 
 
 def encode_with_cache(
@@ -113,13 +113,23 @@ class Pairs:
 
     ``hist_items``/``hist_weights``: (n_pairs, max_history), -1 / 0 padded,
     most recent first; ``target``: (n_pairs,) item indexes; ``target_time``:
-    (n_pairs,) datetime64 of the target purchase (for leakage checks).
+    (n_pairs,) datetime64 of the target purchase (for leakage checks);
+    ``user``: (n_pairs,) the buyer's ``user_id`` (what an ID model trained on
+    the same pairs sees, :func:`ecrec.recall.pairs_matrix`).
     """
 
     hist_items: np.ndarray
     hist_weights: np.ndarray
     target: np.ndarray
     target_time: np.ndarray | None = None
+    user: np.ndarray | None = None
+
+    def head(self, n: int) -> Pairs:
+        """The first ``n`` pairs (``sample_pairs`` returns them in random order: a random subset)."""
+        if not 1 <= n <= len(self.target):
+            raise ValueError(f"n must be in 1..{len(self.target)}, got {n}")
+        time_, user = (None if a is None else a[:n] for a in (self.target_time, self.user))
+        return Pairs(self.hist_items[:n], self.hist_weights[:n], self.target[:n], time_, user)
 
 
 def sample_pairs(
@@ -181,7 +191,7 @@ def sample_pairs(
         age = (t[r] - t[keep]) / np.timedelta64(1, "D")
         hist_items[p, : len(keep)] = item[keep]
         hist_w[p, : len(keep)] = recency_weights(age, half_life_days)
-    return Pairs(hist_items, hist_w, item[chosen].astype(np.int64), t[chosen])
+    return Pairs(hist_items, hist_w, item[chosen].astype(np.int64), t[chosen], user[chosen])
 
 
 def target_log_q(pairs: Pairs, n_items: int) -> torch.Tensor:
@@ -193,19 +203,23 @@ def target_log_q(pairs: Pairs, n_items: int) -> torch.Tensor:
     return torch.from_numpy(np.log(np.maximum(freq, 1.0) / freq.sum()).astype(np.float32))
 
 
-def _in_batch_logits(tower, states, mask, hist, w, tgt, temperature, log_q):
-    """(B, B) logits user_i . item_j / temperature (- log q_j), same-item duplicates masked."""
-    uniq = np.unique(np.r_[hist[hist >= 0], tgt])
+def in_batch_logits(tower, states, mask, hist, w, tgt, temperature: float, log_q=None) -> torch.Tensor:
+    """(B, B) logits ``s_ij = u_i . v_j / temperature - log q_j``; a repeat of pair i's target is masked.
+
+    ``hist``/``w``: (B, max_history) history items and recency weights (-1 / 0
+    padded); ``tgt``: (B,) target items; ``log_q``: (n_items,) from
+    :func:`target_log_q`, or None (no correction, what serving ranks by).
+    """
+    uniq = np.unique(np.r_[hist[hist >= 0], tgt])  # every text in the batch goes through the tower once
     vec = tower(states[uniq], mask[uniq])
-    lookup = torch.from_numpy(np.searchsorted(uniq, np.where(hist >= 0, hist, uniq[0])))
-    hv = vec[lookup] * torch.as_tensor(w)[..., None]  # padding has weight 0
-    users = torch.nn.functional.normalize(hv.sum(1), dim=-1)
+    hv = vec[torch.from_numpy(np.searchsorted(uniq, np.where(hist >= 0, hist, uniq[0])))]
+    users = torch.nn.functional.normalize((hv * torch.as_tensor(w)[..., None]).sum(1), dim=-1)  # padding: weight 0
     targets = vec[torch.from_numpy(np.searchsorted(uniq, tgt))]
-    logits = users @ targets.T / temperature
+    logits = users @ targets.T / temperature  # (B, B): row i = user i against every target of the batch
     if log_q is not None:
-        logits = logits - log_q[tgt][None, :]
+        logits = logits - log_q[tgt][None, :]  # Yi et al. 2019: popular targets are over-sampled negatives
     same = torch.from_numpy(tgt[:, None] == tgt[None, :]) & ~torch.eye(len(tgt), dtype=torch.bool)
-    return logits.masked_fill(same, float("-inf"))
+    return logits.masked_fill(same, float("-inf"))  # an item is never its own negative
 
 
 def in_batch_eval(
@@ -237,7 +251,7 @@ def in_batch_eval(
         for start in range(0, n - batch_size + 1, batch_size):
             sl = slice(start, start + batch_size)
             tgt = pairs.target[sl]
-            raw = _in_batch_logits(tower, states, mask, pairs.hist_items[sl], pairs.hist_weights[sl], tgt,
+            raw = in_batch_logits(tower, states, mask, pairs.hist_items[sl], pairs.hist_weights[sl], tgt,
                                    temperature, None)
             logits = raw - log_q[tgt][None, :] if log_q is not None else raw
             losses.append(float(torch.nn.functional.cross_entropy(logits, torch.arange(len(tgt)))))
@@ -263,6 +277,8 @@ def train_two_tower(
     eval_pairs: Pairs | None = None,
     eval_every: int = 0,
     eval_log: list | None = None,
+    one_pass: bool = False,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[float]:
     """Fine-tune the item tower with in-batch negatives (sampled softmax).
 
@@ -284,20 +300,34 @@ def train_two_tower(
             on ``eval_pairs`` (same batch size, temperature and log q) runs
             before step 1 and every ``eval_every`` steps (and after the last);
             ``{"step", "loss", "accuracy"}`` dicts are appended to ``eval_log``.
+        one_pass: batches are consecutive slices of ``pairs`` (step s reads pairs
+            ``(s-1)*B .. s*B``; needs ``steps * batch_size <= len(pairs)``), so the
+            model after step s has seen exactly the first ``s * B`` pairs, each
+            once, and ``q_j`` counts the targets of the pairs seen so far (a
+            streaming estimate, as Yi et al. 2019 do): the tower after step s IS
+            the tower trained on ``pairs.head(s * B)``, so one run gives the
+            models of a learning curve. Default: each step draws ``B`` pairs at
+            random and ``q_j`` counts all of ``pairs``.
+        on_step: called with the step number after each step (e.g. to evaluate
+            snapshots of a learning curve); the tower is in train mode.
 
     Returns:
         The loss of every step (for a loss curve).
 
     Raises:
-        ValueError: non-positive temperature, steps or batch size.
+        ValueError: non-positive temperature, steps or batch size; ``one_pass``
+            with fewer than ``steps * batch_size`` pairs.
     """
     from tqdm.auto import tqdm
 
     if temperature <= 0 or steps < 1 or batch_size < 2:
         raise ValueError(f"need temperature > 0, steps >= 1, batch_size >= 2; got {temperature}, {steps}, {batch_size}")
+    if one_pass and steps * batch_size > len(pairs.target):
+        raise ValueError(f"one_pass needs steps * batch_size = {steps * batch_size} pairs, got {len(pairs.target)}; "
+                         "sample more pairs or take fewer steps")
     gen = np.random.default_rng(seed)
     n_items = int(max(pairs.target.max(), states.shape[0] - 1)) + 1
-    log_q = target_log_q(pairs, n_items)
+    log_q = target_log_q(pairs if not one_pass else pairs.head(batch_size), n_items)
     evaluate = eval_pairs is not None and eval_every > 0 and eval_log is not None
 
     def record(step):
@@ -312,9 +342,13 @@ def train_two_tower(
     losses = []
     n = len(pairs.target)
     for step in tqdm(range(1, steps + 1), disable=not progress, desc="fine-tune two-tower"):
-        idx = gen.choice(n, size=min(batch_size, n), replace=False)
+        if one_pass:
+            idx = np.arange((step - 1) * batch_size, step * batch_size)
+            log_q = target_log_q(pairs.head(step * batch_size), n_items)  # streaming: the pairs seen so far
+        else:
+            idx = gen.choice(n, size=min(batch_size, n), replace=False)
         tgt = pairs.target[idx]
-        logits = _in_batch_logits(tower, states, mask, pairs.hist_items[idx], pairs.hist_weights[idx], tgt,
+        logits = in_batch_logits(tower, states, mask, pairs.hist_items[idx], pairs.hist_weights[idx], tgt,
                                   temperature, log_q if logq_correction else None)
         loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(tgt)))
         opt.zero_grad()
@@ -323,5 +357,8 @@ def train_two_tower(
         losses.append(float(loss.detach()))
         if evaluate and (step % eval_every == 0 or step == steps):
             record(step)
+        if on_step is not None:
+            on_step(step)
+            tower.train()
     tower.eval()
     return losses
