@@ -62,7 +62,7 @@ from ecrec.timing import best_of, percentiles_ms
 
 __all__ = [
     "serving_threads", "latency_ms", "throughput", "subset_users", "first_visits", "recall_ceiling", "RecallStage",
-    "FeatureStore", "Ranked", "DnnRanker", "top_n", "fit_probe_head", "quantize_int8", "model_bytes",
+    "FeatureStore", "Ranked", "DnnRanker", "top_n", "list_quality", "fit_probe_head", "quantize_int8", "model_bytes",
     "onnx_status", "export_onnx", "OnnxItemTower", "item_tower_vectors",
 ]
 
@@ -334,16 +334,29 @@ class Ranked:
     notes: list[str] = field(default_factory=list)
 
 
-def top_n(scores: np.ndarray, candidates: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def top_n(scores: np.ndarray, candidates: np.ndarray, n: int, *,
+          keep_ties: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The ``n`` best candidates of each row by score; ties keep the recall order (stable sort).
+
+    A served list needs one order, and the recall order is a deterministic
+    one. To EVALUATE the lists, pass ``keep_ties=True`` and give the scores to
+    the metrics (:func:`list_quality`, or ``scores=`` of :mod:`ecrec.metrics`):
+    the lists then also hold every candidate tied with a row's ``n``-th one,
+    so that a tie at the cut-off counts as the expectation over its orders,
+    chapter 05's rule (``ecrec.recall.top_k(..., return_scores=True)``), and
+    a constant-score ranker scores what a random order scores instead of
+    inheriting recall's order.
 
     Args:
         scores: float (u, K) scores of ``candidates``; -inf for padding.
         candidates: int (u, K) item indexes, -1 = padding (never returned as an item).
         n: list length, >= 1; rows with fewer than ``n`` candidates are padded with -1 / -inf.
+        keep_ties: also return the candidates tied with each row's ``n``-th
+            (the lists are then ``n + e`` wide, ``e`` the most extra tied items
+            of any row; other rows padded with -1 / -inf).
 
     Returns:
-        ``(items int64 (u, n), scores float64 (u, n))``.
+        ``(items int64 (u, n) or (u, n + e), scores float64 of the same shape)``, best first.
 
     Raises:
         ValueError: shapes differ or ``n < 1``.
@@ -355,15 +368,52 @@ def top_n(scores: np.ndarray, candidates: np.ndarray, n: int) -> tuple[np.ndarra
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     s = np.where(c >= 0, s, -np.inf)
-    order = np.argsort(-s, axis=1, kind="stable")[:, :n]
+    order = np.argsort(-s, axis=1, kind="stable")
+    width = min(n, c.shape[1])
+    if keep_ties and c.shape[1] > n:
+        ranked = np.take_along_axis(s, order, axis=1)
+        kth = ranked[:, n - 1 : n]
+        tied = (ranked[:, n:] == kth) & (kth > -np.inf)  # sorted: the tied ones follow the n-th directly
+        width = n + int(tied.sum(1).max())
+    order = order[:, :width]
     items = np.take_along_axis(c, order, axis=1)
     best = np.take_along_axis(s, order, axis=1)
+    if width > n:  # beyond n keep only the n-th one's tie group
+        beyond = (np.arange(width)[None, :] >= n) & (best != best[:, n - 1 : n])
+        best = np.where(beyond, -np.inf, best)
     items = np.where(best == -np.inf, -1, items)
     if items.shape[1] < n:
         pad = n - items.shape[1]
         items = np.hstack([items, np.full((len(items), pad), -1, dtype=np.int64)])
         best = np.hstack([best, np.full((len(best), pad), -np.inf)])
     return items, best
+
+
+def list_quality(items: np.ndarray, relevant, k: int, *, scores: np.ndarray | None = None) -> dict[str, float]:
+    """Recall@k, NDCG@k and HitRate@k of final lists, ties as the expectation over their orders.
+
+    The book's one tie rule (chapter 05, :mod:`ecrec.metrics`): with
+    ``scores``, items of equal score count as every order of them equally
+    likely; pass the lists and scores of :func:`top_n` with
+    ``keep_ties=True``. Without ``scores`` the list order is taken as strict
+    (a list that has no scores, e.g. recall's interleaved hybrid).
+
+    Args:
+        items: int (u, L >= k) item indexes best first, -1 = padding.
+        relevant: sparse (u, n_items) or a list of u collections of item indexes.
+        k: the cut-off.
+        scores: float (u, L) non-increasing scores (-inf for padding), or None.
+
+    Returns:
+        ``{"recall@k", "ndcg@k", "hit_rate@k"}`` means over users with a relevant item.
+
+    Raises:
+        ValueError / TypeError: as :func:`ecrec.metrics.ranking_metrics`.
+    """
+    from ecrec.metrics import ranking_metrics
+
+    table = ranking_metrics(items, relevant, [k], scores=scores)
+    return {f"{m}@{k}": float(table.loc[k, m]) for m in ("recall", "ndcg", "hit_rate")}
 
 
 class DnnRanker:

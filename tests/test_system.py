@@ -3,6 +3,8 @@ features, awkward requests, quantised vs fp32 text ranker, and the index compari
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -182,6 +184,35 @@ def test_top_n_keeps_recall_order_on_ties_and_never_returns_padding():
     np.testing.assert_array_equal(best[1], [-np.inf] * 3)
     items, _ = S.top_n(scores[:1], cand[:1], 6)  # more slots than candidates: -1 padded
     np.testing.assert_array_equal(items, [[3, 7, 5, -1, -1, -1]])
+
+
+def test_top_n_keeps_the_tie_group_at_the_cut_for_evaluation():
+    cand = np.array([[5, 3, 8, 7, 2], [4, 1, -1, 0, 6]])
+    scores = np.array([[3.0, 2.0, 2.0, 2.0, 1.0], [5.0, 4.0, 9.0, 3.0, 2.0]])
+    items, best = S.top_n(scores, cand, 2, keep_ties=True)
+    # row 0: 3, 8 and 7 tie for the 2nd place, all kept; row 1 has no tie: padded after its top 2
+    np.testing.assert_array_equal(items, [[5, 3, 8, 7], [4, 1, -1, -1]])
+    np.testing.assert_array_equal(best, [[3.0, 2.0, 2.0, 2.0], [5.0, 4.0, -np.inf, -np.inf]])
+    served, _ = S.top_n(scores, cand, 2)  # the served list: one order, recall's
+    np.testing.assert_array_equal(served, items[:, :2])
+
+
+def test_a_constant_score_ranker_scores_what_a_random_order_scores():
+    # one user, five candidates in recall order, the relevant item (0) listed FIRST, a ranker scoring
+    # every candidate 0.5: before the tie rule its top 2 kept recall's order and looked perfect (recall 1)
+    cand = np.array([[0, 1, 2, 3, 4]])
+    items, best = S.top_n(np.full((1, 5), 0.5), cand, 2, keep_ties=True)
+    q = S.list_quality(items, [{0}], 2, scores=best)
+    # by hand: the relevant item lands in each of the 5 places with probability 1/5
+    assert q["recall@2"] == pytest.approx(2 / 5) and q["hit_rate@2"] == pytest.approx(2 / 5)
+    assert q["ndcg@2"] == pytest.approx((1 + 1 / np.log2(3)) / 5)  # = 0.326186
+    # the oracle: the mean over all 120 orders of the five candidates, scored as strict lists
+    perms = np.array(list(itertools.permutations(range(5))))
+    random_order = S.list_quality(perms, [[0]] * len(perms), 2)
+    assert q == pytest.approx(random_order)
+    # a ranker that does separate the items is scored as it ranks
+    items, best = S.top_n(np.array([[0.1, 0.9, 0.3, 0.2, 0.0]]), cand, 2, keep_ties=True)
+    assert S.list_quality(items, [[0]], 2, scores=best)["recall@2"] == 0.0
 
 
 def test_first_visits_and_subset_users():
