@@ -191,7 +191,8 @@ def stratified_sample(df: pd.DataFrame, n: int | None, by: Sequence[str], *, see
     return df.iloc[np.sort(pos)]
 
 
-def nested_samples(df: pd.DataFrame, ns: Sequence[int], by: Sequence[str], *, seed: int = 42) -> dict[int, pd.DataFrame]:
+def nested_samples(df: pd.DataFrame, ns: Sequence[int], by: Sequence[str], *, seed: int = 42,
+                   cover: Sequence[str] = ()) -> dict[int, pd.DataFrame]:
     """Training sets of growing size, each inside the next, stratified on ``by``: for learning curves.
 
     Every row gets a seeded random rank inside its stratum, spread evenly over
@@ -199,19 +200,22 @@ def nested_samples(df: pd.DataFrame, ns: Sequence[int], by: Sequence[str], *, se
     size ``n`` is the ``n`` rows of smallest rank. So each stratum keeps its
     share (within one row) at every size, and a smaller sample is always a
     subset of a larger one: a model at 500 reviews saw nothing the model at
-    1,000 did not.
+    1,000 did not. ``cover`` columns: one row of each of their values comes
+    first (the lowest-ranked), so every sample of at least that many rows holds
+    every class a classifier must output (a 1-star review in a sample of 24).
 
     Args:
         df: the pool (e.g. all training reviews).
         ns: sample sizes (each in [1, len(df)]).
         by: stratification columns.
         seed: fixes the ranks.
+        cover: columns whose every value must appear in every sample.
 
     Returns:
         ``{n: rows}`` for every ``n``, rows in ``df``'s order.
 
     Raises:
-        ValueError: a size outside [1, len(df)].
+        ValueError: a size outside [1, len(df)], or smaller than the rows ``cover`` needs.
     """
     bad = [n for n in ns if not 1 <= int(n) <= len(df)]
     if bad:
@@ -221,6 +225,15 @@ def nested_samples(df: pd.DataFrame, ns: Sequence[int], by: Sequence[str], *, se
     rank = np.empty(len(df))
     for _, rows in key.groupby(key).indices.items():
         rank[rows] = (rng.permutation(len(rows)) + rng.random(len(rows))) / len(rows)
+    for column in cover:  # the lowest-ranked row of each value goes first
+        values = df[column].to_numpy()
+        for value in pd.unique(values):
+            rows = np.flatnonzero(values == value)
+            rank[rows[np.argmin(rank[rows])]] = -1.0 - rng.random()
+    need = int((rank < 0).sum())
+    if ns and min(ns) < need:
+        raise ValueError(f"sample size {min(ns)} cannot hold one row of each value of {list(cover)}: "
+                         f"use at least {need} rows")
     order = np.argsort(rank, kind="stable")
     return {int(n): df.iloc[np.sort(order[: int(n)])] for n in ns}
 

@@ -384,20 +384,26 @@ def predict_outputs(
 
 
 def review_features(model, data: EncodedReviews, *, batch_size: int = 128, device=None, pad_id: int = 0,
-                    progress: bool = False) -> np.ndarray:
-    """The pooled vectors every head reads, float32 (n, hidden), in eval mode (no dropout)."""
+                    precision: str = "auto", progress: bool = False) -> np.ndarray:
+    """The pooled vectors every head reads, float32 (n, hidden), in eval mode (no dropout).
+
+    ``precision``: as :func:`ecrec.finetune.amp_plan` (``"bf16"``: autocast, the vectors cast back to fp32).
+    """
     from tqdm.auto import tqdm
 
+    from ecrec.finetune import amp_plan
     from ecrec.pairs import sorted_batches
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    plan = amp_plan(device, precision)
     out = np.empty((len(data), int(model.encoder.config.hidden_size)), dtype=np.float32)
     was_training = model.training
     model.eval()
     with torch.inference_mode():
         for idx in tqdm(sorted_batches(data.lengths, batch_size), desc="features", disable=not progress):
             batch = {k: v.to(device) for k, v in data.batch(idx, pad_id).items()}
-            out[idx] = model.features(**batch).float().cpu().numpy()
+            with plan.autocast(device):
+                out[idx] = model.features(**batch).float().cpu().numpy()
     model.train(was_training)
     return out
 

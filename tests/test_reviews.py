@@ -382,6 +382,17 @@ def test_nested_samples_are_nested_stratified_and_seeded():
         R.nested_samples(df, [0, 601], ["Rating"])
 
 
+def test_nested_samples_cover_every_class():
+    df = _frame(600, seed=2)
+    df.loc[df.index[:3], "Department Name"] = "Rare"  # 3 rows of 600: absent from most samples of 12
+    s = R.nested_samples(df, [12, 24, 48], ["Department Name"], seed=0, cover=["Rating", "Department Name"])
+    for n in (12, 24, 48):
+        assert set(s[n]["Rating"]) == set(df["Rating"]) and set(s[n]["Department Name"]) == set(df["Department Name"])
+    assert set(s[12].index) <= set(s[24].index) <= set(s[48].index)
+    with pytest.raises(ValueError, match="at least"):
+        R.nested_samples(df, [5], ["Rating"], cover=["Rating", "Department Name"])
+
+
 def test_max_length_for_by_hand():
     lengths = np.array([5, 10, 20, 30, 40, 50, 60, 70, 80, 200])
     assert R.max_length_for(lengths, 0.9) == 80  # 9 of 10 texts have <= 80 tokens
