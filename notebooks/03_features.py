@@ -51,7 +51,14 @@
 # (logistic regression and an MLP trained on log loss, AUC). "CTR" here is a
 # purchase against sampled negatives, not a click on an impression.
 
-# %% tags=["parameters"]
+# %% tags=["remove-input"]
+# The chapter's lesson in one sentence, computed from this run in the Summary and shown here as well.
+from IPython.display import Markdown, display
+
+LESSON = display(Markdown("*This chapter's lesson, in one sentence, appears here once the chapter has run.*"),
+                 display_id=True)
+
+# %% tags=["parameters", "remove-input"]
 profile = "auto"  # "auto" | "smoke" | "cpu" | "full"
 seed = 42
 output_dir = "outputs/03_features"
@@ -60,7 +67,7 @@ cache_dir = None  # where the dataset parquet is cached; None: <output_dir>/../c
 negatives = "uniform"  # negative sampling: "uniform" | "popularity"
 model_name = "minilm"  # sentence encoder for the description embeddings
 
-# %%
+# %% tags=["remove-input"]
 # In Colab: fetch the book's code and data, then install it (skipped elsewhere).
 import os
 import subprocess
@@ -71,7 +78,7 @@ if "google.colab" in sys.modules and not os.path.isdir("ecrec-book"):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "requirements.txt"], cwd="ecrec-book", check=True)
     sys.path.insert(0, os.path.abspath("ecrec-book"))
 
-# %%
+# %% tags=["remove-input"]
 import time
 import warnings
 from pathlib import Path
@@ -87,7 +94,9 @@ from ecrec.data import load_clean_online_retail
 from ecrec.io import write_metrics
 from ecrec.plots import loss_curves, reliability, save
 from ecrec.profiles import pick_sizes, seed_everything
+from ecrec.stats import bootstrap_auc, bootstrap_log_loss, user_resample_weights, weighted_auc_many
 from ecrec.text import encode_texts
+from ecrec.verdict import compare, decide
 
 STARTED = time.time()
 SIZES = {
@@ -125,6 +134,7 @@ valid_start, test_start = F.split_dates(events["ts"], valid_days=30, test_days=3
 events["split"] = F.assign_split(events["ts"], valid_start, test_start)
 print(f"{len(events):,} purchase events (invoice x item), valid from {valid_start:%Y-%m-%d}, test from {test_start:%Y-%m-%d}")
 
+# %% tags=["remove-input"]
 daily = events.set_index("ts").resample("D").size()
 fig, ax = plt.subplots(figsize=(8, 3))
 daily.plot(ax=ax, lw=0.6, color="tab:blue", alpha=0.5, label="per day (0 on days without trading)")
@@ -137,6 +147,14 @@ ax.set_ylabel("purchase events per day")
 ax.legend(loc="upper left", fontsize=8)
 ax.set_title("Traffic grows towards Christmas: the test window is the busiest")
 save(fig, output_dir, "daily_events_split")
+
+# %% tags=["remove-input"]
+per_day = events.groupby("split")["ts"].agg(lambda t: len(t) / t.dt.normalize().nunique())
+Markdown(
+    f"Per trading day the test window has {per_day['test']:,.0f} purchase events, the validation window "
+    f"{per_day['valid']:,.0f} and the train window {per_day['train']:,.0f}: a model is always tested on busier days "
+    "than it learnt from, so raw counts must be turned into shares (section 3.3)."
+)
 
 # %% [markdown]
 # ## 3.2 Positives, and negatives that are not impressions
@@ -182,6 +200,15 @@ summary = data.groupby("split").agg(
 ).loc[list(F.SPLITS)]
 summary
 
+# %% tags=["remove-input"]
+Markdown(
+    f"{int(summary['examples'].sum()):,} examples for {config.max_users or 'all'} customers; one in "
+    f"{1 + config.neg_ratio} is a positive in every split ({summary.loc['test', 'positive_rate']:.1%} in test), because "
+    f"the sampler draws {config.neg_ratio} negatives per purchase. {summary.loc['test', 'cold_user']:.1%} of the test "
+    f"examples have a cold customer and {summary.loc['test', 'cold_item']:.1%} a cold item; none in train, by "
+    "definition."
+)
+
 # %% [markdown]
 # **Check: no shortcut from the sampler.** If the sampler were the one that
 # decides a label, the same feature value would mean different things in train
@@ -216,6 +243,10 @@ display(Markdown(
 data.head(3).T
 
 # %% [markdown]
+# One row per example: who, what, when and the label, the split and the cold
+# flags, then the features, every one of them computed from the past only.
+
+# %% [markdown]
 # ## 3.3 Point-in-time features
 #
 # Every feature of an example uses purchases strictly before its time (the
@@ -236,7 +267,7 @@ data.head(3).T
 # Popularity enters as a *share* because raw counts grow with traffic (see the
 # figure above) and would make every test item look popular.
 
-# %%
+# %% tags=["remove-input"]
 fig, axes = plt.subplots(1, 3, figsize=(11, 3))
 for ax, col in zip(axes, ["i_share_30d", "ui_n_before", "u_days_since_last"], strict=True):
     for label, part in data[data["split"] == "train"].groupby("label"):
@@ -246,6 +277,16 @@ axes[0].legend()
 fig.suptitle("Train split: positives and negatives differ in item popularity and repeat purchases")
 fig.tight_layout()
 save(fig, output_dir, "feature_histograms")
+
+# %% tags=["remove-input"]
+tr = data[data["split"] == "train"]
+by_label = tr.groupby("label").agg(share=("i_share_30d", "median"), repeat=("ui_n_before", lambda v: (v > 0).mean()))
+Markdown(
+    f"In train the median positive's item holds {by_label.loc[1, 'share']:.2f} of every 1,000 purchases of the last "
+    f"30 days, the median negative's {by_label.loc[0, 'share']:.2f}; {by_label.loc[1, 'repeat']:.0%} of the positives "
+    f"and {by_label.loc[0, 'repeat']:.0%} of the negatives are items the customer had bought before. Popularity and "
+    "repeat purchases are where the signal is."
+)
 
 # %% [markdown]
 # **Check: the features cannot see the future.** For 20 distinct example
@@ -365,7 +406,11 @@ s_frame = F.add_item_attributes(strict, catalog, text)
 s_train, s_test = (s_frame[s_frame["split"] == s].reset_index(drop=True) for s in ("train", "test"))
 s_model = ctr.make_logistic(ALL, s_frame.columns, max_iter=size["lr_max_iter"], seed=seed).fit(s_train, s_train["label"])
 strict_own = ctr.evaluate(s_test, s_model.predict_proba(s_test)[:, 1])
-strict_default = ctr.evaluate(test, s_model.predict_proba(test)[:, 1])
+strict_on_default = s_model.predict_proba(test)[:, 1]
+strict_default = ctr.evaluate(test, strict_on_default)
+policy_ll = bootstrap_log_loss(test["label"].to_numpy(), {"strict": strict_on_default, "default": probs["lr_all"]},
+                               test["user_id"].to_numpy(), pairs=[("strict", "default")], seed=seed)
+policy_verdict = decide(policy_ll["strict - default"], better="lower")
 policy = pd.DataFrame(
     [[results["lr_all"]["auc"], results["lr_all"]["log_loss"], results["lr_all"]["auc"], results["lr_all"]["log_loss"]],
      [strict_own["auc"], strict_own["log_loss"], strict_default["auc"], strict_default["log_loss"]]],
@@ -375,6 +420,8 @@ policy = pd.DataFrame(
 s_bought = strict["ui_n_before"] > 0
 p_strict = strict[s_bought].groupby("split")["label"].mean().loc[list(F.SPLITS)]
 display(policy.round(4))
+
+# %% tags=["remove-input"]
 display(Markdown(
     f"Under the default policy {bought_share['train']:.1%} of the train negatives ({bought_share['test']:.1%} in test) "
     f"are items the same customer bought at another time in the same split window. Excluding them moves "
@@ -382,8 +429,9 @@ display(Markdown(
     f"{p_strict['train']:.1%} ({p_strict['test']:.1%} in test), and the logistic regression's test AUC from "
     f"{results['lr_all']['auc']:.3f} to {strict_own['auc']:.3f} on its own test split; on the default test split "
     f"the strict model scores AUC {strict_default['auc']:.3f} and log loss {strict_default['log_loss']:.3f} "
-    f"(default model: {results['lr_all']['log_loss']:.3f}). Numbers on two different sets of negatives are not "
-    f"comparable as such: only the last pair compares the two policies on the same examples."
+    f"(default model: {results['lr_all']['log_loss']:.3f}; strict minus default {policy_verdict.text}). Numbers on "
+    "two different sets of negatives are not comparable as such: only the last pair compares the two policies on the "
+    "same examples."
 ))
 
 # %%
@@ -397,12 +445,15 @@ for name, groups, use_text in (("dnn_no_text", NO_TEXT, None), ("dnn_all", ALL, 
     results[name] = ctr.evaluate(test, probs[name])
     print(f"{name}: AUC {results[name]['auc']:.4f}, best epoch {dnns[name].best_epoch} ({time.time() - t0:.1f} s)")
 
+# %% tags=["remove-input"]
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
 loss_curves({"train": dnns["dnn_all"].history["train_loss"], "valid": dnns["dnn_all"].history["valid_loss"]}, ax=axes[0])
 loss_curves({k: v.history["valid_auc"] for k, v in dnns.items()}, ax=axes[1], ylabel="validation AUC")
 fig.suptitle("DNN training: early stopping keeps the epoch with the lowest validation log loss")
 fig.tight_layout()
 save(fig, output_dir, "dnn_training")
+
+# %% tags=["remove-input"]
 hist = dnns["dnn_all"].history
 display(Markdown(
     f"`dnn_all`: validation log loss per epoch {', '.join(f'{v:.4f}' for v in hist['valid_loss'])}; "
@@ -430,26 +481,59 @@ table = pd.DataFrame(results).T[
 ].astype(float).round(4)
 table
 
+# %% [markdown]
+# Which of these differences are more than the luck of the test customers? The
+# same bootstrap as in chapter 02: resample the test **customers** 1,000 times
+# (all of a customer's examples move together), recompute every model's AUC and
+# log loss on each resample, and read the middle 95% of the paired differences.
+
 # %%
-best = table["auc"].idxmax()
-lowest = table["log_loss"].idxmin()
+y_test = test["label"].to_numpy()
+test_users = test["user_id"].to_numpy()
+PAIRS = [("lr_all", "lr_ids"), ("dnn_no_text", "lr_all"), ("dnn_all", "lr_all"), ("dnn_all", "dnn_no_text")]
+auc_ci = bootstrap_auc(y_test, probs, test_users, pairs=PAIRS, seed=seed)
+ll_ci = bootstrap_log_loss(y_test, probs, test_users, pairs=PAIRS, seed=seed)
+pair_table = pd.DataFrame({
+    f"{a} - {b}": {"AUC": decide(auc_ci[f"{a} - {b}"]).text,
+                   "log loss": decide(ll_ci[f"{a} - {b}"], better="lower").text} for a, b in PAIRS}).T
+pair_table
+
+
+# %%
+def slice_gap(y, p, users, a, b, n_boot=1000, seed=0):
+    """AUC on rows ``a`` minus AUC on rows ``b`` (bool masks), with a 95% interval over resampled users."""
+    counts, index = user_resample_weights(users, n_boot, seed)
+    w = counts[:, index]
+    boots = weighted_auc_many(y[a], p[a], w[:, a]) - weighted_auc_many(y[b], p[b], w[:, b])
+    point = weighted_auc_many(y[a], p[a], np.ones(a.sum()))[0] - weighted_auc_many(y[b], p[b], np.ones(b.sum()))[0]
+    low, high = np.nanquantile(boots, [0.025, 0.975])
+    return {"diff": float(point), "low": float(low), "high": float(high), "level": 0.95}
+
+
+cold_user_rows = test["cold_user"].to_numpy()
+warm_rows = ~(cold_user_rows | test["cold_item"].to_numpy())
+cold_gap_ci = slice_gap(y_test, probs["lr_all"], test_users, cold_user_rows, warm_rows, seed=seed)
+cold_gap = decide(cold_gap_ci)
+print(f"lr_all, AUC on cold-customer examples minus AUC on warm ones: {cold_gap.text}")
+
+# %% tags=["remove-input"]
 r0 = results["lr_ids"]
 display(Markdown(
     f"On {r0['n']:,} test examples ({r0['n_cold_user']:,} with a cold customer, {r0['n_cold_item']:,} with a cold item), "
     f"IDs alone reach AUC {table.loc['lr_ids', 'auc']:.3f}; every feature lifts the logistic regression to "
-    f"{table.loc['lr_all', 'auc']:.3f}, and the best model by AUC is `{best}` ({table.loc[best, 'auc']:.3f}), by log loss "
-    f"`{lowest}` ({table.loc[lowest, 'log_loss']:.4f} against {table.loc['lr_all', 'log_loss']:.4f} for `lr_all`). "
-    f"The spread among the three feature models is {table.drop(index='lr_ids')['auc'].max() - table.drop(index='lr_ids')['auc'].min():.3f} AUC, "
-    f"the lift over IDs only {table.loc['lr_all', 'auc'] - table.loc['lr_ids', 'auc']:.3f}: the features do most of the work. "
-    f"Per-user GAUC ({table.loc[best, 'gauc']:.3f} for `{best}`; {r0['gauc_skipped_users']} of the test users skipped, "
-    f"one label only) is {'lower' if table.loc[best, 'gauc'] < table.loc[best, 'auc'] else 'not lower'} than AUC: "
-    f"within one customer there is no busy-vs-quiet customer contrast to lean on. Per-invoice GAUC ({table.loc[best, 'gauc_invoice']:.3f}; "
-    f"{r0['gauc_skipped_invoices']} invoices skipped) compares a basket with its own negatives only. "
-    f"Cold customers are the hard part: AUC {table.loc[best, 'auc_cold_user']:.3f} against "
-    f"{table.loc[best, 'auc_warm']:.3f} on warm examples."
+    f"{table.loc['lr_all', 'auc']:.3f} ({decide(auc_ci['lr_all - lr_ids']).text}): the features do most of the work. "
+    f"On the same features, {compare('the DNN', 'the logistic regression', auc_ci['dnn_no_text - lr_all'])} in AUC "
+    f"and {compare('it', 'the logistic regression', ll_ci['dnn_no_text - lr_all'], better='lower')} in log loss; "
+    f"with the description embeddings added, {compare('the DNN', 'itself without text', auc_ci['dnn_all - dnn_no_text'])}"
+    f" in AUC. Per-user GAUC ({table.loc['lr_all', 'gauc']:.3f} for `lr_all`; {r0['gauc_skipped_users']} of the test "
+    f"users skipped, one label only) is {'lower' if table.loc['lr_all', 'gauc'] < table.loc['lr_all', 'auc'] else 'not lower'} "
+    f"than AUC: within one customer there is no busy-vs-quiet customer contrast to lean on. Per-invoice GAUC "
+    f"({table.loc['lr_all', 'gauc_invoice']:.3f}; {r0['gauc_skipped_invoices']} invoices skipped) compares a basket "
+    f"with its own negatives only. Cold customers: `lr_all` scores AUC {table.loc['lr_all', 'auc_cold_user']:.3f} on "
+    f"their examples against {table.loc['lr_all', 'auc_warm']:.3f} on warm ones, a difference of {cold_gap.text}."
 ))
 
-# %%
+# %% tags=["remove-input"]
 fig, axes = plt.subplots(1, 2, figsize=(10, 4))
 reliability(test["label"].to_numpy(), probs, ax=axes[0])
 segments = ["auc_warm", "auc_cold_user", "auc_cold_item"]
@@ -459,8 +543,7 @@ axes[1].set_title("Test AUC: warm vs cold start")
 fig.tight_layout()
 save(fig, output_dir, "calibration_and_cold_start")
 
-# %%
-y_test = test["label"].to_numpy()
+# %% tags=["remove-input"]
 top_bin = {}
 for name, p in probs.items():
     top = p >= np.quantile(p, 0.9)
@@ -469,11 +552,11 @@ display(Markdown(
     "In the 10% of test examples each model is most sure about, predicted vs observed purchase rate: "
     + "; ".join(f"`{k}` {a:.2f} vs {b:.2f}" for k, (a, b) in top_bin.items())
     + f". The test positive rate is {y_test.mean():.3f}, as in train (the sampler fixes it), so no model has to shift "
-    f"its base rate; what is left are bins where a model is too sure or not sure enough. On the right: "
-    f"cold customers ({int(test['cold_user'].sum()):,} examples) score below warm examples for "
-    f"{int((table['auc_cold_user'] < table['auc_warm']).sum())} of {len(table)} models, cold items "
-    f"({int(test['cold_item'].sum()):,} examples: most items of the last month were sold before) for "
-    f"{int((table['auc_cold_item'] < table['auc_warm']).sum())} of {len(table)}."
+    f"its base rate; what is left are bins where a model is too sure or not sure enough. On the right, point "
+    f"estimates: cold customers ({int(test['cold_user'].sum()):,} examples) score below warm examples for "
+    f"{int((table['auc_cold_user'] < table['auc_warm']).sum())} of {len(table)} models (for `lr_all` by "
+    f"{cold_gap.text}), cold items ({int(test['cold_item'].sum()):,} examples: most items of the last month were sold "
+    f"before) for {int((table['auc_cold_item'] < table['auc_warm']).sum())} of {len(table)}."
 ))
 
 # %% [markdown]
@@ -483,34 +566,64 @@ display(Markdown(
 # drop means the group carries information the others do not.
 
 # %%
-ablation = {"all": results["lr_all"]}
+ablation, ablation_probs = {"all": results["lr_all"]}, {"all": probs["lr_all"]}
 for group in ALL:
-    ablation[f"without {group}"] = ctr.evaluate(test, fit_lr([g for g in ALL if g != group]))
+    ablation_probs[f"without {group}"] = fit_lr([g for g in ALL if g != group])
+    ablation[f"without {group}"] = ctr.evaluate(test, ablation_probs[f"without {group}"])
 ablation = pd.DataFrame(ablation).T[["auc", "log_loss", "auc_cold", "auc_warm"]].astype(float)
 ablation["delta_auc"] = ablation["auc"] - ablation.loc["all", "auc"]
 ablation["delta_log_loss"] = ablation["log_loss"] - ablation.loc["all", "log_loss"]
+drop_pairs = [(k, "all") for k in ablation_probs if k != "all"]
+ablation_auc_ci = bootstrap_auc(y_test, ablation_probs, test_users, pairs=drop_pairs, seed=seed)
+ablation_ll_ci = bootstrap_log_loss(y_test, ablation_probs, test_users, pairs=drop_pairs, seed=seed)
+ablation_verdict = {k: decide(ablation_auc_ci[f"{k} - all"]) for k, _ in drop_pairs}
+ablation_ll_verdict = {k: decide(ablation_ll_ci[f"{k} - all"], better="lower") for k, _ in drop_pairs}
+ablation["delta_auc [95% interval], verdict"] = pd.Series({k: v.text for k, v in ablation_verdict.items()})
 display(ablation.round(4))
+
+# %% tags=["remove-input"]
 drop = ablation.drop(index="all")
 worst = drop["delta_auc"].idxmin()
-gains = {g.removeprefix("without "): d for g, d in drop["delta_auc"].items() if d > 0.002}
+
+
+def name(k):
+    return f"`{k.removeprefix('without ')}`"
+
+
+costly = [k for k, v in ablation_verdict.items() if v.is_loss]
+noise = [k for k, v in ablation_verdict.items() if v.word in ("within noise", "identical")]
+gains = [k for k, v in ablation_verdict.items() if v.is_gain]
 month_seen = float(test["month"].isin(train["month"]).mean())
-useless = drop.index[drop["delta_auc"].abs() < 0.002].tolist()
 display(Markdown(
-    f"Removing `{worst.removeprefix('without ')}` costs the most: AUC {drop.loc[worst, 'delta_auc']:+.4f}, "
-    f"log loss {drop.loc[worst, 'delta_log_loss']:+.4f}. "
-    + (f"Groups whose removal moves AUC by less than 0.002: {', '.join(u.removeprefix('without ') for u in useless)}; "
-       "the others already carry their information (IDs vs counts, text vs category) or the linear model cannot use it. "
-       if useless else "Every group moves AUC by at least 0.002. ")
-    + (f"Removing {', '.join(f'`{g}` ({d:+.4f})' for g, d in gains.items())} *raises* test AUC: such a group fits the "
-       f"train months but shifts in the test window (only {month_seen:.0%} of the test examples fall in a calendar month "
-       "seen in train, and customers' counts grow over the year). " if gains else "")
-    + f"Removing user_item changes log loss by {drop.loc['without user_item', 'delta_log_loss']:+.4f} "
-    + ("(worse without it: repeat purchases help the probabilities, as they should once the sampler no longer "
-       "makes them a shortcut)." if drop.loc["without user_item", "delta_log_loss"] > 0
-       else "(better without it: look for a train/test shift in repeat purchases).")
+    f"Removing {name(worst)} costs the most: AUC {ablation_verdict[worst].text}; log loss "
+    f"{ablation_ll_verdict[worst].text}. "
+    + (f"Removing {', '.join(name(k) for k in costly)} costs AUC beyond noise. " if costly else "")
+    + (f"Removing {', '.join(name(k) for k in noise)} changes AUC within noise: those groups' information is already "
+       "carried by the others (IDs vs counts, text vs category), or the linear model cannot use it. " if noise else "")
+    + (f"Removing {', '.join(f'{name(k)} ({ablation_verdict[k].text})' for k in gains)} *raises* test AUC: such a "
+       f"group fits the train months but shifts in the test window (only {month_seen:.0%} of the test examples fall in "
+       "a calendar month seen in train, and customers' counts grow over the year). " if gains else "")
+    + f"Removing `user_item` changes log loss by {ablation_ll_verdict['without user_item'].text}"
+    + (": repeat purchases help the probabilities, as they should once the sampler no longer makes them a shortcut."
+       if ablation_ll_verdict["without user_item"].is_loss else
+       ": look for a train/test shift in repeat purchases." if ablation_ll_verdict["without user_item"].is_gain else ".")
 ))
 
-# %%
+# %% tags=["remove-input"]
+dnn_vs_lr = decide(auc_ci["dnn_all - lr_all"])
+lesson = (
+    "With leak-free point-in-time features, the counts and recency of the customer, the item and the pair do what "
+    f"IDs cannot: the logistic regression's test AUC rises from {table.loc['lr_ids', 'auc']:.3f} (IDs only) to "
+    f"{table.loc['lr_all', 'auc']:.3f} ({decide(auc_ci['lr_all - lr_ids']).text}), the DNN with text "
+    + ("adds nothing measurable on top" if dnn_vs_lr.word in ("within noise", "identical")
+       else "adds a little on top" if dnn_vs_lr.is_gain else "does worse")
+    + f" ({dnn_vs_lr.text}), and "
+    + ("cold customers stay the hard part" if cold_gap.is_loss else "cold customers")
+    + f" (their AUC minus the warm examples': {cold_gap.text})."
+)
+LESSON.update(Markdown(f"**In one sentence (from this run):** {lesson}"))
+
+# %% tags=["remove-input"]
 keep = ["auc", "log_loss", "gauc", "gauc_invoice", "gauc_skipped_users", "auc_cold", "log_loss_cold", "auc_cold_user", "auc_cold_item", "auc_warm"]
 write_metrics(
     output_dir,
@@ -537,6 +650,13 @@ write_metrics(
         "test_cold_share": float((test["cold_user"] | test["cold_item"]).mean()),
         "models": {name: {k: r[k] for k in keep} for name, r in results.items()},
         "ablation_auc": ablation["auc"].round(6).to_dict(),
+        "auc_diff": {f"{a} - {b}": auc_ci[f"{a} - {b}"] for a, b in PAIRS},
+        "log_loss_diff": {f"{a} - {b}": ll_ci[f"{a} - {b}"] for a, b in PAIRS},
+        "ablation_auc_diff": {k: ablation_auc_ci[f"{k} - all"] for k, _ in drop_pairs},
+        "ablation_verdicts": {k: v.word for k, v in ablation_verdict.items()},
+        "lr_all_cold_user_minus_warm_auc": cold_gap_ci,
+        "policy_strict_minus_default_log_loss": policy_ll["strict - default"],
+        "lesson": lesson,
     },
     profile=run_profile,
     seed=seed,
@@ -546,16 +666,17 @@ print(f"chapter ran in {time.time() - STARTED:.0f} s")
 
 # %% [markdown]
 # ## Summary
-#
+
+# %% tags=["remove-input"]
+Markdown(f"**The lesson.** {lesson}")
+
+# %% [markdown]
 # * A purchase log becomes a CTR dataset only through a negative sampler, and
 #   the sampler can hand the model the answer: exclude only the basket, and
 #   draw from what was on sale at that moment. Check for shortcuts by
 #   comparing how a feature relates to the label in train and in test.
 # * Point in time is testable: delete the future, recompute, and the features
 #   must not move.
-# * The results table and the ablation above say how much the counts and
-#   recency of the customer, the item and the pair add to the IDs, and how
-#   cold customers and cold items fare against warm examples.
 # * Stop on validation log loss when probabilities matter; report GAUC with
 #   its grouping and the groups it skipped.
 # * AUC on sampled negatives depends on the sampler: compare models on the

@@ -96,3 +96,30 @@ def test_the_other_exclusion_policy_is_measured(m):
     strict = pol["lr_all_strict_on_default_test"]
     assert strict["log_loss"] == pytest.approx(0.463, abs=0.02)
     assert strict["log_loss"] > m["models"]["lr_all"]["log_loss"] + 0.05
+
+
+def test_differences_carry_bootstrap_intervals(m):
+    # recorded (smoke, seed 42): the intervals over test customers of the paired differences
+    for group in ("auc_diff", "log_loss_diff", "ablation_auc_diff"):
+        for name, r in m[group].items():
+            assert r["low"] <= r["diff"] <= r["high"] and r["level"] == 0.95, (group, name)
+    models = m["models"]
+    lift = m["auc_diff"]["lr_all - lr_ids"]
+    assert lift["diff"] == pytest.approx(models["lr_all"]["auc"] - models["lr_ids"]["auc"])
+    assert lift["low"] > 0.08  # features beat bare IDs: the interval clears 0 by far
+    assert m["ablation_verdicts"]["without user_item"] == "a loss"  # its interval clears 0 by far
+    for name, r in m["ablation_auc_diff"].items():
+        assert r["diff"] == pytest.approx(m["ablation_auc"][name] - m["ablation_auc"]["all"], abs=2e-6), name
+    gap = m["lr_all_cold_user_minus_warm_auc"]
+    assert gap["low"] <= gap["diff"] <= gap["high"]
+    assert gap["diff"] == pytest.approx(models["lr_all"]["auc_cold_user"] - models["lr_all"]["auc_warm"], abs=1e-9)
+    pol = m["policy_strict_minus_default_log_loss"]
+    assert pol["diff"] == pytest.approx(m["negative_policy"]["lr_all_strict_on_default_test"]["log_loss"]
+                                        - models["lr_all"]["log_loss"], abs=1e-6)
+
+
+def test_lesson_is_computed_from_the_run(m):
+    lift = m["auc_diff"]["lr_all - lr_ids"]
+    assert f"{lift['diff']:+.3f} [{lift['low']:+.3f}, {lift['high']:+.3f}]" in m["lesson"]
+    dnn = m["auc_diff"]["dnn_all - lr_all"]
+    assert f"{dnn['diff']:+.3f}" in m["lesson"] or "identical" in m["lesson"]

@@ -33,9 +33,11 @@ NUM = r"[+\-−]?\d+(?:\.\d+)?"
 INTERVAL = re.compile(
     rf"(?P<diff>[+\-−]\d+(?:\.\d+)?)\s*(?:\((?:\d+%\s+interval)?\)\s*)?"
     rf"(?:\[(?P<lo>{NUM}),\s*(?P<hi>{NUM})\]|,\s*\d+(?:\.\d+)?%\s+interval\s+(?P<lo2>{NUM})\s+to\s+(?P<hi2>{NUM}))")
-GAIN = re.compile(r"\ba gain\b|\bbeats\b")
-METRIC = re.compile(r"\b(?P<lower>log[ -]loss|loss|MAE|RMSE|latency|ms|seconds|error)\b|"
-                    r"\b(?P<higher>AUC|GAUC|Recall|NDCG|F1|accuracy|precision|hit rate|MRR)\b", re.IGNORECASE)
+GAIN_AFTER = re.compile(r"\s*(?:\(\d+(?:\.\d+)?% interval\))?\s*(?:,\s*a gain\b|\(a gain\))")
+BEATS = re.compile(r"\bbeats\b")
+_L, _R = r"(?<![A-Za-z])", r"(?![A-Za-z])"  # word edges that let "delta_auc" or "log_loss" name their metric
+METRIC = re.compile(rf"{_L}(?P<lower>log[ _-]loss|(?<!a )loss|MAE|RMSE|latency|ms|seconds|error){_R}|"
+                    rf"{_L}(?P<higher>AUC|GAUC|Recall|NDCG|F1|accuracy|precision|hit rate|MRR){_R}", re.IGNORECASE)
 CLAUSE_SPLIT = re.compile(r"\n|;\s|(?<=[.!?])\s+(?=[A-Z`*(])")
 
 
@@ -52,24 +54,31 @@ def _lower_is_better(text: str, clause_start: int, clause: str, at: int) -> bool
 
 
 def verdict_problems(text: str) -> list[str]:
-    """The clauses of ``text`` whose verdict its interval does not support (empty: none)."""
+    """The verdicts in ``text`` that their intervals do not support (empty: none).
+
+    A verdict belongs to one interval: "a gain" right after it (``"... (95% interval), a gain"``,
+    ``"... (a gain)"``), or "beats" between the previous interval of its clause and it.
+    """
     problems = []
     starts = [0] + [m.end() for m in CLAUSE_SPLIT.finditer(text)]
     for start, clause in zip(starts, CLAUSE_SPLIT.split(text), strict=True):
+        previous_end = 0
         for m in INTERVAL.finditer(clause):
             diff = _float(m.group("diff"))
             lo = _float(m.group("lo") or m.group("lo2"))
             hi = _float(m.group("hi") or m.group("hi2"))
+            claims_gain = bool(GAIN_AFTER.match(clause, m.end()) or BEATS.search(clause, previous_end, m.start()))
+            previous_end = m.end()
             if diff == 0 and lo == 0 and hi == 0:
                 problems.append(f"a zero difference printed as a number (say 'identical'): {clause.strip()!r}")
                 continue
-            if not GAIN.search(clause):
+            if not claims_gain:
                 continue
             lower = _lower_is_better(text, start, clause, m.start())
             if lo <= 0 <= hi or (lower is True and hi >= 0) or (lower is False and lo <= 0):
                 better = {True: "lower", False: "higher", None: "direction unnamed"}[lower]
                 problems.append(f"'a gain'/'beats' on an interval that does not clear 0 ({better} is better): "
-                                f"{clause.strip()!r}")
+                                f"{m.group(0)!r} in {clause.strip()!r}")
     return problems
 
 
@@ -84,6 +93,10 @@ def verdict_problems(text: str) -> list[str]:
     "Against the constant, test log loss: logistic regression -0.072 [-0.085, -0.057], a gain; "
     "the MLP -0.070 [-0.084, -0.054], a gain.",
     "p (fitted)    -0.093 [-0.104, -0.083] (95% interval), a gain\nName: log loss minus the constant's",
+    "AUC rises to 0.840 (+0.123 [+0.104, +0.140] (95% interval), a gain), the DNN adds nothing "
+    "(+0.004 [-0.000, +0.009] (95% interval), within noise), cold users (-0.107 [-0.159, -0.056], a loss)",
+    "  auc  delta_log_loss  delta_auc [95% interval], verdict\nwithout item  -0.031 [-0.042, -0.021], a loss\n"
+    "without context  +0.008 [+0.002, +0.014], a gain",
 ])
 def test_scanner_accepts_honest_verdicts(text):
     assert verdict_problems(text) == []
@@ -99,6 +112,8 @@ def test_scanner_accepts_honest_verdicts(text):
     ("the MLP beats it on AUC: −0.010 [−0.015, −0.002]", "does not clear 0"),
     ("Recall@50, hybrid minus ALS.\nhybrid -0.010 [-0.015, -0.002], a gain", "does not clear 0"),
     ("no metric named: +0.010 [-0.015, +0.020], a gain", "does not clear 0"),
+    ("AUC: a +0.123 [+0.104, +0.140], a gain; b +0.004 [-0.000, +0.009] (a gain)", "does not clear 0"),
+    ("AUC: a beats b +0.123 [+0.104, +0.140], c beats d +0.004 [-0.001, +0.009]", "does not clear 0"),
 ])
 def test_scanner_catches_verdicts_that_lie(text, why):
     problems = verdict_problems(text)
