@@ -32,6 +32,19 @@ Two ways in, one rule:
   :func:`ecrec.recall_data.build_recall_data` built from it learn nothing
   about the held-out items (their point-in-time features, the histories and
   the negatives are computed from the stripped log).
+
+Usage (chapter 03's split; ``clean`` from ``ecrec.data.load_clean_online_retail``)::
+
+    events = features.purchase_events(clean)
+    _, test_start = features.split_dates(events["ts"])
+    refresh = cold_start.hold_out_items(events, test_start, share=0.2, seed=seed)
+    stripped = cold_start.strip_clean_log(clean, refresh)
+    # ranking: examples whose train/valid rows never show a held-out item
+    data = features.load_or_build_ctr_dataset(stripped, config, cache_dir)
+    cold_rows = cold_start.cold_test_mask(data, refresh)  # AUC/GAUC on these test rows
+    # recall: same item indexes as the full catalogue; positives of held-out items only
+    rd = recall_data.build_recall_data(stripped, test_start, catalogue=clean)
+    keep = refresh.is_held_out(rd.items["item_id"])  # columns of rd.relevant_* to keep
 """
 
 from __future__ import annotations

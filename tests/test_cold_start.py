@@ -179,3 +179,18 @@ def test_ctr_dataset_from_the_stripped_log_never_sees_a_held_out_item(real):
     expect = [int(((test_ev["item_id"] == i) & (test_ev["ts"] < t)).sum()) for i, t in zip(rows["item_id"], rows["ts"],
                                                                                             strict=True)]
     assert rows["i_pop_all"].astype(int).tolist() == expect
+
+
+def test_recall_data_from_the_stripped_log_sees_held_out_items_only_in_test(real):
+    """Chapter 05's protocol on the stripped log: held-out items are cold, with no history and their test positives."""
+    from ecrec import recall_data
+
+    events = F.purchase_events(real)
+    _, test_start = F.split_dates(events["ts"])
+    split = C.hold_out_items(events, test_start, seed=5)
+    rd = recall_data.build_recall_data(C.strip_clean_log(real, split), test_start, catalogue=real, max_users=100)
+    keep = split.is_held_out(rd.items["item_id"])
+    assert keep.sum() == len(split.held_out)  # same catalogue, same item indexes
+    assert rd.items.loc[keep, "cold_item"].all() and (rd.items.loc[keep, "train_buyers"] == 0).all()
+    assert rd.train_matrix[:, keep].sum() == 0 and rd.history[:, keep].sum() == 0
+    assert rd.relevant_all[:, keep].sum() > 0
