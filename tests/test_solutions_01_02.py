@@ -121,3 +121,11 @@ def test_02_exercise_2_extreme_logits(ex02):
     assert forms["torch BCEWithLogits float32"]["rel_error_from_y0"] == 20.0
     assert e["exact_y1_z40"] == pytest.approx(math.exp(-40), rel=1e-12)
     assert e["grad_max_abs_error_torch64"] < 1e-15
+
+
+def test_01_exercise_2_country_gap_is_within_noise(ex01):
+    # Belgium 0.750 minus Switzerland 0.600, each country's customers resampled (seed 0): the interval holds 0
+    gap = ex01["exercise_2"]["highest_minus_lowest"]
+    assert gap["diff"] == pytest.approx(0.15, abs=1e-9)
+    assert gap["low"] < 0 < gap["high"] and gap["verdict"] == "within noise"
+    assert gap["text"].startswith("+0.150 [")
