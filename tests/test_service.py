@@ -4,13 +4,13 @@ load generator is bounded; no redis-server or uvicorn process is left behind (no
 
 from __future__ import annotations
 
+import importlib
 import time
 
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from test_feature_store import AT, REDIS_MESSAGE, REDIS_OK, _descendant_names, toy_dnn, toy_events
 
 from ecrec import system as S
 from ecrec.feature_store import FeatureStore, RedisFeatureStore, RequestEncoder, write_to_redis
@@ -18,7 +18,10 @@ from ecrec.loadtest import run_level, run_load
 from ecrec.online_store import RedisServer
 from ecrec.service import Recommender, ServiceProcess, write_bundle
 
-needs_redis = pytest.mark.skipif(not REDIS_OK, reason=REDIS_MESSAGE)
+# the toy log, the toy DNN and the process check of the sibling test module (pytest puts tests/ on sys.path)
+_fs = importlib.import_module("test_feature_store")
+AT, toy_dnn, toy_events, _descendant_names = _fs.AT, _fs.toy_dnn, _fs.toy_events, _fs._descendant_names
+needs_redis = pytest.mark.skipif(not _fs.REDIS_OK, reason=_fs.REDIS_MESSAGE)
 USERS = [3, 7, 12, 17, 25]
 
 

@@ -55,6 +55,9 @@ def test_07_exercise_1_negatives_decide_the_whole_catalogue(ex07):
     assert d["popularity: K=500 - K=50"]["high"] < 0  # -0.045 [-0.071, -0.025]
     for key, v in d.items():
         assert v["low"] <= v["diff"] <= v["high"], key
+        # the printed verdict follows ecrec.verdict's rule: "a loss" exactly where the interval is below 0
+        expected = "a loss" if v["high"] < 0 else "a gain" if v["low"] > 0 else "within noise"
+        assert e["verdict"][key] == expected, key
 
 
 @pytest.mark.notebook

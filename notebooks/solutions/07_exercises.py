@@ -53,6 +53,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ecrec.verdict import decide
+
 K_VALUES = (50, 100, 500)
 TOP = 10
 MIX = {"item_cf": 1, "als": 1, "popular": 1}  # the hybrid without the text tower (no MiniLM needed here)
@@ -125,6 +127,7 @@ def exercise_1(size: dict, *, seed: int, cache_dir: Path, verbose: bool = True) 
         "popularity: K=500 - K=50": paired_mean_diff(pp["K=500"], pp["K=50"], seed=seed),
         "uniform: K=500 - K=50": paired_mean_diff(pu["K=500"], pu["K=50"], seed=seed),
     }
+    out["verdict"] = {name: decide(r).word for name, r in out["diff"].items()}  # ecrec.verdict's one rule
     return out
 
 
@@ -161,7 +164,9 @@ def main(smoke: bool = False, *, seed: int = 42, cache_dir: str | Path | None = 
         rows = {(s, name): v for s in ("uniform", "popularity") for name, v in ex1[s].items() if isinstance(v, dict)}
         print(pd.DataFrame(rows).T.round(4))
         print(f"recall alone, Recall@10: {ex1['uniform']['recall_alone@10']:.4f}")
-        print(pd.DataFrame(ex1["diff"]).T.round(4))
+        diffs = pd.DataFrame(ex1["diff"]).T.round(4)
+        diffs["verdict"] = [decide(r).text for r in ex1["diff"].values()]
+        print(diffs.to_string())
         print(pd.DataFrame(ex2).T.round(3))
     return {"exercise_1": ex1, "exercise_2": ex2}
 
