@@ -97,17 +97,19 @@ SIZES = {
     # catalogue is scored for AUC/GAUC; ft_*: the two-tower fine-tune;
     # val_pairs: held-out (validation-window) pairs to monitor it. curve_seeds: seeds of the learning curves
     # (section 5.5.1; the first is the chapter's own fine-tune, each further one a whole fine-tune more).
-    # _minutes: smoke measured on 2 CPU cores (2.3-2.6 min, 1.5 of them the 40-step fine-tune); cpu
-    # fine-tunes 4x the smoke's examples (80 x 128) and evaluates up to 2,000 test users, sized so that
-    # the main job stays within 25 minutes on 2 fp32 cores (measured: 2.2 min on 2 idle cores, 10.1 min
-    # on 2 cores shared with 7 other jobs); full (one Colab-class GPU, an estimate, not
+    # _minutes: smoke measured on 2 CPU cores (2.3-2.6 min, 1.5 of them the 40-step fine-tune; the learning
+    # curves reuse that fine-tune's snapshots: +9% CPU, 169 vs 155 CPU s, measured on a shared machine); cpu
+    # fine-tunes 4x the smoke's examples (80 x 128) and evaluates up to 2,000 test users (measured before the
+    # curves: 2.2 min on 2 idle cores, 5.7 min = 340 s with 228 s in the fine-tune on a 2-core EPYC); its
+    # second curve seed is one more 80-step fine-tune plus 8 curve evaluations: 4-10 min, an ESTIMATE, not
+    # measured (curve_seeds=1 takes the extra fine-tune out); full (one Colab-class GPU, an estimate, not
     # measured) 1500 x 256 on two layers and every test user
     "smoke": {"max_users": 400, "auc_users": 200, "als_factors": 64, "als_iterations": 10,
               "ft_layers": 1, "ft_steps": 40, "ft_batch": 64, "ft_eval_every": 20, "val_pairs": 192,
               "curve_seeds": 1, "_minutes": (2, 3)},
     "cpu": {"max_users": 2000, "auc_users": 500, "als_factors": 64, "als_iterations": 15,
             "ft_layers": 1, "ft_steps": 80, "ft_batch": 128, "ft_eval_every": 20, "val_pairs": 512,
-            "curve_seeds": 2, "_minutes": (4, 15)},
+            "curve_seeds": 2, "_minutes": (4, 10)},
     "full": {"max_users": None, "auc_users": None, "als_factors": 128, "als_iterations": 15,
              "ft_layers": 2, "ft_steps": 1500, "ft_batch": 256, "ft_eval_every": 250, "val_pairs": 4096,
              "curve_seeds": 3, "_minutes": (10, 25)},
@@ -532,10 +534,11 @@ per_user = {
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=False)
 for ax, setting in zip(axes, SETTINGS, strict=True):
     for i, g in enumerate(GENERATORS):
-        twin = next((h for h in GENERATORS[:i] if np.array_equal(LISTS[setting][g], LISTS[setting][h])), None)
-        # a curve identical to an earlier one would hide under it: dashed, crosses, and said in the legend
+        twin = next((h for h in GENERATORS[:i]
+                     if np.array_equal(LISTS[setting][g][:, :K_MAX], LISTS[setting][h][:, :K_MAX])), None)
+        # a curve on the same list as an earlier one would hide under it: dashed, crosses, said in the legend
         ax.plot(KS, tables[setting, g]["recall"], marker="x" if twin else ".", ls="--" if twin else "-",
-                label=f"{g} (identical to {twin})" if twin else g, zorder=3 if twin else 2)
+                label=f"{g} (the same list as {twin})" if twin else g, zorder=3 if twin else 2)
     ax.set_title(f"{setting} purchases ({int(tables[setting, GENERATORS[0]]['n_users'].iloc[0])} users)")
     ax.set_xlabel("K")
     ax.set_ylabel("Recall@K")
@@ -595,6 +598,10 @@ for ax, setting in zip(axes, SETTINGS, strict=True):
     ax.errorbar(d_[:, 0], ypos, xerr=[d_[:, 0] - d_[:, 1], d_[:, 2] - d_[:, 0]], fmt="o", capsize=3)
     ax.axvline(0, ls="--", color="grey")
     ax.set_yticks(ypos, [n.replace("-", " − ") for n in names])
+    for y_, n in zip(ypos, names, strict=True):
+        if decide(ci[setting][n]).word == "identical":  # no interval to draw: say why
+            ax.annotate("identical lists", (0, y_), xytext=(6, 4), textcoords="offset points", fontsize="small")
+    ax.xaxis.set_major_locator(plt.MaxNLocator(5))
     ax.set_xlabel(f"difference in Recall@{K_EVAL} (95% interval)")
     ax.set_title(f"{setting} purchases")
 save(fig, output_dir, "forest_recall_differences")
