@@ -88,6 +88,26 @@ def test_orderings_whose_interval_clears_0(m):
         assert d["excludes_0"] and d["diff"] > 0, name
 
 
+def test_part_a_verdicts_follow_the_rule(m):
+    """Every Part A verdict is ecrec.verdict's on its recorded interval, and the lesson says only what they say."""
+    from ecrec import verdict as V
+
+    assert set(m["verdicts"]) == set(m["vs_single"])
+    for task, pairs in m["vs_single"].items():
+        assert set(m["verdicts"][task]) == set(pairs), task
+        for k, r in pairs.items():
+            word = m["verdicts"][task][k]
+            assert word == V.decide(r).word, (task, k)
+            if word in ("a gain", "a loss"):  # only where the interval clears 0, on the right side
+                assert r["excludes_0"] and (r["diff"] > 0) == (word == "a gain"), (task, k)
+    lesson = m["lesson"]
+    assert lesson.startswith("Part A's lesson: on ") and f"{m['returns_observed']['test']} test returns" in lesson
+    ret_gains = [k for k, w in m["verdicts"]["return | purchase"].items()
+                 if w == "a gain" and k.split(" - ")[0] in MODELS["purchase and return"]]
+    assert ("a measured gain on the sparse return task for" in lesson) == bool(ret_gains)
+    assert "+0.000 [+0.000, +0.000]" not in lesson
+
+
 # --- Part B: reviews --------------------------------------------------------------------------------
 # Recorded smoke run (seed 42, 192 training / 128 validation / 400 test reviews, 12 steps per run):
 # recommended AUC multi-task 0.886, frozen MiniLM + LR 0.863, item prior (no text) 0.522;
