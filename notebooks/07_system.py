@@ -127,13 +127,16 @@ SIZES = {
     # ann_sizes: synthetic catalogues for the exact-vs-approximate study; load_requests: requests per load
     # level against the HTTP service (section 7.4.2); ddp_*: section 7.7's fine-tuning
     # job, run once in 1 process and once under torchrun in 2 (the DDP section adds ~1.5 min in smoke, ~3 in cpu).
-    # _minutes: measured on 2 CPU cores: smoke 2.0 min (DDP included) with the machine otherwise idle;
+    # _minutes: measured on 2 CPU cores: smoke 2.0 min (DDP included) with the machine otherwise idle before
+    # the serving sections (7.1.2, 7.4.1-7.4.2); with them 8.6 min wall and 3.2 CPU-minutes (193 s user + sys)
+    # on a machine shared with 7 other jobs (load average ~12), not re-measured idle;
     # cpu (500 users, catalogues up to 50,000) 3.5 min, sized for the 25-minute main job; full is an estimate
     # (the 1M-item HNSW build on one thread dominates)
     "smoke": {**F.DATASET_SIZES["smoke"], "dnn_epochs": 2, "als_iterations": 10, "latency_requests": 300,
               "text_requests": 150, "cost_requests": 30, "n_probe": 512, "n_text_test": 400,
               "ann_sizes": [20_000], "ann_queries": 300, "n_boot": 300, "load_requests": 300,
-              "ddp_n_train": 64, "ddp_n_valid": 64, "ddp_global_batch": 16, "ddp_timeout_s": 180, "_minutes": (3, 6)},
+              "ddp_n_train": 64, "ddp_n_valid": 64, "ddp_global_batch": 16, "ddp_timeout_s": 180,
+              "_minutes": (3.5, 9)},
     "cpu": {**F.DATASET_SIZES["smoke"], "max_users": 500, "dnn_epochs": 4, "als_iterations": 15,
             "latency_requests": 1000, "text_requests": 1000, "cost_requests": 100, "n_probe": 2000,
             "n_text_test": 1500, "ann_sizes": [20_000, 50_000], "ann_queries": 1000, "n_boot": 1000,
