@@ -401,6 +401,30 @@ class ShortResultWarning(UserWarning):
     """A search returned fewer than ``k`` items for some queries although the index holds more."""
 
 
+_IVF_SIZES: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _ivf_cumulative_sizes(ivf) -> np.ndarray:
+    """Cumulative sums of an IVF index's sorted list sizes, cached per index.
+
+    Reading every list's size is one Python call per list (1,024 calls for a
+    typical nlist), which cost more than a single query's search. The cache is
+    keyed by the inverted lists' address, ``nlist`` and ``ntotal`` (adding
+    vectors changes ``ntotal``); a hit is also checked against two lists' live
+    sizes, so an index freed and another built at the same address is never
+    served stale sizes.
+    """
+    key = (int(ivf.invlists.this), int(ivf.nlist), int(ivf.ntotal))
+    hit = _IVF_SIZES.get(key)
+    last = int(ivf.nlist) - 1
+    if hit is None or hit[0][0] != ivf.invlists.list_size(0) or hit[0][last] != ivf.invlists.list_size(last):
+        sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)], dtype=np.int64)
+        if len(_IVF_SIZES) > 64:  # bounded: a long session building many indexes
+            _IVF_SIZES.clear()
+        hit = _IVF_SIZES[key] = (sizes, np.cumsum(np.sort(sizes)))
+    return hit[1]
+
+
 def _search_params(index, kk: int):
     """Search parameters with a breadth >= ``kk`` results (HNSW efSearch, IVF nprobe), or None.
 
@@ -419,8 +443,7 @@ def _search_params(index, kk: int):
     except RuntimeError:
         return None, "exact"
     # the smallest nprobe lists must together hold >= kk vectors: then every query sees >= kk candidates
-    sizes = np.sort([ivf.invlists.list_size(i) for i in range(ivf.nlist)])
-    enough = int(np.searchsorted(np.cumsum(sizes), kk)) + 1
+    enough = int(np.searchsorted(_ivf_cumulative_sizes(ivf), kk)) + 1
     nprobe = min(max(int(ivf.nprobe), enough), int(ivf.nlist))
     return faiss.SearchParametersIVF(nprobe=nprobe), f"nprobe={nprobe}"
 
