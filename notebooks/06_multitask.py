@@ -775,7 +775,7 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# ## Part A in one figure and one sentence
+# ## Part A — in one figure and one sentence
 #
 # Every paired difference of Part A against its single-task model (AUC, 95%
 # bootstrap interval over customers): a point whose interval crosses the
@@ -807,9 +807,9 @@ ret_gains = [n for n, v in sparse_gain.items() if v.word == "a gain"]
 buy_costs = sorted(set(worse_buy) | set(ll_worse_buy))
 ssb_v = V.decide(gap)
 lr_v = verdict("return | purchase", "lr_return")
-clear = ([f"ESMM's entire-space score beats the purchases-only return model ({ssb_v.text}): sample-selection "
-          "bias, repaired"] if ssb_v.word == "a gain" else []) + (
-    [f"a logistic regression beats the single-task return DNN ({lr_v.text})"] if lr_v.word == "a gain" else [])
+clear = ([f"ESMM's entire-space score beats the purchases-only return model in AUC ({ssb_v.text}): "
+          "sample-selection bias, repaired"] if ssb_v.word == "a gain" else []) + (
+    [f"a logistic regression beats the single-task return DNN in AUC ({lr_v.text})"] if lr_v.word == "a gain" else [])
 lesson_a = (
     f"Part A's lesson: on {ret_rate.attrs['positives']} test returns (the observed purchases of "
     f"{ret_rate.attrs['users']} customers), "
@@ -1020,7 +1020,7 @@ pd.DataFrame({part: {"reviews": len(enc), "mean tokens": enc.lengths.mean(),
 # %% [markdown]
 # ## 6.11 Baselines: the item, the words, a frozen encoder
 #
-# Four baselines, from no text at all to a pretrained encoder that is not trained:
+# Three baselines, from no text at all to a pretrained encoder that is not trained:
 #
 # * **item prior** (recommended only): the item's recommendation rate among
 #   all training reviews, shrunk towards the overall rate with 10 pseudo-reviews.

@@ -33,6 +33,7 @@ def test_08_exercise_1_basket_order(ex08):
     assert d["diff"] == pytest.approx(e["recall50_sorted"] - e["recall50_random"], abs=1e-9)
     assert 0.05 < e["recall50_random"] < 0.3 and 0.05 < e["recall50_sorted"] < 0.3
     assert e["verdict"] == decide(d).word  # the book's rule decides the word
+    assert d["diff"] < 0.01  # recorded: -0.017 [-0.031, -0.003]; item-index order does not help
 
 
 @pytest.mark.notebook
@@ -40,7 +41,10 @@ def test_08_exercise_2_ease_lambda(ex08):
     t = ex08["exercise_2"]
     assert list(t["lambda"]) == [30.0, 100.0, 300.0, 1000.0, 3000.0]
     assert t["recall50_all"].between(0.1, 0.45).all() and t["recall50_new"].between(0.05, 0.3).all()
-    best = t["recall50_all"].max()
-    # flat near its top: the chapter's lambda = 300 is within 0.02 of the best lambda
-    assert best - t.loc[t["lambda"] == 300.0, "recall50_all"].item() < 0.02
+    at300 = t.loc[t["lambda"] == 300.0]
+    # forgiving: the chapter's lambda = 300 is within 0.02 of the best lambda in both settings
+    assert t["recall50_all"].max() - at300["recall50_all"].item() < 0.02
+    assert t["recall50_new"].max() - at300["recall50_new"].item() < 0.02
+    # recorded direction: the smallest lambda is best for repeat purchases, a larger one for new items
+    assert t["recall50_all"].idxmax() < t["recall50_new"].idxmax()
     assert np.isfinite(t[["recall50_all", "recall50_new"]].to_numpy()).all()

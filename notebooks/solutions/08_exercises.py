@@ -13,22 +13,23 @@ of a seeded random order.
 
     The two orders put the same items in the same baskets; only the order of
     lines inside an invoice differs. With item-index order, position t+1 is
-    often the next stock code of the same invoice, and a model can learn
-    "codes near the last one" rather than behaviour. The returned
-    ``difference`` is Recall@50 (sorted minus random) with its paired 95%
-    interval over users, and ``verdict`` applies the book's rule
-    (``ecrec.verdict``): on the smoke sizes it is within noise, so the honest
-    answer at this size is that the order inside a basket does not measurably
-    help; the random order is kept because it cannot teach a model something
-    that is not behaviour.
+    often the next stock code of the same invoice, so the model spends its
+    capacity on "codes near the last one", which is the catalogue's numbering,
+    not behaviour. ``difference`` is Recall@50 (sorted minus random) with its
+    paired 95% interval over users, ``verdict`` the book's rule
+    (``ecrec.verdict``). On the smoke sizes: 0.128 sorted against 0.145
+    random, -0.017 [-0.031, -0.003], a loss: the random order is not only
+    safer, it is measurably better here.
 
 Exercise 2. EASE^R's lambda swept over 30, 100, 300, 1000, 3000.
 
     Recall@50 on all test purchases and on new-to-user items, per lambda.
-    Small lambda over-fits co-purchase counts of rare pairs, large lambda
-    shrinks every weight towards zero until only the most co-purchased pairs
-    survive; the curve is flat near its top over a wide range (the chapter's
-    300 sits on it), which is why EASE^R is easy to tune.
+    A small lambda trusts the co-purchase counts of rare pairs, which helps
+    repeat purchases (all: 0.308 at 30, 0.264 at 3000); a larger one shrinks
+    the weights towards the most co-purchased pairs, which helps items new to
+    the user (0.129 at 30, 0.161 at 1000). The chapter's 300 is within 0.015
+    of the best lambda in both settings: EASE^R has one knob, and it is
+    forgiving.
 """
 
 from __future__ import annotations
