@@ -147,7 +147,7 @@ def _difference(row: Mapping[str, Any]) -> str:
     if level is not None and "[" in text:
         text += f" ({float(level):.0%})"
     seeds = row.get("seed_range")
-    if seeds:
+    if seeds and float(seeds[0]) != float(seeds[1]):  # one seed (or all equal): no range to show
         text += f"; seeds {float(seeds[0]):+.4f} to {float(seeds[1]):+.4f}"
     return text
 
