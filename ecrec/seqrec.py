@@ -283,15 +283,21 @@ def score_next(model: SeqRec, seqs, *, batch_size: int = 512) -> tuple[np.ndarra
     ``[MASK]`` (keeping the last ``max_len - 1`` items) and reads it there.
 
     Args:
-        seqs: n int arrays of ``item_idx``; an empty one gets a row of NaN
-            (no history: the caller falls back, e.g. to popularity).
+        seqs: n int arrays of ``item_idx``. Items the model does not know
+            (``item_idx`` outside ``[0, n_items)``, e.g. a product added after
+            training) are dropped: the model has no vector for them. An empty
+            history, or one of unknown items only, gets a row of NaN (nothing to
+            read: the caller falls back, e.g. to popularity).
 
     Returns:
-        ``(scores float32 (n, n_items), truncated bool (n,))``.
+        ``(scores float32 (n, n_items), truncated bool (n,))``; ``truncated``: the
+        known history was longer than the model reads (its last items kept).
     """
     model.eval()
     keep = model.max_len if model.causal else model.max_len - 1
-    tokens, lengths, truncated = pad_right(seqs, keep)
+    known = [np.asarray(s, dtype=np.int64) for s in seqs]
+    known = [s[(s >= 0) & (s < model.n_items)] for s in known]
+    tokens, lengths, truncated = pad_right(known, keep)
     if not model.causal:
         tokens = np.concatenate([tokens, np.zeros((len(tokens), 1), np.int64)], 1)
         tokens[np.arange(len(tokens)), lengths] = model.n_items + 1  # [MASK] right after the last item

@@ -111,6 +111,9 @@ def test_score_next_defined_answers():
     scores, truncated = S.score_next(m, [np.array([], np.int64), np.arange(10) % 12, np.array([3])])
     assert np.isnan(scores[0]).all()  # no history: NaN, the caller falls back
     assert np.isfinite(scores[1:]).all() and truncated.tolist() == [False, True, False]
+    unknown, _ = S.score_next(m, [np.array([12, 40]), np.array([3, 99])])  # the catalogue is items 0..11
+    assert np.isnan(unknown[0]).all()  # only unknown items: nothing to read, the caller falls back
+    np.testing.assert_allclose(unknown[1], scores[2], rtol=1e-6)  # the unknown item is dropped: = history [3]
     b = _model(False)
     s2, t2 = S.score_next(b, [np.arange(6) % 12])  # BERT4Rec keeps max_len - 1 items plus [MASK]
     assert np.isfinite(s2).all() and t2.tolist() == [True]
