@@ -871,11 +871,15 @@ def crossover_sentence(a: str, b: str, a_name: str, b_name: str) -> str:
     if gain_from == ns[0]:
         head = f"{a_name} beats {b_name} at every size measured ({span}): no crossover"
     elif gain_from is not None:
-        head = f"{a_name} overtakes {b_name} from {gain_from:,} examples on (a crossover)"
+        crossed = any(v[m].is_loss for m in ns if m < gain_from)  # a crossover needs the other side ahead first
+        head = (f"{a_name} overtakes {b_name} from {gain_from:,} examples on (a crossover)" if crossed else
+                f"{a_name} beats {b_name} from {gain_from:,} examples on and never loses below: no crossover")
     elif loss_from == ns[0]:
         head = f"{b_name} beats {a_name} at every size measured ({span}): no crossover"
     elif loss_from is not None:
-        head = f"{b_name} overtakes {a_name} from {loss_from:,} examples on (a crossover)"
+        crossed = any(v[m].is_gain for m in ns if m < loss_from)
+        head = (f"{b_name} overtakes {a_name} from {loss_from:,} examples on (a crossover)" if crossed else
+                f"{b_name} beats {a_name} from {loss_from:,} examples on and never loses below: no crossover")
     else:
         head = f"{a_name} vs {b_name}: no crossover that holds up to the largest size ({span})"
     return head + " [" + "; ".join(f"n = {n:,}: {v[n].text}" for n in ns) + "]"

@@ -1325,6 +1325,8 @@ REV_KEPT = {"multi-task": rev_runs["multi-task"].best_step == 0,
 def rev_says(a: str, b: str, metric: str, better: str = "higher") -> str:
     """The verdict on a - b at rev_compare_n (one seed), through ecrec.verdict."""
     r = rev_row(f"{a} - {b}", metric)
+    if REV_KEPT.get(b, False) and not REV_KEPT.get(a, False):  # the rule holds on either side of the difference
+        return f"{b} = its probe (fine-tuning did not move it), so {a} is not compared with it as an architecture"
     return verdict.compare(a, b, {"diff": r.value, "low": r.low, "high": r.high, "level": 0.95}, better=better,
                            kept_start=REV_KEPT.get(a, False))
 

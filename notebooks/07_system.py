@@ -1021,7 +1021,7 @@ display(Markdown(
     f"{flat_rows['p50_ms'].iloc[-1]:.2f} ms on {flat_rows.index[-1]:,} items ({threads} thread). "
     + (f"The smallest catalogue measured where an approximate index is the faster choice at overlap ≥ "
        f"{MIN_OVERLAP} is {int(first_ann['n_items'].iloc[0]):,} items ({first_ann['index'].iloc[0]}, "
-       f"{first_ann['breadth'].iloc[0]}, {first_ann['speed-up vs flat'].iloc[0]:.1f}× faster than exact). "
+       f"{first_ann['breadth'].iloc[0]}, {first_ann['speed-up vs flat'].iloc[0]:.2f}× as fast as exact). "
        if len(first_ann) else f"At every size measured exact search is the right choice at overlap ≥ {MIN_OVERLAP}. ")
     + "IVF-PQ stores "
     f"{ann_table.loc[ann_table['index'] == 'ivfpq', 'bytes_per_item'].iloc[-1]:.0f} bytes per item against "
