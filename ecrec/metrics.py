@@ -22,6 +22,10 @@ relevant items), :func:`map_at_k` (denominator named), :func:`catalogue_coverage
 and :func:`ranking_metrics` for all of them at several K at once. The shared
 conventions (deduplication, -1 padding, users without relevant items, ties)
 are spelled out above :func:`dedupe_rows`.
+
+Beyond accuracy (the lists themselves), defined in :mod:`ecrec.beyond_accuracy`
+and re-exported here: :func:`novelty_at_k`, :func:`intra_list_diversity_at_k`,
+:func:`popularity_head`, :func:`popularity_bias_at_k`, :func:`exposure_by_group_at_k`.
 """
 
 from __future__ import annotations
@@ -32,11 +36,28 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+_BEYOND_ACCURACY = (  # defined in ecrec.beyond_accuracy, re-exported lazily (module __getattr__ below)
+    "novelty_at_k", "intra_list_diversity_at_k", "popularity_head", "popularity_bias_at_k", "exposure_by_group_at_k",
+)
 __all__ = [
     "log_loss", "roc_auc", "gauc", "dedupe_rows", "as_relevance_csr", "recall_at_k",
     "recall_capped_at_k", "precision_at_k", "hit_rate_at_k", "mrr_at_k", "ndcg_at_k",
     "map_at_k", "catalogue_coverage", "ranking_metrics",
+    *_BEYOND_ACCURACY,
 ]
+
+
+def __getattr__(name: str):
+    """``ecrec.metrics.novelty_at_k`` etc.: the beyond-accuracy metrics, imported on first use.
+
+    They live in :mod:`ecrec.beyond_accuracy`, which imports this module's list
+    conventions; importing it lazily keeps the import graph free of cycles.
+    """
+    if name in _BEYOND_ACCURACY:
+        from ecrec import beyond_accuracy
+
+        return getattr(beyond_accuracy, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- input checks ----------------------------------------------------------
