@@ -19,22 +19,24 @@ least K. Indexes are built with one thread (deterministic HNSW graph): the
 
 A second part (``--overhead``, alone with ``--overhead-only``) measures what
 ``ecrec.recall.faiss_search`` adds to raw FAISS, side by side for every index
-type at batch 1 (a loop of single-query searches, as a request is served) and
-at batch 4,000 (one call): the wrapper against ``index.search`` at the SAME
-breadth (the breadth the wrapper searches, :func:`ecrec.ann.searched_breadth`,
-set on the index), interleaved, best of ``--repeats``; target <= 1.1x. It also
-times the wrapper with a proposed per-index cache of the IVF list sizes (the
-list-size scan is the wrapper's per-query cost on IVF), as a separate row.
+type at batch 1 (single-query searches, as a request is served) and at batch
+4,000 (one call): the wrapper against ``index.search`` at the SAME breadth
+(the breadth the wrapper searches, :func:`ecrec.ann.searched_breadth`, set on
+the index). Interleaved query by query (batch 1) and call by call (batch
+4,000), in a rotating order, best of ``--repeats``; target <= 1.1x. It also
+checks that both give the same lists (raw FAISS's ties put in the wrapper's
+order, lower item index first). ``--reference PATH`` adds another version of
+``ecrec/recall.py`` (e.g. ``git show REV:ecrec/recall.py > /tmp/old.py``) as a
+third contender: before and after in one run.
 
 Run: ``python benchmarks/bench_ann.py [--sizes 10000 100000 1000000] [--k 100] [--threads 1]``
 (the default sizes take about 15 minutes on 2 cores; ``--sizes 10000 50000`` about 2);
-``python benchmarks/bench_ann.py --overhead-only --base random`` about a minute.
+``python benchmarks/bench_ann.py --overhead-only --base random`` about two minutes.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 
 import numpy as np
@@ -55,60 +57,64 @@ def base_vectors(kind: str, d: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(2000, d)).astype(np.float32)
 
 
-@contextlib.contextmanager
-def cached_ivf_sizes():
-    """The proposed fix, for measurement only: ``recall._search_params`` reading IVF list sizes from a cache.
+def _load_reference(path: str):
+    """Another version of ``ecrec/recall.py``, loaded as a module of its own (its caches are its own)."""
+    import importlib.util
 
-    Keyed by (inverted lists' address, nlist, ntotal): adding vectors changes
-    ``ntotal`` and so the key. Restores the library's function on exit.
+    spec = importlib.util.spec_from_file_location("recall_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _interleaved(fns: dict, singles: list[np.ndarray], batch: np.ndarray, repeats: int) -> dict:
+    """name -> (best seconds per single-query call, best seconds of one ``batch`` call), over ``repeats``.
+
+    Each single query is searched by every contender in turn, the order rotating
+    from query to query, so that a load that comes and goes slows all alike.
     """
-    import faiss
+    names = list(fns)
+    best = {name: [np.inf, np.inf] for name in names}
+    for r in range(repeats):
+        total = dict.fromkeys(names, 0.0)
+        for i, x in enumerate(singles):
+            for j in range(len(names)):
+                name = names[(i + j) % len(names)]
+                t0 = time.perf_counter()
+                fns[name](x)
+                total[name] += time.perf_counter() - t0
+        for j in range(len(names)):
+            name = names[(r + j) % len(names)]
+            t0 = time.perf_counter()
+            fns[name](batch)
+            best[name][1] = min(best[name][1], time.perf_counter() - t0)
+        for name in names:
+            best[name][0] = min(best[name][0], total[name] / len(singles))
+    return best
 
+
+def _same_lists(index, q: np.ndarray, k: int) -> float:
+    """Share of queries where faiss_search's list equals raw FAISS's with ties ordered by lower item index."""
     from ecrec import recall as R
 
-    original, cache = R._search_params, {}
-
-    def params(index, kk):
-        if not isinstance(index, faiss.Index) or isinstance(faiss.downcast_index(index), faiss.IndexHNSW):
-            return original(index, kk)
-        try:
-            ivf = faiss.extract_index_ivf(index)
-        except RuntimeError:
-            return None, "exact"
-        key = (int(ivf.invlists.this), int(ivf.nlist), int(ivf.ntotal))
-        if key not in cache:
-            cache[key] = np.cumsum(np.sort([ivf.invlists.list_size(i) for i in range(ivf.nlist)]))
-        enough = int(np.searchsorted(cache[key], kk)) + 1
-        nprobe = min(max(int(ivf.nprobe), enough), int(ivf.nlist))
-        return faiss.SearchParametersIVF(nprobe=nprobe), f"nprobe={nprobe}"
-
-    R._search_params = params
-    try:
-        yield
-    finally:
-        R._search_params = original
-
-
-def _time_once(fn, singles: list[np.ndarray], batch: np.ndarray) -> tuple[float, float]:
-    """(seconds per single-query call over ``singles``, seconds of one call on ``batch``)."""
-    t0 = time.perf_counter()
-    for x in singles:
-        fn(x)
-    one = (time.perf_counter() - t0) / len(singles)
-    t0 = time.perf_counter()
-    fn(batch)
-    return one, time.perf_counter() - t0
+    sc, ids = index.search(q, k)
+    order = np.lexsort((ids, -sc.astype(np.float64)), axis=1)
+    return float((R.faiss_search(index, q, k) == np.take_along_axis(ids, order, axis=1)).all(axis=1).mean())
 
 
 def wrapper_overhead(base: np.ndarray, n_items: int, k: int, n_batch: int, n_single: int, repeats: int,
-                     seed: int) -> pd.DataFrame:
-    """faiss_search against raw index.search at the same breadth, batch 1 and batch ``n_batch``, every index type."""
+                     seed: int, reference: str | None = None) -> pd.DataFrame:
+    """faiss_search against raw index.search at the same breadth, batch 1 and batch ``n_batch``, every index type.
+
+    One row per index type: the raw times, each contender's time / raw (best
+    of ``repeats`` interleaved), and the share of queries whose lists agree.
+    """
     from ecrec import recall as R
 
     items = ann.synthetic_catalogue(base, n_items, seed=seed)
     q = ann.synthetic_catalogue(base, n_batch, seed=seed + 1)
     singles = [q[i : i + 1] for i in range(n_single)]
-    names = ("raw FAISS", "ecrec faiss_search", "faiss_search, cached IVF sizes")
+    ref = _load_reference(reference) if reference else None
     rows = []
     for kind, breadth in (("flat", None), ("hnsw", 2 * k), ("ivfpq", 32)):
         index = ann.build_ann_index(items, kind, seed=seed)
@@ -116,18 +122,16 @@ def wrapper_overhead(base: np.ndarray, n_items: int, k: int, n_batch: int, n_sin
         searched = ann.searched_breadth(index, k)
         if kind != "flat":  # raw FAISS searches at the breadth the wrapper searches
             ann.set_breadth(index, int(searched.split("=")[1]))
-        fns = [lambda x, i=index: i.search(x, k), lambda x, i=index: R.faiss_search(i, x, k)]
-        best = {name: (np.inf, np.inf) for name in names}
-        for _ in range(repeats):  # interleaved: a busy machine slows every contender alike
-            for name, fn in zip(names, fns, strict=False):
-                best[name] = tuple(map(min, best[name], _time_once(fn, singles, q)))
-            with cached_ivf_sizes():
-                best[names[2]] = tuple(map(min, best[names[2]], _time_once(fns[1], singles, q)))
-        raw1, raw_b = best["raw FAISS"]
-        for name, (one, batch) in best.items():
-            rows.append({"index": kind, "breadth searched": searched, "searched by": name,
-                         "batch 1: ms per query": 1000 * one, "batch 1 / raw": one / raw1,
-                         f"batch {n_batch:,}: s": batch, f"batch {n_batch:,} / raw": batch / raw_b})
+        fns = {"raw": lambda x, i=index: i.search(x, k), "faiss_search": lambda x, i=index: R.faiss_search(i, x, k)}
+        if ref is not None:
+            fns["reference faiss_search"] = lambda x, i=index: ref.faiss_search(i, x, k)
+        best = _interleaved(fns, singles, q, repeats)
+        row = {"index": kind, "breadth searched": searched, "batch 1: raw ms/query": 1000 * best["raw"][0]}
+        row |= {f"batch 1: {name} / raw": best[name][0] / best["raw"][0] for name in fns if name != "raw"}
+        row[f"batch {n_batch:,}: raw s"] = best["raw"][1]
+        row |= {f"batch {n_batch:,}: {name} / raw": best[name][1] / best["raw"][1] for name in fns if name != "raw"}
+        row["same lists as raw"] = _same_lists(index, q, k)
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -144,17 +148,22 @@ def main() -> None:
     parser.add_argument("--overhead", action="store_true", help="also measure faiss_search against raw FAISS")
     parser.add_argument("--overhead-only", action="store_true", help="only that measurement")
     parser.add_argument("--overhead-items", type=int, default=20_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--reference", help="another ecrec/recall.py to time beside the installed one")
     args = parser.parse_args()
 
     base = base_vectors(args.base, args.dim, args.seed)
     if args.overhead or args.overhead_only:
         with S.serving_threads(args.threads):
-            over = wrapper_overhead(base, args.overhead_items, args.k, 4000, 300, args.repeats, args.seed)
+            over = wrapper_overhead(base, args.overhead_items, args.k, 4000, 300, args.repeats, args.seed,
+                                    args.reference)
         pd.set_option("display.width", 200)
         print(f"faiss_search against raw FAISS, {args.overhead_items:,} items, k = {args.k}, "
               f"{args.threads} thread(s), vectors: {args.base}, d = {base.shape[1]} (target <= 1.1x)")
         print(over.round(4).to_string(index=False))
+        ratios = over[[c for c in over.columns if c.endswith("faiss_search / raw") and "reference" not in c]]
+        print(f"target <= 1.1x: {'met' if (ratios <= 1.1).all().all() else 'NOT met'} "
+              f"(worst {ratios.max().max():.3f}x)")
         if args.overhead_only:
             return
     queries = ann.synthetic_catalogue(base, args.queries, seed=args.seed + 1)

@@ -401,28 +401,53 @@ class ShortResultWarning(UserWarning):
     """A search returned fewer than ``k`` items for some queries although the index holds more."""
 
 
-_IVF_SIZES: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+_IVF_SIZES: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray, dict[int, int]]] = {}
 
 
-def _ivf_cumulative_sizes(ivf) -> np.ndarray:
-    """Cumulative sums of an IVF index's sorted list sizes, cached per index.
+def _ivf_lists_needed(ivf, nlist: int, kk: int) -> int:
+    """Fewest lists that together hold >= ``kk`` vectors, whichever lists: the smallest ones, summed.
 
     Reading every list's size is one Python call per list (1,024 calls for a
-    typical nlist), which cost more than a single query's search. The cache is
-    keyed by the inverted lists' address, ``nlist`` and ``ntotal`` (adding
-    vectors changes ``ntotal``); a hit is also checked against two lists' live
-    sizes, so an index freed and another built at the same address is never
-    served stale sizes.
+    typical nlist), which cost more than a single query's search. The sorted
+    sizes' cumulative sums (and each answer) are cached per index, keyed by
+    the inverted lists' address, ``nlist`` and ``ntotal`` (adding vectors
+    changes ``ntotal``); a hit is also checked against two lists' live sizes,
+    so an index freed and another built at the same address is never served
+    stale sizes. May exceed ``nlist`` (fewer than ``kk`` vectors in all).
     """
-    key = (int(ivf.invlists.this), int(ivf.nlist), int(ivf.ntotal))
+    lists = ivf.invlists  # each SWIG attribute read builds a wrapper: read once
+    key = (int(lists.this), nlist, int(ivf.ntotal))
     hit = _IVF_SIZES.get(key)
-    last = int(ivf.nlist) - 1
-    if hit is None or hit[0][0] != ivf.invlists.list_size(0) or hit[0][last] != ivf.invlists.list_size(last):
-        sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)], dtype=np.int64)
+    if hit is None or hit[0][0] != lists.list_size(0) or hit[0][nlist - 1] != lists.list_size(nlist - 1):
+        sizes = np.array([lists.list_size(i) for i in range(nlist)], dtype=np.int64)
         if len(_IVF_SIZES) > 64:  # bounded: a long session building many indexes
             _IVF_SIZES.clear()
-        hit = _IVF_SIZES[key] = (sizes, np.cumsum(np.sort(sizes)))
-    return hit[1]
+        hit = _IVF_SIZES[key] = (sizes, np.cumsum(np.sort(sizes)), {})
+    enough = hit[2].get(kk)
+    if enough is None:
+        enough = hit[2][kk] = int(np.searchsorted(hit[1], kk)) + 1
+    return enough
+
+
+_PARAMS: dict[tuple[str, int], object] = {}
+
+
+def _breadth_params(name: str, value: int):
+    """A FAISS ``SearchParametersHNSW(efSearch=value)`` or ``SearchParametersIVF(nprobe=value)``, built once.
+
+    The objects are only read by FAISS, so one per (name, value) serves every
+    index and call; building one costs several SWIG calls, a noticeable share
+    of a single-query search.
+    """
+    import faiss
+
+    params = _PARAMS.get((name, value))
+    if params is None:
+        if len(_PARAMS) > 256:  # bounded: breadths come from a handful of settings
+            _PARAMS.clear()
+        kind = faiss.SearchParametersHNSW if name == "efSearch" else faiss.SearchParametersIVF
+        params = _PARAMS[(name, value)] = kind(**{name: value})
+    return params
 
 
 def _search_params(index, kk: int):
@@ -434,18 +459,25 @@ def _search_params(index, kk: int):
 
     if not isinstance(index, faiss.Index):
         return None, "exact"  # a stand-in object: searched as it is
-    base = faiss.downcast_index(index)
+    # an index built in Python already has its concrete class: downcasting (a new wrapper) only when it has not
+    known = (faiss.IndexHNSW, faiss.IndexIVF, faiss.IndexFlat)
+    base = index if isinstance(index, known) else faiss.downcast_index(index)
     if isinstance(base, faiss.IndexHNSW):
         ef = max(int(base.hnsw.efSearch), kk)
-        return faiss.SearchParametersHNSW(efSearch=ef), f"efSearch={ef}"
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return None, "exact"
+        return _breadth_params("efSearch", ef), f"efSearch={ef}"
+    if isinstance(base, faiss.IndexFlat):
+        return None, "exact"  # what extract_index_ivf's RuntimeError says below, without raising one
+    if isinstance(base, faiss.IndexIVF):
+        ivf = base
+    else:
+        try:
+            ivf = faiss.extract_index_ivf(index)
+        except RuntimeError:
+            return None, "exact"
     # the smallest nprobe lists must together hold >= kk vectors: then every query sees >= kk candidates
-    enough = int(np.searchsorted(_ivf_cumulative_sizes(ivf), kk)) + 1
-    nprobe = min(max(int(ivf.nprobe), enough), int(ivf.nlist))
-    return faiss.SearchParametersIVF(nprobe=nprobe), f"nprobe={nprobe}"
+    nlist = int(ivf.nlist)
+    nprobe = min(max(int(ivf.nprobe), _ivf_lists_needed(ivf, nlist, kk)), nlist)
+    return _breadth_params("nprobe", nprobe), f"nprobe={nprobe}"
 
 
 def tie_margin(item_emb: np.ndarray) -> int:
@@ -481,7 +513,12 @@ def faiss_search(
 
     One ``index.search`` call for all queries (split only if its result
     arrays would exceed ``max_batch_bytes``), so the wrapper costs about
-    what raw FAISS costs (``benchmarks/bench_recall.py``).
+    what raw FAISS costs (``benchmarks/bench_ann.py --overhead-only``). A
+    few non-zero queries without ``exclude`` or ``tie_margin`` (a request
+    being served) take a lean path: FAISS's lists come back as they are
+    whenever they hold no -1 and no two equal adjacent scores, the only
+    cases where the general path would drop, re-sort or report anything;
+    otherwise the general path takes over from the same search.
 
     Breadth: an approximate index is searched with a breadth at least as
     large as the number of results asked for (HNSW ``efSearch``, IVF
@@ -520,17 +557,58 @@ def faiss_search(
     if tie_margin < 0:
         raise ValueError(f"tie_margin must be >= 0, got {tie_margin}")
     n = len(q)
-    ex = sp.csr_array(exclude) if exclude is not None else None
-    if ex is not None and ex.shape != (n, index.ntotal):
-        raise ValueError(f"exclude has shape {ex.shape}, expected {(n, index.ntotal)}")
-    n_ex = np.diff(ex.indptr) if ex is not None else np.zeros(n, dtype=np.int64)
-    rows_q = np.flatnonzero(np.any(q != 0, axis=1))  # zero queries: nothing to search
-    kk = min(k + (int(n_ex[rows_q].max()) if ex is not None and len(rows_q) else 0) + tie_margin, index.ntotal)
-    ids, sc = _search_rows(index, q, rows_q, kk, max_batch_bytes)
+    lean = _lean_search(index, q, k, max_batch_bytes) if exclude is None and tie_margin == 0 else None
+    if lean is not None:
+        ids, sc = lean
+        if ids.min() >= 0 and not (sc[:, 1:] == sc[:, :-1]).any():
+            return _pad_to_k(ids, sc, k, return_scores)  # FAISS's order is final: nothing to drop, re-sort or report
+        ex, rows_q, kk, n_ex = None, np.arange(n), ids.shape[1], np.zeros(n, dtype=np.int64)
+    else:
+        ex = sp.csr_array(exclude) if exclude is not None else None
+        if ex is not None and ex.shape != (n, index.ntotal):
+            raise ValueError(f"exclude has shape {ex.shape}, expected {(n, index.ntotal)}")
+        n_ex = np.diff(ex.indptr) if ex is not None else np.zeros(n, dtype=np.int64)
+        rows_q = np.flatnonzero(np.any(q != 0, axis=1))  # zero queries: nothing to search
+        kk = min(k + (int(n_ex[rows_q].max()) if ex is not None and len(rows_q) else 0) + tie_margin, index.ntotal)
+        ids, sc = _search_rows(index, q, rows_q, kk, max_batch_bytes)
     ranked, ranked_s = _drop_and_sort(ids, sc, ex)
     ranked_s = ranked_s.astype(np.float64) if return_scores else ranked_s
     _warn_if_short(index, ranked, rows_q, np.minimum(k, index.ntotal - n_ex), k, kk)
     return _cut_keeping_ties(ranked, ranked_s, k, return_scores)
+
+
+_LEAN_MAX_QUERIES = 64  # "few queries": where the general path's fixed numpy work rivals FAISS's own time
+
+
+def _lean_search(index, q: np.ndarray, k: int, max_batch_bytes: int):
+    """FAISS's raw ``(ids, scores)`` for the common case, or None where the general path must search.
+
+    The common case: at most ``_LEAN_MAX_QUERIES`` queries, all non-zero, a
+    non-empty index, one batch (as :func:`_search_rows` would make it), and
+    (the caller checks) no ``exclude`` and no ``tie_margin``. The search is
+    exactly the general path's (same rows, breadth and batch); only its
+    copies into -1 / -inf filled arrays are skipped. ``(n, min(k, ntotal))``.
+    """
+    n, kk = len(q), min(k, int(index.ntotal))
+    if not 0 < n <= _LEAN_MAX_QUERIES or kk < 1 or n > max(1, max_batch_bytes // (12 * kk)):
+        return None
+    if not (q.any() if n == 1 else q.any(axis=1).all()):  # a zero query gets an all -1 row: the general path's job
+        return None
+    params, _ = _search_params(index, kk)
+    sc, ids = index.search(q, kk, params=params) if params is not None else index.search(q, kk)
+    # the dtypes the general path stores them in (no copy for FAISS's own): a stand-in index may return others
+    return np.asarray(ids, dtype=np.int64), np.asarray(sc, dtype=np.float32)
+
+
+def _pad_to_k(ids: np.ndarray, sc: np.ndarray, k: int, return_scores: bool):
+    """Lists already in final order, -1 / -inf padded to ``k`` columns (float64 scores), as :func:`_cut_keeping_ties`."""
+    n, width = ids.shape
+    if width < k:
+        ids = np.hstack([ids, np.full((n, k - width), -1, dtype=np.int64)])
+    if not return_scores:
+        return ids
+    sc = sc.astype(np.float64)
+    return ids, (np.hstack([sc, np.full((n, k - width), -np.inf)]) if width < k else sc)
 
 
 def _search_rows(index, q: np.ndarray, rows_q: np.ndarray, kk: int, max_batch_bytes: int):
