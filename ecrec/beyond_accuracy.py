@@ -156,20 +156,21 @@ def _counts(x, name: str) -> np.ndarray:
     return arr
 
 
-def _unit_vectors(item_vectors) -> tuple[np.ndarray, np.ndarray]:
-    """(float64 (n_items, d) L2-normalised vectors, bool (n_items,) zero vectors)."""
+def _unit_rows(item_vectors, items: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The listed items' L2-normalised vectors: (float64 (m, dim) for the m distinct listed items, int64 positions
+    of ``items`` in them (0 where not listed)). Only listed vectors are read and checked."""
     v = np.asarray(item_vectors)
-    if v.ndim != 2 or v.shape[1] == 0:
-        raise ValueError(f"item_vectors must be 2-D (n_items, dim), got shape {v.shape}")
-    if v.dtype == object or not np.issubdtype(v.dtype, np.number):
-        raise TypeError(f"item_vectors must be numeric, got dtype {v.dtype}")
-    v = v.astype(np.float64)
-    if not np.isfinite(v).all():
-        i = int(np.flatnonzero(~np.isfinite(v).all(1))[0])
+    listed = np.unique(items[p > 0])
+    sub = v[listed].astype(np.float64, copy=False)  # the gather already copied
+    if not np.isfinite(sub).all():
+        i = int(listed[np.flatnonzero(~np.isfinite(sub).all(1))[0]])
         raise ValueError(f"item_vectors has NaN or inf in the vector of item {i}")
-    norm = np.linalg.norm(v, axis=1)
-    zero = norm == 0
-    return v / np.where(zero, 1.0, norm)[:, None], zero
+    norm = np.linalg.norm(sub, axis=1)
+    if (norm == 0).any():
+        raise ValueError(f"intra_list_diversity_at_k: item {int(listed[norm == 0][0])} has a zero vector: "
+                         "its cosine distance is undefined; give it a vector or drop it from the lists")
+    pos = np.where(p > 0, np.searchsorted(listed, np.maximum(items, 0)), 0)
+    return sub / norm[:, None], np.minimum(pos, max(len(listed) - 1, 0))
 
 
 def intra_list_diversity_at_k(retrieved, item_vectors, k: int, *, scores=None, per_user: bool = False):
@@ -197,43 +198,43 @@ def intra_list_diversity_at_k(retrieved, item_vectors, k: int, *, scores=None, p
         Mean ILD@K (float in [0, 2]), or the per-user array.
 
     Raises:
-        ValueError: ``item_vectors`` not 2-D, with NaN/inf, or a zero vector
+        ValueError: ``item_vectors`` not 2-D, or with NaN/inf or a zero vector
             for a listed item (cosine undefined); no list with 2 items; and what
             :func:`ecrec.metrics.recall_at_k` raises for ``retrieved``, ``k`` and ``scores``.
         TypeError: ``retrieved`` or ``item_vectors`` not numeric.
     """
-    unit, zero = _unit_vectors(item_vectors)
-    items, p = _top_k_weights(retrieved, k, scores, len(unit), "intra_list_diversity_at_k")
-    listed = items[p > 0]
-    if zero[listed].any():
-        raise ValueError(f"intra_list_diversity_at_k: item {int(listed[zero[listed]][0])} has a zero vector: "
-                         "its cosine distance is undefined; give it a vector or drop it from the lists")
+    v = np.asarray(item_vectors)
+    if v.ndim != 2 or v.shape[1] == 0:
+        raise ValueError(f"item_vectors must be 2-D (n_items, dim), got shape {v.shape}")
+    if v.dtype == object or not np.issubdtype(v.dtype, np.number):
+        raise TypeError(f"item_vectors must be numeric, got dtype {v.dtype}")
+    items, p = _top_k_weights(retrieved, k, scores, len(v), "intra_list_diversity_at_k")
+    unit, pos = _unit_rows(v, items, p)
     sim_sum, pair_sum = np.zeros(len(items)), np.zeros(len(items))
     step = max(1, _CHUNK_FLOATS // max(items.shape[1] * unit.shape[1], 1))
     for s in range(0, len(items), step):
         sl = slice(s, s + step)
-        sim_sum[sl], pair_sum[sl] = _pair_sums(items[sl], p[sl], unit)
+        sim_sum[sl], pair_sum[sl] = _pair_sums(pos[sl], p[sl], unit)
     with np.errstate(invalid="ignore", divide="ignore"):
         values = np.where(pair_sum > 0.5, 1.0 - sim_sum / np.where(pair_sum > 0.5, pair_sum, 1.0), np.nan)
     return _finish(values, per_user, "intra_list_diversity_at_k", "fewer than 2 items were recommended")
 
 
-def _pair_sums(items: np.ndarray, p: np.ndarray, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _pair_sums(pos: np.ndarray, p: np.ndarray, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row: sum over ordered pairs a != b of P(both in top K) * cos(a, b), and of P(both in top K)."""
-    x = np.where((p > 0)[:, :, None], unit[np.maximum(items, 0)], 0.0)
-    s = np.einsum("nw,nwd->nd", p, x)
+    x = unit[pos]  # (n, w, dim); slots with p = 0 weigh nothing below
+    s = (p[:, None, :] @ x)[:, 0]
     sq = (p * p).sum(1)
     sim = (s * s).sum(1) - sq  # sum_{a != b} p_a p_b cos(a, b), unit vectors
     pairs = p.sum(1) ** 2 - sq
-    # the one tie group crossing the cut-off: P(both in) = m(m-1)/(g(g-1)), not (m/g)^2
-    part = (p > 0) & (p < 1)
-    g = part.sum(1).astype(np.float64)
-    m = np.where(part, p, 0.0).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    part = (p > 0) & (p < 1)  # the one tie group crossing the cut-off: P(both in) = m(m-1)/(g(g-1)), not (m/g)^2
+    if part.any():
+        g = part.sum(1).astype(np.float64)
+        m = np.where(part, p, 0.0).sum(1)
         delta = np.where(g > 1, m * (m - 1) / np.maximum(g * (g - 1), 1) - (m / np.maximum(g, 1)) ** 2, 0.0)
-    sq_part = np.einsum("nw,nwd->nd", part.astype(np.float64), x)
-    sim += delta * ((sq_part * sq_part).sum(1) - g)
-    pairs += delta * g * (g - 1)
+        s_part = (part.astype(np.float64)[:, None, :] @ x)[:, 0]
+        sim += delta * ((s_part * s_part).sum(1) - g)
+        pairs += delta * g * (g - 1)
     return sim, pairs
 
 
