@@ -964,8 +964,11 @@ display(Markdown(
 # its k-means cells and compares compressed codes (`m` sub-vectors of `nbits`
 # bits each) instead of vectors. Every approximate search here sets its breadth
 # explicitly, and `ecrec.recall.faiss_search` never searches narrower than the K
-# results asked for. Quality is the **overlap** with the exact top K (the share
-# of the exact top 100 that comes back).
+# results asked for: an IVF-PQ set to visit 8 cells visits as many as it takes
+# for their lists to hold K vectors. The table's `breadth` is therefore the
+# breadth each search **used** (`ecrec.ann.searched_breadth`), `breadth asked`
+# the one set on the index. Quality is the **overlap** with the exact top K (the
+# share of the exact top 100 that comes back).
 #
 # The real catalogue is small, so we also build synthetic catalogues from it:
 # real item vectors resampled with noise (`ecrec.ann.synthetic_catalogue`), the

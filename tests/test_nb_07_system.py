@@ -147,6 +147,15 @@ def test_ann_at_scale(m):
             assert r["bytes_per_item"] < 200  # codes, not vectors
         if r["breadth"] == "efSearch=400":
             assert r["overlap@100"] >= 0.99  # 1.000 and 0.9985 recorded
+        # the breadth searched, never narrower than the one asked for nor than K = 100 results (issue 22.12)
+        if r["index"] == "flat":
+            assert r["breadth"] == r["breadth asked"] == "exact"
+        else:
+            name, asked = r["breadth asked"].split("=")
+            searched = r["breadth"].split("=")
+            assert searched[0] == name and int(searched[1]) >= int(asked)
+            if r["index"] == "hnsw":
+                assert int(searched[1]) == max(int(asked), 100)
     assert {r["n_items"] for r in rows} == {3659, 20000}
     assert [c["n_items"] for c in m["ann_right_choice"]] == [3659, 20000]
     assert all(c["overlap@100"] >= 0.95 for c in m["ann_right_choice"])
