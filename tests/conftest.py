@@ -75,7 +75,12 @@ def chapter_metrics(smoke_run):
     def load(stem: str) -> dict:
         path = smoke_run / stem / "metrics.json"
         assert path.is_file(), f"{stem} wrote no metrics.json (did the notebook fail? see {smoke_run / 'executed'})"
-        return json.loads(path.read_text())["metrics"]
+        record = json.loads(path.read_text())
+        if record.get("profile", "smoke") != "smoke":  # these modules record smoke's ranges only
+            pytest.fail(f"{path} comes from a '{record['profile']}' run, but the ranges here are the smoke "
+                        "profile's: point ECREC_RUN_DIR at a smoke run, or check a cpu run with "
+                        "ECREC_CPU_RUN_DIR=<output>/auto python -m pytest tests/test_cpu_ranges.py")
+        return record["metrics"]
 
     return load
 

@@ -308,3 +308,42 @@ def test_ctr_loss_is_log_loss_not_mse():
 def test_load_ctr_model_rejects_unknown_architecture():
     with pytest.raises(ValueError, match="architecture"):
         bert.load_ctr_model("minilm", architecture="triple")
+
+
+def test_bi_probe_folds_the_similarity_into_the_head():
+    """BiProbe = scikit-learn's LR on [s * sum(u*v), u, v, u*v], folded into one linear head on [u, v, u*v]."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=(400, 8))
+    v = rng.normal(size=(400, 8))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    x = bert.pair_features(u, v).astype(np.float64)
+    y = (rng.random(400) < 1 / (1 + np.exp(-4 * (u * v).sum(1)))).astype(int)  # only the cosine matters
+    probe = bert.BiProbe(C=0.5, similarity_scale=10.0).fit(x, y)
+    oracle = LogisticRegression(C=0.5, max_iter=1000).fit(np.column_stack([10.0 * x[:, 16:].sum(1), x]), y)
+    assert probe.decision_function(x) == pytest.approx(
+        oracle.decision_function(np.column_stack([10.0 * x[:, 16:].sum(1), x])), abs=1e-6)
+    assert probe.coef_.shape == (1, 24) and probe.similarity_weight_ == pytest.approx(10.0 * oracle.coef_[0, 0])
+    # a strong penalty leaves only the (unpenalised) similarity: the ranking is the cosine's, exactly
+    tight = bert.BiProbe(C=1e-8, similarity_scale=1e4).fit(x, y)
+    assert np.array_equal(np.argsort(tight.decision_function(x)), np.argsort((u * v).sum(1)))
+    with pytest.raises(ValueError, match="3d"):
+        bert.BiProbe().fit(x[:, :5], y)
+    with pytest.raises(ValueError, match="one class"):
+        bert.BiProbe().fit(x, np.zeros(400))
+    with pytest.raises(ValueError, match="> 0"):
+        bert.BiProbe(C=0)
+
+
+def test_bi_probe_warm_start_reproduces_the_probe(tiny_st, tokenizer):
+    ex = _examples(40)
+    enc = pairs.encode_histories(tokenizer, ex, ITEMS, n_history=2, max_length=16)
+    model = bert.load_ctr_model(tiny_st, architecture="bi").eval()
+    vectors = finetune.item_vectors(model, enc.item_tokens)
+    x = bert.bi_features(vectors, enc.hist, enc.cand)
+    probe = bert.BiProbe().fit(x, enc.labels)
+    bert.init_head_from_probe(model, probe.coef_, probe.intercept_)
+    logits = finetune.predict_logits(model, enc, precision="fp32")
+    assert logits == pytest.approx(probe.decision_function(x), abs=1e-4)
