@@ -28,12 +28,14 @@ TOL_TRAINED = 0.03
 TOL_FIXED = 0.01
 # chapter stem -> dotted paths into its metrics.json "metrics" (a headline number each)
 HEADLINES: dict[str, list[str]] = {
-    "04_bert_ctr": [],
+    "04_bert_ctr": ["auc.popularity_matched/all/id_dnn", "auc.uniform/all/id_dnn",
+                    "auc.popularity_matched/all/zero_shot_text"],
     "05_recall": ["all.popular.recall@50", "all.als.recall@50", "all.text_zero_shot.recall@50",
                   "all.text_fine_tuned.recall@50", "cold_items_recall@50.text_fine_tuned",
                   "cold_items_recall@50.text_zero_shot"],
-    "06_multitask": [],
-    "08_sequences": [],
+    "06_multitask": ["part_a.ssb.esmm_joint_auc_space", "part_a.return_auc_lr"],
+    "07_system": ["dnn_test_auc", "recall_ceiling.100", "final_top10.recall@100 + ranking.ndcg@10"],
+    "08_sequences": ["full.all/EASE^R/Recall@50", "full.all/ALS/Recall@50", "full.all/SASRec (CE)/Recall@50"],
 }
 _FIXED_WORDS = ("zero-shot", "frozen", "popular", "tfidf", "tf-idf", "count")
 _TRAINED_WORDS = ("fine-tun", "dnn", "two_tower", "two-tower", "sasrec", "bert4rec", "als", "lora", "multi-task")
@@ -62,12 +64,12 @@ def tolerance(text: str) -> float:
     return TOL_FIXED if any(w in low for w in _FIXED_WORDS) else TOL_TRAINED
 
 
-def record(run_dir: Path) -> dict:
-    """Recorded values from a cpu run folder (``<output>/auto`` or ``<output>/cpu``)."""
+def record(run_dir: Path, only: list[str] | None = None) -> dict:
+    """Recorded values from a cpu run folder (``<output>/auto`` or ``<output>/cpu``); ``only``: these chapters."""
     out: dict[str, dict] = {}
     for path in sorted(run_dir.glob("[0-9][0-9]_*/metrics.json")):
         stem, data = path.parent.name, json.loads(path.read_text())
-        if data.get("profile") != "cpu":
+        if data.get("profile") != "cpu" or (only and not any(stem.startswith(o) for o in only)):
             continue  # chapters without cpu sizes ran smoke's: their ranges live in test_nb_*
         metrics, rows = data["metrics"], {}
         for row in metrics.get("thesis", []):
@@ -77,18 +79,22 @@ def record(run_dir: Path) -> dict:
                     "tol": tolerance(f"{row.get('lm')} {row.get('baseline')}")}
         for key in HEADLINES.get(stem, []):
             rows[key] = {"value": round(float(lookup(metrics, key)), 4), "tol": tolerance(key)}
-        out[stem] = {"precision": metrics.get("precision"), "values": rows}
+        if rows:  # a chapter with nothing recorded here is checked by its smoke test only
+            out[stem] = {"precision": metrics.get("precision"), "wall_time_s": data.get("wall_time_s"),
+                         "values": rows}
     return out
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "record":
-        sys.exit("usage: python tests/cpu_ranges.py record <run folder, e.g. _output/auto>")
+    if len(sys.argv) < 3 or sys.argv[1] != "record":
+        sys.exit("usage: python tests/cpu_ranges.py record <run folder, e.g. _output/auto> [chapter prefixes]")
     folder = Path(sys.argv[2])
     if not folder.is_dir():
         sys.exit(f"{folder} is not a folder: pass the run's profile folder, e.g. _output/auto")
-    recorded = record(folder)
+    recorded = record(folder, sys.argv[3:] or None)
     if not recorded:
         sys.exit(f"no chapter in {folder} ran the cpu profile: run `python -m ecrec.book all` without a GPU first")
+    if sys.argv[3:] and RANGES.is_file():  # only the chapters named: keep the others' recorded values
+        recorded = {**json.loads(RANGES.read_text()), **recorded}
     RANGES.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
     print(f"recorded {sum(len(c['values']) for c in recorded.values())} values of {sorted(recorded)} in {RANGES}")
