@@ -398,21 +398,30 @@ class BiProbe:
     rediscover, from the examples, that the sum of the ``u * v`` block (the
     cosine the sentence-transformers checkpoint was trained for) ranks items;
     with an L2 penalty on 1,152 weights and a weak signal it does not, and ends
-    below the zero-shot cosine (chapter 04, popularity-matched negatives: test
-    AUC 0.513 against 0.550 at 12,288 examples). This probe adds the similarity
-    ``s * sum(u * v)`` as one more input, scaled by ``similarity_scale`` so that
-    the penalty on its weight is negligible, and folds it back into the ``u * v``
-    block: the result is still a linear head on ``[u, v, u * v]``
-    (:func:`init_head_from_probe`), whose step-0 logits are ``decision_function``.
+    below the zero-shot cosine (chapter 04, popularity-matched negatives, cpu
+    sizes: test AUC 0.513 against 0.550 at 12,288 examples). This probe adds the
+    similarity ``s * sum(u * v)`` as one more input, scaled by
+    ``similarity_scale`` so that the penalty on its weight is negligible, and
+    folds it back into the ``u * v`` block: the result is still a linear head on
+    ``[u, v, u * v]`` (:func:`init_head_from_probe`), whose step-0 logits are
+    ``decision_function``. The penalty on the other weights is ``C`` or, with
+    ``C=None``, picked from ``Cs`` by ``cv``-fold cross-validated AUC on the
+    probe's own examples (scikit-learn ``LogisticRegressionCV``; unshuffled
+    stratified folds, so deterministic). A very small ``C`` leaves the
+    similarity alone, i.e. the zero-shot ranking; cross-validation falls back to
+    ``C=1`` when a class has fewer than ``cv`` examples.
 
     Attributes (fitted): ``coef_`` float64 (1, 3d), ``intercept_`` float64 (1,),
-    ``similarity_weight_`` (the folded weight of ``sum(u * v)``), ``classes_``.
+    ``C_`` (the penalty used), ``similarity_weight_`` (the folded weight of
+    ``sum(u * v)``), ``classes_``.
     """
 
-    def __init__(self, C: float = 1.0, similarity_scale: float = 100.0, max_iter: int = 1000):
-        if C <= 0 or similarity_scale <= 0:
-            raise ValueError(f"C and similarity_scale must be > 0, got {C} and {similarity_scale}")
-        self.C, self.similarity_scale, self.max_iter = C, similarity_scale, max_iter
+    def __init__(self, C: float | None = None, similarity_scale: float = 100.0, *,
+                 Cs: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0), cv: int = 3, max_iter: int = 1000):
+        if (C is not None and C <= 0) or similarity_scale <= 0 or min(Cs) <= 0 or cv < 2:
+            raise ValueError(f"C, Cs and similarity_scale must be > 0 and cv >= 2, got C={C}, Cs={Cs}, "
+                             f"similarity_scale={similarity_scale}, cv={cv}")
+        self.C, self.similarity_scale, self.Cs, self.cv, self.max_iter = C, similarity_scale, tuple(Cs), cv, max_iter
 
     def fit(self, features: np.ndarray, labels: np.ndarray) -> BiProbe:
         """Fit on ``features`` (n, 3d) from :func:`pair_features` and 0/1 ``labels`` (n,).
@@ -420,20 +429,29 @@ class BiProbe:
         Raises:
             ValueError: ``features`` is not (n, 3d), or ``labels`` has another length or one class only.
         """
-        from sklearn.linear_model import LogisticRegression
+        from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 
         x, y = np.asarray(features, dtype=np.float64), np.asarray(labels)
         if x.ndim != 2 or x.shape[1] % 3 or len(y) != len(x):
             raise ValueError(f"features must be (n, 3d) from pair_features and labels (n,), got {x.shape}, {y.shape}")
-        if len(np.unique(y)) != 2:
+        classes, counts = np.unique(y, return_counts=True)
+        if len(classes) != 2:
             raise ValueError("labels hold one class only: a probe needs positives and negatives")
         d = x.shape[1] // 3
-        lr = LogisticRegression(C=self.C, max_iter=self.max_iter)
-        lr.fit(np.column_stack([self.similarity_scale * x[:, 2 * d :].sum(1), x]), y)
-        coef = lr.coef_[0, 1:].copy()
-        self.similarity_weight_ = float(self.similarity_scale * lr.coef_[0, 0])
+        xs = np.column_stack([self.similarity_scale * x[:, 2 * d :].sum(1), x])
+        if self.C is None and counts.min() >= self.cv:
+            lr = LogisticRegressionCV(Cs=list(self.Cs), cv=self.cv, scoring="roc_auc", l1_ratios=(0.0,),
+                                      max_iter=self.max_iter, use_legacy_attributes=False).fit(xs, y)
+            self.C_ = float(np.ravel(lr.C_)[0])
+        else:
+            self.C_ = 1.0 if self.C is None else float(self.C)
+            lr = LogisticRegression(C=self.C_, max_iter=self.max_iter).fit(xs, y)
+        coef = np.asarray(lr.coef_, dtype=np.float64).reshape(-1)
+        self.similarity_weight_ = float(self.similarity_scale * coef[0])
+        coef = coef[1:].copy()
         coef[2 * d :] += self.similarity_weight_  # sum(u * v) * w == (u * v) @ (w * ones)
-        self.coef_, self.intercept_, self.classes_ = coef[None, :], lr.intercept_.copy(), lr.classes_
+        self.coef_, self.intercept_ = coef[None, :], np.asarray(lr.intercept_, dtype=np.float64).reshape(1)
+        self.classes_ = lr.classes_
         return self
 
     def decision_function(self, features: np.ndarray) -> np.ndarray:

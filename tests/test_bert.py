@@ -337,6 +337,25 @@ def test_bi_probe_folds_the_similarity_into_the_head():
         bert.BiProbe(C=0)
 
 
+def test_bi_probe_picks_its_penalty_by_cross_validation():
+    from sklearn.linear_model import LogisticRegressionCV
+
+    rng = np.random.default_rng(1)
+    u, v = rng.normal(size=(300, 6)), rng.normal(size=(300, 6))
+    x = bert.pair_features(u, v).astype(np.float64)
+    y = (rng.random(300) < 1 / (1 + np.exp(-2 * (u * v).sum(1)))).astype(int)
+    probe = bert.BiProbe(similarity_scale=10.0, Cs=(1e-3, 1e-1, 10.0)).fit(x, y)
+    xs = np.column_stack([10.0 * x[:, 12:].sum(1), x])
+    oracle = LogisticRegressionCV(Cs=[1e-3, 1e-1, 10.0], cv=3, scoring="roc_auc", l1_ratios=(0.0,), max_iter=1000,
+                                  use_legacy_attributes=False).fit(xs, y)
+    assert probe.C_ == float(np.ravel(oracle.C_)[0])
+    assert probe.decision_function(x) == pytest.approx(oracle.decision_function(xs), abs=1e-6)
+    assert np.array_equal(bert.BiProbe().fit(x, y).coef_, bert.BiProbe().fit(x, y).coef_)  # deterministic folds
+    few = np.zeros(300, int)
+    few[:2] = 1  # 2 positives < 3 folds: the fixed C = 1 instead
+    assert bert.BiProbe().fit(x, few).C_ == 1.0
+
+
 def test_bi_probe_warm_start_reproduces_the_probe(tiny_st, tokenizer):
     ex = _examples(40)
     enc = pairs.encode_histories(tokenizer, ex, ITEMS, n_history=2, max_length=16)
