@@ -283,8 +283,8 @@ def popularity_bias_at_k(
     All filled slots of all users are pooled (the exposure the head gets):
     ``sum_u |top_K(u) ∩ head| / sum_u |top_K(u)|``, with the head of
     :func:`popularity_head` (ties at its edge count fractionally). A list
-    that ignored popularity would score about ``head_share``; chapter 05's
-    "most popular" list scores 1. See Abdollahpouri et al. (2019) for the
+    that ignored popularity would score about ``head_share``; a list of the
+    most popular items (by the same ``popularity``) scores 1. See Abdollahpouri et al. (2019) for the
     exposure view of popularity bias.
 
     Args:

@@ -40,7 +40,9 @@
 #   over training pairs) and on a simulated catalogue refresh (strict item
 #   cold start);
 # * trade exact against approximate (HNSW) retrieval, and recognise the loose
-#   metric definitions in circulation.
+#   metric definitions in circulation;
+# * look beyond accuracy: coverage, novelty, intra-list diversity, popularity
+#   bias and exposure by price band of every generator's lists.
 #
 # **The lesson** of the chapter, computed from this run, closes section 5.8
 # and the Summary; the learning curves of section 5.5.1 carry it.
@@ -648,6 +650,124 @@ display(Markdown(
 auc_table.round(3)
 
 # %% [markdown]
+# ### 5.4.5 Beyond accuracy: what the lists look like
+# Recall and NDCG count hits. A shop also cares what its lists *are*, whatever
+# the customer bought: fifty best-sellers shown to everyone, ten near copies of
+# one product, or items nobody would have found alone. Four measures of the
+# top K_EVAL, each from `ecrec.metrics`, with ties counted as the expectation
+# over their orders as above:
+#
+# * **coverage** (section 5.2): the share of the catalogue in at least one list;
+# * **novelty** (`ecrec.metrics.novelty_at_k`): the mean self-information
+#   $-\log_2 p(i)$ of the recommended items, in bits, with $p(i)$ the share of
+#   training customers who bought item $i$ before the test window (Zhou et
+#   al., 2010; Vargas and Castells, 2011), smoothed by one customer so that a
+#   cold item is finite: a best-seller bought by one customer in eight scores
+#   3 bits, a rare item many more;
+# * **intra-list diversity** (ILD, `ecrec.metrics.intra_list_diversity_at_k`):
+#   the mean cosine distance $1 - \cos(v_a, v_b)$ over the pairs of a list,
+#   with $v$ the zero-shot MiniLM description vectors (0: identical
+#   descriptions; 1: unrelated ones). The yardstick is a text space, so the
+#   text towers, which retrieve the nearest neighbours of one user vector *in
+#   that space*, are measured on their own ground: expect them to look less diverse;
+# * **popularity bias** (`ecrec.metrics.popularity_bias_at_k`): the share of
+#   all list slots taken by the most bought `HEAD_SHARE` of the catalogue
+#   before the test window (a list blind to popularity scores about
+#   `HEAD_SHARE`; a list of the all-time best-sellers scores 1);
+#
+# and **exposure by price band** (`ecrec.metrics.exposure_by_group_at_k`): each
+# band's share of the slots divided by its share of the catalogue (1: shown in
+# proportion to its size).
+
+# %%
+HEAD_SHARE = 0.1  # the popular head: the most bought 10% of the catalogue
+PRICE_BANDS = pd.cut(data.items["price"], [-np.inf, 1, 2.5, 5, np.inf], right=False,
+                     labels=["under £1", "£1 to £2.50", "£2.50 to £5", "£5 and over"])
+buyers = data.items["train_buyers"].to_numpy()  # distinct customers per item before the test window
+n_train_customers = data.train_matrix.shape[0]
+beyond, exposure, per_user_beyond = {}, {}, {}
+for setting, g in itertools.product(SETTINGS, GENERATORS):
+    x, sc = LISTS[setting][g], SCORES[setting][g]
+    per_user_beyond[setting, g] = {
+        "novelty": M.novelty_at_k(x, buyers, n_train_customers, K_EVAL, scores=sc, per_user=True),
+        "ild": M.intra_list_diversity_at_k(x, emb_zs, K_EVAL, scores=sc, per_user=True),
+    }
+    exposure[setting, g] = M.exposure_by_group_at_k(x, PRICE_BANDS, K_EVAL, scores=sc)
+    beyond[setting, g] = {
+        f"recall@{K_EVAL}": float(tables[setting, g].loc[K_EVAL, "recall"]),
+        "coverage": float(tables[setting, g].loc[K_EVAL, "coverage"]),
+        "novelty (bits)": float(np.nanmean(per_user_beyond[setting, g]["novelty"])),
+        "ILD": float(np.nanmean(per_user_beyond[setting, g]["ild"])),
+        f"top-{HEAD_SHARE:.0%} share": M.popularity_bias_at_k(x, buyers, K_EVAL, head_share=HEAD_SHARE, scores=sc),
+    }
+beyond_table = pd.DataFrame(beyond).T
+beyond_table.index.names = ["setting", "generator"]
+head_buys = float(M.popularity_head(buyers, HEAD_SHARE) @ buyers / buyers.sum())
+display(Markdown(
+    f"K = {K_EVAL}. The popular head holds {M.popularity_head(buyers, HEAD_SHARE).sum():.0f} of the {n_items:,} "
+    f"items and {head_buys:.0%} of the (customer, item) purchases before the test window; novelty uses "
+    f"{n_train_customers:,} training customers."
+))
+beyond_table.round(3)
+
+# %% [markdown]
+# The price bands' exposure, as a ratio to their share of the catalogue, and
+# the four measures side by side (all purchases):
+
+# %% tags=["remove-input"]
+bands = list(exposure["all", "popular"].index)
+fig, axes = plt.subplots(1, 5, figsize=(16, 3.4), layout="constrained")
+for ax, col, title in zip(axes[:4], ["coverage", "novelty (bits)", "ILD", f"top-{HEAD_SHARE:.0%} share"],
+                          ["coverage", "novelty (bits)", "ILD (MiniLM)", f"top-{HEAD_SHARE:.0%} items' share"],
+                          strict=True):
+    ax.barh(GENERATORS[::-1], [beyond["all", g][col] for g in GENERATORS[::-1]], color="C0")
+    ax.set_title(f"{title} @{K_EVAL}", fontsize="small")
+    if ax is not axes[0]:
+        ax.set_yticklabels([])
+axes[3].axvline(HEAD_SHARE, ls="--", color="grey")
+width = 0.8 / len(GENERATORS)
+for i, g in enumerate(GENERATORS):
+    axes[4].bar(np.arange(len(bands)) + i * width, exposure["all", g]["ratio"], width, label=g)
+axes[4].axhline(1, ls="--", color="grey")
+axes[4].set_xticks(np.arange(len(bands)) + 0.4 - width / 2, bands, rotation=20, fontsize="small")
+axes[4].set_title("exposure / catalogue share, by price", fontsize="small")
+axes[4].legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+save(fig, output_dir, "beyond_accuracy")
+
+# %% tags=["remove-input"]
+def paired(setting, a, b, key):
+    """Per-user difference a - b of a beyond-accuracy measure, users where both are defined."""
+    x, y = per_user_beyond[setting, a][key], per_user_beyond[setting, b][key]
+    both = ~np.isnan(x) & ~np.isnan(y)
+    return paired_mean_diff(np.where(both, x, np.nan), np.where(both, y, 0.0), n_boot=N_BOOT, seed=seed)
+
+
+def higher_or_lower(r):
+    """'+0.03 [+0.02, +0.04] (95% interval), higher' through ecrec.verdict.decide: a direction only beyond noise."""
+    v = decide(r)
+    if v.word == "identical":
+        return "identical"
+    return f"{fmt_interval(r)} ({v.level:.0%} interval), " + {"a gain": "higher", "a loss": "lower"}.get(
+        v.word, "within noise")
+
+
+BEYOND_CI = {s: {f"{key}:{a}-{b}": paired(s, a, b, key) for key in ("novelty", "ild")
+                 for a, b in (("text_zero_shot", "als"), ("text_fine_tuned", "als"))} for s in SETTINGS}
+b_all = beyond_table.loc["all"]
+share = f"top-{HEAD_SHARE:.0%} share"
+display(Markdown(
+    f"At K = {K_EVAL} (all purchases), against ALS: the zero-shot text tower's novelty (in bits) differs by "
+    f"{higher_or_lower(BEYOND_CI['all']['novelty:text_zero_shot-als'])}, and its ILD by "
+    f"{higher_or_lower(BEYOND_CI['all']['ild:text_zero_shot-als'])} (measured in its own MiniLM space); the "
+    f"fine-tuned tower's ILD by {higher_or_lower(BEYOND_CI['all']['ild:text_fine_tuned-als'])}. The most bought "
+    f"{HEAD_SHARE:.0%} of the catalogue takes {b_all.loc['popular', share]:.0%} of the popularity list's slots, "
+    f"{b_all.loc['als', share]:.0%} of ALS's and {b_all.loc['text_zero_shot', share]:.0%} of the zero-shot text "
+    f"tower's; coverage runs from {b_all['coverage'].min():.3f} ({b_all['coverage'].idxmin()}) to "
+    f"{b_all['coverage'].max():.3f} ({b_all['coverage'].idxmax()}). Accuracy is not the only axis a generator "
+    "is chosen on: chapter 07 trades some of it for diversity on purpose (an MMR re-ranker)."
+))
+
+# %% [markdown]
 # ## 5.5 Who benefits: users by history length, cold and long-tail items
 #
 # Per-user Recall@K_EVAL averaged within each user group; then the
@@ -1170,6 +1290,15 @@ metrics["learning_curve"] = CURVE_METRICS
 metrics["simulated_refresh"] = {**refresh.summary(), "users": n_refresh_users,
                                 "table": {g: refresh_table.loc[g].to_dict() for g in refresh_table.index},
                                 "ci": REFRESH_CI}
+metrics["beyond_accuracy@50"] = {
+    "head_share": HEAD_SHARE, "item_vectors": "MiniLM zero-shot description vectors",
+    "by_list": {f"{s_}/{g}": {"coverage": row["coverage"], "novelty_bits": row["novelty (bits)"], "ild": row["ILD"],
+                              "head_slot_share": row[share],
+                              "price_band_exposure": exposure[s_, g]["exposure"].to_dict(),
+                              "price_band_ratio": exposure[s_, g]["ratio"].to_dict()}
+                for (s_, g), row in beyond_table.iterrows()},
+    "ci": BEYOND_CI,
+}
 metrics["thesis"] = THESIS
 metrics["lesson"] = LESSON
 metrics["n_users"] = n_users
@@ -1209,6 +1338,10 @@ display(Markdown(f"**The lesson of this run:** {LESSON}"))
 #   the validation window, never on the test window.
 # * Exact search is the safe default at this catalogue size; HNSW trades
 #   overlap with the exact list for time, through `efSearch`.
+# * Accuracy is one axis: measure what the lists look like too (coverage,
+#   novelty, intra-list diversity, the popular head's share of the slots,
+#   exposure by price band; section 5.4.5), and say in which vector space
+#   diversity was measured.
 #
 # ## Exercises
 #

@@ -48,7 +48,10 @@
 #   under 1, 8 and 32 concurrent clients;
 # * shrink a text ranker with dynamic int8 quantisation and ONNX Runtime, and
 #   measure what it costs in AUC;
-# * choose between exact search, HNSW and IVF-PQ by catalogue size.
+# * choose between exact search, HNSW and IVF-PQ by catalogue size;
+# * measure what the final lists look like beyond their hits (coverage,
+#   novelty, intra-list diversity, popularity and price exposure) and trade
+#   NDCG for diversity with an MMR re-ranker, with intervals.
 #
 # **You need** chapter 03 (the time split, point-in-time features, the DNN),
 # chapter 04 (the MiniLM bi-encoder and its linear probe) and chapter 05
@@ -125,7 +128,7 @@ SIZES = {
     # with a test-window purchase. latency_requests: timed
     # requests per stage at batch 1; text_requests: the same for the item tower (one new item each);
     # ann_sizes: synthetic catalogues for the exact-vs-approximate study; load_requests: requests per load
-    # level against the HTTP service (section 7.4.2); ddp_*: section 7.7's fine-tuning
+    # level against the HTTP service (section 7.4.2); ddp_*: section 7.8's fine-tuning
     # job, run once in 1 process and once under torchrun in 2 (the DDP section adds ~1.5 min in smoke, ~3 in cpu).
     # _minutes: measured on 2 CPU cores: smoke 2.0 min (DDP included) with the machine otherwise idle before
     # the serving sections (7.1.2, 7.4.1-7.4.2); with them 8.6 min wall and 3.2 CPU-minutes (193 s user + sys)
@@ -1036,7 +1039,160 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# ## 7.7 Scaling out fine-tuning with PyTorch DDP
+# ## 7.7 Beyond accuracy: coverage, novelty, diversity and an MMR re-ranker
+#
+# Section 7.3 judged the final top 10 by its hits. A customer also sees what
+# the list *is*: ten variants of one lunch bag, or ten different products;
+# the best-sellers everyone already knows, or items they would not have found.
+# We measure the final lists with chapter 05's beyond-accuracy definitions
+# (`ecrec.metrics`, ties counted as the expectation over their orders):
+# **coverage** of the catalogue, **novelty** (mean self-information
+# $-\log_2 p(i)$ of the listed items, in bits; $p(i)$ the share of training
+# customers who bought $i$ before the test window, smoothed by one customer),
+# **intra-list diversity** (ILD@10: the mean cosine distance $1 - \cos(v_a,
+# v_b)$ over the 45 pairs of a top 10, $v$ the MiniLM description vectors of
+# section 7.1.1), the **share of slots taken by the most bought 10%** of the
+# catalogue, and **exposure by price band** (a band's share of the slots over
+# its share of the catalogue; 1 = shown in proportion to its size).
+#
+# ### 7.7.1 What the final top 10 looks like
+
+# %%
+from ecrec import rerank
+from ecrec.rerank import mmr_rerank
+from ecrec.verdict import fmt_interval
+
+HEAD_SHARE = 0.1  # the popular head: the most bought 10% of the catalogue
+PRICE_BANDS = pd.cut(catalog["price"], [-np.inf, 1, 2.5, 5, np.inf], right=False,
+                     labels=["under £1", "£1 to £2.50", "£2.50 to £5", "£5 and over"])
+buyers = data.items["train_buyers"].to_numpy()  # distinct customers per item before the test window
+n_train_customers = data.train_matrix.shape[0]
+beyond_rows, band_ratio = {}, {}
+for name, (x, s_) in RANKED.items():
+    beyond_rows[name] = {
+        "recall@10": results.loc[name, "recall@10"], "ndcg@10": results.loc[name, "ndcg@10"],
+        "coverage@10": M.catalogue_coverage(x, n_items, TOP, scores=s_),
+        "novelty@10 (bits)": M.novelty_at_k(x, buyers, n_train_customers, TOP, scores=s_),
+        "ILD@10": M.intra_list_diversity_at_k(x, item_vectors, TOP, scores=s_),
+        f"top-{HEAD_SHARE:.0%} share@10": M.popularity_bias_at_k(x, buyers, TOP, head_share=HEAD_SHARE, scores=s_),
+    }
+    band_ratio[name] = M.exposure_by_group_at_k(x, PRICE_BANDS, TOP, scores=s_)["ratio"]
+beyond_final = pd.DataFrame(beyond_rows).T
+display(pd.concat({"": beyond_final, "exposure / catalogue share, by price band": pd.DataFrame(band_ratio).T},
+                  axis=1).round(3))
+
+# %% [markdown]
+# ### 7.7.2 MMR: trading relevance for diversity, measured
+#
+# A ranker scores each candidate alone, so nothing stops it from filling the
+# top 10 with near copies. **Maximal marginal relevance** (Carbonell and
+# Goldstein, 1998) re-ranks greedily: each next item maximises
+#
+# $$\lambda \, \mathrm{rel}(i) - (1 - \lambda) \max_{j \in S} \cos(v_i, v_j),$$
+#
+# its relevance (the DNN's logit, rescaled to [0, 1] within the user's
+# candidates) minus its redundancy with the items $S$ already chosen.
+# $\lambda = 1$ is the ranker's own order (checked below, list for list);
+# lower $\lambda$ buys diversity with relevance. We re-rank the DNN's top
+# `K_SERVE` of the hybrid's candidates at several $\lambda$ and read the
+# trade-off: NDCG@10 against ILD@10, each with a bootstrap interval over users,
+# and the change against $\lambda = 1$ paired on the same users.
+
+# %%
+print(inspect.getsource(rerank._greedy))  # the loop of ecrec.rerank.mmr_rerank, vectorised over users
+
+# %%
+LAMBDAS = (1.0, 0.9, 0.7, 0.5, 0.3)
+MMR_STARTED = time.time()
+cand100 = hybrid[:, :K_SERVE]
+top100, top100_logits = S.top_n(np.where(cand100 >= 0, np.take_along_axis(scores, np.maximum(cand100, 0), axis=1),
+                                         -np.inf), cand100, K_SERVE)
+mmr_lists = {lam: mmr_rerank(top100, top100_logits, item_vectors, TOP, lam=lam) for lam in LAMBDAS}
+mmr_identity = bool(np.array_equal(mmr_lists[1.0], top100[:, :TOP]))
+assert mmr_identity, "MMR at lambda = 1 must return the ranker's own top 10"
+mmr_user = {lam: {"ndcg": M.ndcg_at_k(x, data.relevant_all, TOP, per_user=True),
+                  "ild": M.intra_list_diversity_at_k(x, item_vectors, TOP, per_user=True)} for lam, x in mmr_lists.items()}
+
+
+def mean_interval(values):
+    """A mean over users with its bootstrap interval (ecrec.stats: the paired difference with 0)."""
+    return paired_mean_diff(values, np.zeros_like(values), n_boot=size["n_boot"], seed=seed)
+
+
+def vs_ranker(lam, key):
+    """MMR at lam minus the ranker's own top 10 (lam = 1), paired over users."""
+    a, b = mmr_user[lam][key], mmr_user[1.0][key]
+    both = ~np.isnan(a) & ~np.isnan(b)  # ILD needs 2 items: a user with fewer has none
+    return paired_mean_diff(np.where(both, a, np.nan), np.where(both, b, 0.0), n_boot=size["n_boot"], seed=seed)
+
+
+mmr_curve = {lam: {key: mean_interval(u[key][~np.isnan(u[key])]) for key in ("ndcg", "ild")}
+             for lam, u in mmr_user.items()}
+mmr_change = {lam: {key: vs_ranker(lam, key) for key in ("ndcg", "ild")} for lam in LAMBDAS[1:]}
+mmr_seconds = time.time() - MMR_STARTED
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+pts = np.array([[mmr_curve[lam][key][f] for key in ("ild", "ndcg") for f in ("diff", "low", "high")]
+                for lam in LAMBDAS])
+axes[0].errorbar(pts[:, 0], pts[:, 3], xerr=[pts[:, 0] - pts[:, 1], pts[:, 2] - pts[:, 0]],
+                 yerr=[pts[:, 3] - pts[:, 4], pts[:, 5] - pts[:, 3]], fmt="o-", capsize=3)
+for lam, (x_, y_) in zip(LAMBDAS, pts[:, [0, 3]], strict=True):
+    axes[0].annotate(f"λ = {lam:g}", (x_, y_), xytext=(5, 5), textcoords="offset points", fontsize="small")
+axes[0].margins(x=0.15, y=0.1)
+axes[0].set_xlabel("ILD@10 (MiniLM cosine distance)")
+axes[0].set_ylabel("NDCG@10")
+axes[0].set_title(f"MMR over the DNN's top {K_SERVE} ({n_users} users, 95% intervals)", fontsize="small")
+for key, mk in (("ndcg", "o"), ("ild", "s")):
+    d_ = np.array([[mmr_change[lam][key][f] for f in ("diff", "low", "high")] for lam in LAMBDAS[1:]])
+    axes[1].errorbar(LAMBDAS[1:], d_[:, 0], yerr=[d_[:, 0] - d_[:, 1], d_[:, 2] - d_[:, 0]], fmt=mk + "-",
+                     capsize=3, label={"ndcg": "NDCG@10", "ild": "ILD@10"}[key])
+axes[1].axhline(0, ls="--", color="grey")
+axes[1].invert_xaxis()
+axes[1].set_xlabel("λ (1 = the ranker's order)")
+axes[1].set_ylabel("change against λ = 1")
+axes[1].legend(fontsize="small")
+save(fig, output_dir, "mmr_tradeoff")
+
+# %% tags=["remove-input"]
+def higher_or_lower(r):
+    """'+0.03 [+0.02, +0.04] (95% interval), higher' through ecrec.verdict.decide: a direction only beyond noise."""
+    v = decide(r)
+    if v.word == "identical":
+        return "identical"
+    return f"{fmt_interval(r)} ({v.level:.0%} interval), " + {"a gain": "higher", "a loss": "lower"}.get(
+        v.word, "within noise")
+
+
+free = [lam for lam in LAMBDAS[1:] if decide(mmr_change[lam]["ild"]).is_gain
+        and not decide(mmr_change[lam]["ndcg"]).is_loss]
+lowest = LAMBDAS[-1]
+bf = beyond_final.loc[f"recall@{K_SERVE} + ranking"]
+display(Markdown(
+    f"The served lists (the DNN's top 10 of the hybrid's first {K_SERVE}): novelty {bf['novelty@10 (bits)']:.2f} "
+    f"bits, ILD@10 {bf['ILD@10']:.3f}, {bf[f'top-{HEAD_SHARE:.0%} share@10']:.0%} of the slots to the most bought "
+    f"{HEAD_SHARE:.0%} of the catalogue, coverage {bf['coverage@10']:.3f}. MMR at λ = 1 returns the ranker's top 10 "
+    f"for all {n_users} users (checked). "
+    + (f"The lowest λ tried at which ILD@10 rises beyond noise with no measurable loss of NDCG@10 is "
+       f"{min(free):g}: ILD@10 changes by {higher_or_lower(mmr_change[min(free)]['ild'])}, and NDCG@10 by "
+       f"{decide(mmr_change[min(free)]['ndcg']).text}: diversity this run did not pay for in measurable "
+       "accuracy. " if free else
+       "At no λ tried does MMR raise ILD@10 beyond noise without a measurable loss of NDCG@10. ")
+    + (f"At λ = {lowest:g}, ILD@10 changes by {higher_or_lower(mmr_change[lowest]['ild'])}, and NDCG@10 by "
+       f"{decide(mmr_change[lowest]['ndcg']).text}. " if not free or min(free) != lowest else "")
+    + f"With {n_users} users the intervals are wide: which λ a shop wants is a business choice (an A/B test "
+    "of engagement), not one this offline curve can make alone."
+))
+EXTRA_METRICS["beyond_accuracy"] = {
+    "head_share": HEAD_SHARE, "item_vectors": "MiniLM description vectors (section 7.1.1)",
+    "final_top10": {name: {k: float(v) for k, v in row.items()} for name, row in beyond_final.iterrows()},
+    "price_band_ratio": {name: {str(b): float(v) for b, v in r_.items()} for name, r_ in band_ratio.items()},
+    "mmr": {"k_candidates": K_SERVE, "lambdas": list(LAMBDAS), "lambda1_equals_ranker_top10": mmr_identity,
+            "curve": {str(lam): v for lam, v in mmr_curve.items()},
+            "change_vs_lambda1": {str(lam): v for lam, v in mmr_change.items()},
+            "free_diversity_lambdas": free, "seconds": round(mmr_seconds, 2)},
+}
+
+# %% [markdown]
+# ## 7.8 Scaling out fine-tuning with PyTorch DDP
 #
 # Chapter 04 fine-tuned MiniLM on a few thousand pairs; the full catalogue and
 # every user's history make millions, and one device takes hours per epoch.
@@ -1048,7 +1204,7 @@ display(Markdown(
 # processes. Our loop, `ecrec.finetune.train_ctr_model`, runs unchanged under
 # it: the same function, on one process or many.
 #
-# ### 7.7.1 What DDP does, and why $B/W$ per process equals $B$
+# ### 7.8.1 What DDP does, and why $B/W$ per process equals $B$
 #
 # One process with a batch $\mathcal B$ of $|\mathcal B| = B$ examples steps
 # along the mean gradient
@@ -1123,7 +1279,7 @@ print("\n".join(line for line in inspect.getsource(finetune.train_ctr_model).spl
                 if "dist." in line or "(net," in line))
 
 # %% [markdown]
-# ### 7.7.2 Launching: one node, several nodes
+# ### 7.8.2 Launching: one node, several nodes
 #
 # `torchrun` starts one process per device and hands each its `RANK`,
 # `LOCAL_RANK`, `WORLD_SIZE` and a rendezvous address;
@@ -1159,7 +1315,7 @@ print("\n".join(line for line in inspect.getsource(finetune.train_ctr_model).spl
 # script that builds a `Trainer` runs DDP when started with `torchrun`, without
 # a launcher of its own.
 #
-# ### 7.7.3 One process against two, measured
+# ### 7.8.3 One process against two, measured
 #
 # We run the same job, one run after the other on this machine: as a plain
 # process, then with `torchrun` on 2 processes, each with half the global
@@ -1373,6 +1529,11 @@ Markdown(f"**The lesson.** {lesson}")
 # * Exact search is right for small catalogues; approximate indexes pay off as
 #   the catalogue grows (HNSW for latency, IVF-PQ for memory), always with an
 #   explicit search breadth at least as large as K.
+# * Look at the lists, not only their hits: coverage, novelty, intra-list
+#   diversity, the popular head's share of the slots, exposure by price band.
+#   MMR re-ranks the ranker's top 100 for diversity; λ = 1 is the ranker's own
+#   order, and the trade-off curve (NDCG@10 against ILD@10, with intervals)
+#   shows what each step of diversity costs in accuracy.
 # * Data parallelism with DDP: every process holds the whole model, takes its
 #   share of each global batch and averages gradients with an all-reduce
 #   (bucketed, overlapped with the backward pass); divide each rank's loss sum

@@ -406,6 +406,20 @@ display(Markdown(
     "impression per item in the catalogue."))
 
 # %% [markdown]
+# **What accuracy misses is measured elsewhere in the book.** A click rate
+# says nothing about what the lists look like. Chapter 05 (section 5.4.5)
+# measures every candidate generator's lists beyond accuracy: catalogue
+# coverage, novelty (the mean self-information of the recommended items),
+# intra-list diversity in MiniLM's description space, the share of slots
+# taken by the most popular 10% of items, and exposure by price band.
+# Chapter 07 (section 7.7) measures the system's final top 10 the same way
+# and re-ranks it with maximal marginal relevance (Carbonell and Goldstein,
+# 1998), drawing the trade-off curve of NDCG@10 against intra-list diversity
+# with bootstrap intervals. The definitions are in `ecrec.metrics`
+# (`novelty_at_k`, `intra_list_diversity_at_k`, `popularity_bias_at_k`,
+# `exposure_by_group_at_k`) and the re-ranker in `ecrec.rerank.mmr_rerank`.
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. *(runnable)* Clip the importance weights (`ope.ips(..., clip=c)` for

@@ -287,3 +287,46 @@ def test_simulated_refresh(m):
     rows = [r for r in m["thesis"] if r["slice"] == REFRESH_SLICE]
     assert {(r["baseline"], r["metric"]) for r in rows} == {(b, k) for b in ("tfidf", "popular")
                                                            for k in ("Recall@50", "NDCG@50")}
+
+
+# Section 5.4.5, recorded smoke values (seed 42, K = 50, all purchases): coverage / novelty (bits) / ILD / top-10%
+# share: popular .014/3.71/.780/.960, item_cf .340/3.82/.724/.874, als .432/4.27/.759/.678, text_zero_shot
+# .632/5.82/.594/.363, text_fine_tuned .538/5.68/.624/.414, hybrid (= 1 x als) as als. Intervals (text - ALS):
+# novelty +1.55 [+1.45, +1.64], ILD -0.164 [-0.173, -0.156] (ILD measured in the zero-shot MiniLM space).
+BEYOND_RANGES = {
+    # (list, measure): (low, high), about +-12% around the recorded value
+    ("all/popular", "coverage"): (0.010, 0.018),
+    ("all/popular", "head_slot_share"): (0.88, 1.0),
+    ("all/als", "coverage"): (0.37, 0.50),
+    ("all/als", "novelty_bits"): (3.8, 4.8),
+    ("all/als", "ild"): (0.68, 0.84),
+    ("all/als", "head_slot_share"): (0.58, 0.78),
+    ("all/text_zero_shot", "coverage"): (0.55, 0.71),
+    ("all/text_zero_shot", "novelty_bits"): (5.2, 6.5),
+    ("all/text_zero_shot", "ild"): (0.53, 0.66),
+    ("all/text_zero_shot", "head_slot_share"): (0.30, 0.43),
+    ("new_to_user/text_fine_tuned", "novelty_bits"): (5.4, 6.7),
+    ("new_to_user/item_cf", "head_slot_share"): (0.78, 0.97),
+}
+
+
+@pytest.mark.parametrize("key", sorted(BEYOND_RANGES))
+def test_beyond_accuracy_in_recorded_range(m, key):
+    low, high = BEYOND_RANGES[key]
+    lst, measure = key
+    assert low <= m["beyond_accuracy@50"]["by_list"][lst][measure] <= high
+
+
+def test_beyond_accuracy_invariants(m):
+    """Section 5.4.5: every generator's lists at K = 50, beyond accuracy."""
+    b = m["beyond_accuracy@50"]
+    assert b["head_share"] == 0.1
+    assert set(b["by_list"]) == {f"{s}/{g}" for s in SETTINGS for g in GENERATORS}
+    for key, row in b["by_list"].items():
+        assert 0 <= row["ild"] <= 2 and 0 <= row["head_slot_share"] <= 1, key
+        assert 0 < row["coverage"] <= 1 and row["novelty_bits"] >= 0, key
+        assert sum(row["price_band_exposure"].values()) == pytest.approx(1), key
+        assert row["coverage"] == pytest.approx(m[key.split("/")[0]][key.split("/")[1]]["coverage@50"]), key
+    for setting, cis in b["ci"].items():
+        for name, r in cis.items():
+            assert r["low"] <= r["diff"] <= r["high"], (setting, name)

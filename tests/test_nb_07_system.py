@@ -162,7 +162,7 @@ def test_ann_at_scale(m):
 
 
 def test_ddp_two_processes_take_the_single_process_steps(m):
-    """Section 7.7: torchrun with 2 CPU processes (B/2 each) against 1 process with B, dropout off."""
+    """Section 7.8: torchrun with 2 CPU processes (B/2 each) against 1 process with B, dropout off."""
     ddp = m["ddp"]
     assert ddp["device"] == "cpu" and ddp["global_batch"] == 16
     assert ddp["optimizer_steps"] == 4  # 64 smoke pairs / 16
@@ -170,3 +170,39 @@ def test_ddp_two_processes_take_the_single_process_steps(m):
     assert ddp["max_step_loss_diff"] < 1e-5  # recorded 6.0e-8
     assert ddp["kept_step"] in (0, 1, 2, 3, 4)
     assert all(v > 0 for v in ddp["samples_per_s"].values())  # measured, never compared in a test
+
+def test_beyond_accuracy_and_mmr(m):
+    """Section 7.7: the final lists beyond accuracy, and MMR over the DNN's top 100 (invariants, ranges).
+
+    Recorded (smoke, seed 42, 93 users): the DNN's top 10 of the hybrid's 100 (= MMR at lambda 1): ILD@10
+    0.698, novelty 4.02 bits, top-10% share 0.780, coverage 0.099, NDCG@10 0.320; recall alone 0.752 / 3.67 /
+    0.889 / 0.0875. MMR, lambda 0.9 / 0.7 / 0.5 / 0.3: ILD@10 0.723 / 0.780 / 0.829 / 0.861, NDCG@10 0.321 /
+    0.316 / 0.289 / 0.239; ILD change at 0.3 +0.163 [+0.147, +0.181].
+    """
+    b = m["beyond_accuracy"]
+    assert b["head_share"] == 0.1
+    for name, row in b["final_top10"].items():
+        assert 0 <= row["ILD@10"] <= 2 and 0 <= row["top-10% share@10"] <= 1, name
+        assert 0 < row["coverage@10"] <= 1 and row["novelty@10 (bits)"] >= 0, name
+        assert row["recall@10"] == pytest.approx(m["final_top10"][name]["recall@10"]), name
+    mmr = b["mmr"]
+    assert mmr["k_candidates"] == 100 and mmr["lambdas"][0] == 1.0
+    assert mmr["lambda1_equals_ranker_top10"] is True  # lambda = 1 is no re-ranking, list for list
+    for lam, point in mmr["curve"].items():
+        for key in ("ndcg", "ild"):
+            assert point[key]["low"] <= point[key]["diff"] <= point[key]["high"], (lam, key)
+        assert 0 <= point["ild"]["diff"] <= 2 and 0 <= point["ndcg"]["diff"] <= 1
+    for lam in mmr["free_diversity_lambdas"]:  # the chapter's sentence follows the verdict rule
+        change = mmr["change_vs_lambda1"][str(lam)]
+        assert change["ild"]["low"] > 0 and change["ndcg"]["high"] >= -1e-9
+    served, base = b["final_top10"]["recall@100 + ranking"], mmr["curve"]["1.0"]
+    assert base["ild"]["diff"] == pytest.approx(served["ILD@10"], abs=0.02)  # ties: expectation vs recall order
+    assert base["ndcg"]["diff"] == pytest.approx(served["ndcg@10"], abs=0.02)
+    assert 0.62 <= served["ILD@10"] <= 0.78 and 3.5 <= served["novelty@10 (bits)"] <= 4.6
+    assert 0.66 <= served["top-10% share@10"] <= 0.90 and 0.075 <= served["coverage@10"] <= 0.125
+    alone = b["final_top10"]["recall alone"]
+    assert 0.67 <= alone["ILD@10"] <= 0.83 and 3.2 <= alone["novelty@10 (bits)"] <= 4.2
+    assert 0.78 <= alone["top-10% share@10"] <= 0.97
+    assert 0.77 <= mmr["curve"]["0.3"]["ild"]["diff"] <= 0.94
+    # MMR exists to raise diversity; recorded +0.147 .. +0.181 at lambda 0.3, clear of 0
+    assert mmr["change_vs_lambda1"]["0.3"]["ild"]["low"] > 0
