@@ -203,9 +203,14 @@ def crossover_sentence(verdicts: pd.DataFrame, a: str, b: str, metric: str) -> s
         head = f"{a} overtakes {b} in {metric} from {sizes[tail_gain[0]]:,} training reviews on"
     elif all(w == "a loss" for w in words):
         head = f"{b} beats {a} in {metric} at every training size up to {sizes[-1]:,} reviews: no crossover"
-    else:
-        head = (f"{a} does not overtake {b} in {metric} within the sizes run (up to {sizes[-1]:,} reviews): "
-                "no crossover")
+    else:  # mixed: say where a is ahead, behind and level, never just "does not overtake"
+        at = {w: [f"{n:,}" for n, x in zip(sizes, words, strict=True) if x == w] for w in ("a gain", "a loss")}
+        level = [f"{n:,}" for n, x in zip(sizes, words, strict=True) if x not in ("a gain", "a loss")]
+        parts = ([f"ahead of {b} at {', '.join(at['a gain'])}"] if at["a gain"] else []) + (
+            [f"behind it at {', '.join(at['a loss'])}"] if at["a loss"] else []) + (
+            [f"level with it (within noise or unmoved) at {', '.join(level)}"] if level else [])
+        head = (f"{a} in {metric} is {'; '.join(parts)} training reviews: no size from which it wins at every "
+                f"larger one (up to {sizes[-1]:,})")
     return f"{head} ({per_size})."
 
 

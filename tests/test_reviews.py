@@ -456,7 +456,7 @@ def test_curve_table_verdicts_and_crossover():
     assert sentence.startswith("ft overtakes bow in AUC from 1,000 training reviews on") and "100: " in sentence
     kept = R.curve_verdicts(table, "ft", "bow", "recommended/auc", main_seed=0, kept_start={1000: True})
     assert kept.word.tolist()[1] == "= its probe (fine-tuning did not move it)"
-    assert "no crossover" in R.crossover_sentence(kept, "ft", "bow", "AUC")
+    assert "no size from which it wins at every larger one" in R.crossover_sentence(kept, "ft", "bow", "AUC")
     rows = R.curve_thesis_rows(v, question="q", metric="AUC", lm="ft", baseline="bow", table=table,
                                metric_key="recommended/auc")
     assert [r["train_size"] for r in rows] == [100, 1000] and [r["verdict"] for r in rows] == ["a loss", "a gain"]
@@ -472,5 +472,11 @@ def test_crossover_sentence_every_size_and_none():
     v = v.assign(word=["a loss", "a loss"])
     assert "b beats a in AUC at every training size up to 20 reviews: no crossover" in R.crossover_sentence(
         v, "a", "b", "AUC")
-    v = v.assign(word=["a gain", "within noise"])
-    assert "does not overtake" in R.crossover_sentence(v, "a", "b", "AUC")
+    v = v.assign(word=["a gain", "within noise"])  # ahead at the smallest size: never "does not overtake"
+    sentence = R.crossover_sentence(v, "a", "b", "AUC")
+    assert sentence.startswith("a in AUC is ahead of b at 10; level with it (within noise or unmoved) at 20 "
+                               "training reviews: no size from which it wins at every larger one (up to 20)")
+    assert "behind" not in sentence and "overtake" not in sentence
+    v = pd.DataFrame({"n": [10, 20, 40], "word": ["a loss", "within noise", "a gain"][::-1], "text": ["x"] * 3})
+    assert "ahead of b at 10; behind it at 40; level with it (within noise or unmoved) at 20" in R.crossover_sentence(
+        v, "a", "b", "AUC")
