@@ -39,7 +39,11 @@
 #   **popularity-matched** negatives, a model must personalise;
 # * measure whether text added to the ID model helps, with bootstrap intervals
 #   over users, and **from what amount of training data**: learning curves of
-#   text alone, the ID DNN and the ID DNN + text, trained on the same examples.
+#   text alone, the ID DNN and the ID DNN + text, trained on the same examples;
+# * rank **new products on purpose**: a simulated catalogue refresh (strict item
+#   cold start, as in DropoutNet) that hides a fifth of the catalogue from
+#   everything the models learn from, and compares IDs, TF-IDF content, MiniLM
+#   and hybrids on those items with AUC and GAUC.
 #
 # **You need** chapter 02 (log loss on logits) and chapter 03 (the dataset, the
 # time split, sampled negatives, the ID DNN). "CTR" here is chapter 03's task:
@@ -55,6 +59,8 @@ output_dir = "outputs/04_bert_ctr"
 sizes = None  # optional dict overriding the profile's sizes
 model_name = "minilm"  # or any Hugging Face name (bert-base-uncased...) when online
 cache_dir = None  # chapter 03's dataset cache; None: <output_dir>/../cache
+precision = "auto"  # "auto": bf16 autocast where the CPU has bf16 instructions, else fp32 (a GPU's own
+# choice on a GPU); "fp32" or "bf16" to force one, e.g. `-p precision=fp32` to check the recorded ranges in fp32
 
 # %% tags=["remove-input"]
 # In Colab: fetch the book's code and data, then install it (skipped elsewhere).
@@ -126,18 +132,23 @@ run_profile, size = pick_sizes(profile, SIZES, sizes)
 seed_everything(seed)
 output_dir = Path(output_dir)
 device = finetune.pick_device(verbose=False)
-# bf16 autocast where this CPU has bf16 instructions (AVX512-BF16 or AMX), else fp32; the GPU's own choice on a GPU
-PRECISION = finetune.fastest_precision(device)
+if precision not in ("auto", "fp32", "bf16", "fp16"):
+    raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16' ('fp16' on a CUDA GPU), got {precision!r}; "
+                     "e.g. -p precision=fp32 to train in fp32 on a CPU that has bf16")
+# "auto": bf16 autocast where this CPU has bf16 instructions (AVX512-BF16 or AMX), else fp32; the GPU's own choice on
+# a GPU. A forced precision the device cannot run (bf16 on a CPU without it, fp16 off CUDA) raises here, not mid-run.
+PRECISION = finetune.fastest_precision(device) if precision == "auto" else finetune.amp_plan(device, precision).name
 CACHE = Path(cache_dir or output_dir.parent / "cache")  # chapter 03's datasets and the MiniLM vector cache
 N_MAIN = max(size["curve"])  # the popularity-matched bi-encoder's fine-tune is the curve's largest point
-print(f"training on {device} in {PRECISION}; torch uses {torch.get_num_threads()} threads")
+print(f"training on {device} in {PRECISION} (precision={precision!r}); torch uses {torch.get_num_threads()} threads")
 size
 
 # %% tags=["remove-input"]
 display(Markdown(
     f"**Sizes in this run (profile `{run_profile}`).** The bi-encoder is fine-tuned on "
     f"{', '.join(f'{n:,}' for n in size['curve'])} examples (the learning curve; "
-    f"{N_MAIN // size['batch_size']:,} optimizer steps at the largest), LoRA, FGM and the cross-encoder on "
+    f"{N_MAIN // size['batch_size']:,} optimizer steps at the largest), LoRA, FGM, the cross-encoder and the "
+    f"simulated refresh's bi-encoder (section 4.10) on "
     f"{size['n_small']:,}, with {size['n_valid']:,} validation rows to early-stop on, in {PRECISION}. "
     + ("With so few examples and test users, most differences between text models, and any gain of text "
        "over the IDs, are smaller than the intervals: read the `smoke` numbers as a check that everything "
@@ -373,8 +384,17 @@ print(inspect.getsource(finetune._optimizer_step))
 # * **zero-shot text**: cosine between the candidate's MiniLM vector and the mean
 #   of the history's (no training at all);
 # * **frozen probe**: a logistic regression on the bi-encoder's features
-#   $[u, v, u \odot v]$ from the frozen MiniLM; its coefficients will be the
-#   fine-tuned model's starting head;
+#   $[u, v, u \odot v]$ from the frozen MiniLM, plus the checkpoint's own
+#   similarity $\sum_j u_j v_j$ as one nearly unpenalised input, folded back
+#   into the $u \odot v$ weights (`bert.BiProbe`; the penalty on the other
+#   weights picked by 3-fold cross-validated AUC on the probe's own examples,
+#   so that with little data it stays near the zero-shot ranking); its coefficients will be the
+#   fine-tuned model's starting head. Why the similarity is added: a plain
+#   logistic regression on 1,152 penalised weights has to rediscover from a few
+#   thousand examples that this sum ranks items (the checkpoint was trained for
+#   it), and under popularity-matched negatives it can end *below* the zero-shot
+#   cosine; a fine-tune warm-started from it would then start below what the
+#   checkpoint already knows (measured right after the baselines);
 # * **ID DNN + frozen item vectors**: the DNN with each item's frozen MiniLM
 #   vector as an input (`ctr.train_dnn(text=...)`), through a learned
 #   projection to the width of an ID embedding, concatenated with the rest:
@@ -426,11 +446,11 @@ def item_cf_scores(regime: str, e: pairs.EncodedHistories) -> np.ndarray:
     return per_hist.max(1)
 
 
-def frozen_probe(regime: str) -> LogisticRegression:
+def frozen_probe(regime: str) -> bert.BiProbe:
     e = enc[regime]["dnn_train"]
     rows = np.sort(np.random.default_rng(seed).choice(len(e), min(size["n_probe"], len(e)), replace=False))
     x = bert.bi_features(frozen_vectors, e.hist[rows], e.cand[rows])
-    return LogisticRegression(C=1.0, max_iter=1000).fit(x, e.labels[rows])
+    return bert.BiProbe().fit(x, e.labels[rows])
 
 
 scores: dict[str, dict[str, np.ndarray]] = {}
@@ -454,6 +474,27 @@ for regime in REGIMES:
     }
 pd.DataFrame({r: {k: roc_auc(split[r]["test"].label.to_numpy(), v) for k, v in s.items()}
               for r, s in scores.items()}).round(4)
+
+# %% [markdown]
+# The probe's design, checked: the same rows read out by a plain logistic
+# regression on $[u, v, u \odot v]$, by `BiProbe` (the similarity kept), and
+# the zero-shot similarity alone (test AUC).
+
+# %%
+def plain_probe_auc(regime: str) -> float:
+    e, e_test = enc[regime]["dnn_train"], enc[regime]["test"]
+    rows = np.sort(np.random.default_rng(seed).choice(len(e), min(size["n_probe"], len(e)), replace=False))
+    plain = LogisticRegression(C=1.0, max_iter=1000).fit(bert.bi_features(frozen_vectors, e.hist[rows], e.cand[rows]),
+                                                         e.labels[rows])
+    return roc_auc(e_test.labels, plain.decision_function(bert.bi_features(frozen_vectors, e_test.hist, e_test.cand)))
+
+
+probe_check = pd.DataFrame({r: {"plain LR on [u, v, u*v]": plain_probe_auc(r),
+                                "BiProbe (similarity kept)": roc_auc(enc[r]["test"].labels, scores[r]["frozen_probe"]),
+                                "zero-shot similarity": roc_auc(enc[r]["test"].labels, scores[r]["zero_shot_text"]),
+                                "BiProbe's C (cross-validated)": probes[r].C_}
+                            for r in REGIMES}).round(4)
+probe_check
 
 # %% [markdown]
 # ## 4.6 Fine-tuning the bi-encoder: a learning curve at equal data
@@ -484,9 +525,9 @@ def train_config(n_examples: int, **overrides) -> finetune.TrainConfig:
     return finetune.TrainConfig(**{**base, **overrides})
 
 
-def fit_probe(e: pairs.EncodedHistories) -> LogisticRegression:
-    """The frozen probe on the examples ``e``: logistic regression on [u, v, u*v] of the frozen item vectors."""
-    return LogisticRegression(C=1.0, max_iter=1000).fit(bert.bi_features(frozen_vectors, e.hist, e.cand), e.labels)
+def fit_probe(e: pairs.EncodedHistories) -> bert.BiProbe:
+    """The frozen probe on the examples ``e``: [u, v, u*v] of the frozen item vectors, the similarity kept."""
+    return bert.BiProbe().fit(bert.bi_features(frozen_vectors, e.hist, e.cand), e.labels)
 
 
 def fine_tune(probe, train: pairs.EncodedHistories, regime: str, lora: bool = False, checkpoint=None, **overrides):
@@ -733,7 +774,9 @@ FINE_TUNED = {"bi_ft", "bi_lora", "bi_fgm", "cross_ft"}
 
 
 def kept(regime: str, name: str) -> bool:
-    """A fine-tuned model that early stopping left at its step-0 weights (= its probe)."""
+    """A fine-tuned model that early stopping left at its step-0 weights (= its probe); the DNNs that read the
+    fine-tuned bi-encoder's vectors or scores read its probe's then (the frozen vectors, the probe's score)."""
+    name = "bi_ft" if name in ("id_dnn_ft_text", "id_dnn_transfer") else name
     return name in FINE_TUNED and (regime, name) in runs and runs[regime, name].best_step == 0
 
 
@@ -756,10 +799,16 @@ for regime in REGIMES:
                                                  n_boot=size["n_boot"], seed=seed)
 
 
+def digits(r: dict) -> int:
+    """Decimals that show an interval end clearing 0 as non-zero: 4 when an end lies within 0.0005 of 0, else 3."""
+    return 4 if min(abs(r["low"]), abs(r["high"])) < 5e-4 else 3
+
+
 def verdict_of(regime: str, slice_name: str, key: str):
     """ecrec.verdict's decision on the paired difference ``key`` ("a - b")."""
     a = key.split(" - ")[0]
     return decide(boot[regime, slice_name][key], seed_diffs=SEEDS.get((regime, slice_name, key)),
+                  digits=digits(boot[regime, slice_name][key]),
                   kept_start=kept(regime, a))
 
 
@@ -857,7 +906,7 @@ for n, p in curve.items():
 def curve_verdict(n: int, a: str, b: str):
     key = f"{a} - {b}"
     dnn_side = any(x.startswith("id_dnn") for x in (a, b))
-    return decide(curve_boot[n][key], seed_diffs=curve_seeds[n][key] if dnn_side else None,
+    return decide(curve_boot[n][key], seed_diffs=curve_seeds[n][key] if dnn_side else None, digits=digits(curve_boot[n][key]),
                   kept_start=(a == "bi_ft" and b == "frozen_probe" and curve[n]["run"].best_step == 0))
 
 
@@ -882,7 +931,7 @@ def crossover_sentence(a: str, b: str, a_name: str, b_name: str) -> str:
                 f"{b_name} beats {a_name} from {loss_from:,} examples on and never loses below: no crossover")
     else:
         head = f"{a_name} vs {b_name}: no crossover that holds up to the largest size ({span})"
-    return head + " [" + "; ".join(f"n = {n:,}: {v[n].text}" for n in ns) + "]"
+    return head + ". Per size: " + "; ".join(f"n = {n:,}: {v[n].text}" for n in ns)
 
 
 # %% tags=["remove-input"]
@@ -930,7 +979,267 @@ display(Markdown("**At equal data**, under popularity-matched negatives:\n\n" + 
     f"* {t[0].upper() + t[1:]}." for t in curve_text.values())))
 
 # %% [markdown]
-# ## 4.10 What the numbers say
+# ## 4.10 New products on purpose: a simulated catalogue refresh for ranking
+#
+# The cold items of section 4.9 are the log's own: products with no sale in
+# the training window, few in this log, and not chosen by anyone. To measure
+# how each model ranks products it has never seen, on enough of them, we
+# **simulate** a catalogue refresh, as the item cold-start
+# splits of DropoutNet do (Volkovs, Yu and Poutanen, 2017; `ecrec.cold_start`,
+# the protocol chapter 05 uses for recall in section 5.5.2):
+#
+# 1. hold out a seeded 20% of the items sold both before and in the test window;
+# 2. remove every line of them before the test window from the log, and build
+#    chapter 03's dataset again from the stripped log (its own cache file: the
+#    data's hash is part of `features.dataset_key`), so that no training row,
+#    history, popularity count or sampled negative before the test window
+#    shows a held-out item;
+# 3. train every model below on that dataset only (popularity-matched
+#    negatives, as in section 4.9), and score it on the **test rows of the
+#    held-out items** (their purchases and their sampled negatives,
+#    `cold_start.cold_test_mask`): new products ranked against each other, for
+#    the users who meet them.
+#
+# It is a simulation, and it differs from a real refresh: the held-out items
+# are established products (they sold before, they tend to be more popular
+# than truly new ones, and their descriptions look like the rest of the
+# catalogue's), whereas a real refresh brings products the shop never sold.
+# The models compared:
+#
+# * **ID DNN**: a held-out item's id is unknown to it, so it reads the shared
+#   unknown-item embedding (index 0, trained by id dropout); its other inputs
+#   (sales since the launch, the user's history...) still speak;
+# * **content without a language model**: TF-IDF of the descriptions, with
+#   the category and the log price, in the probe's shape $[u, v, u \odot v]$
+#   ($u$ the mean of the last `n_history` purchases' TF-IDF vectors) with the
+#   TF-IDF similarity $\sum_j u_j v_j$ kept as `BiProbe` keeps MiniLM's, and a
+#   logistic regression on the same `n_probe` rows as the frozen probe;
+# * **frozen MiniLM probe**, on those rows;
+# * **fine-tuned MiniLM bi-encoder**, fine-tuned from its own probe on
+#   `n_small` pairs of the stripped training window (that probe, `bi_probe`,
+#   is shown beside it: its starting point). The chapter's main fine-tune
+#   cannot be used here: its training pairs saw the held-out items;
+# * **hybrids**: the ID DNN with frozen or fine-tuned MiniLM item vectors
+#   (section 4.8), which know a held-out item by its text.
+
+# %%
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from ecrec import cold_start
+from ecrec.features import dataset_key, purchase_events, split_dates
+
+REFRESH_STARTED = time.perf_counter()
+refresh_config = dataset_config(size, seed=seed, negatives=REGIMES[REGIME])
+events_all = purchase_events(clean)
+_, test_start = split_dates(events_all["ts"], refresh_config.valid_days, refresh_config.test_days)
+refresh = cold_start.hold_out_items(events_all, test_start, share=0.2, seed=seed)
+stripped = cold_start.strip_clean_log(clean, refresh)
+assert dataset_key(stripped, refresh_config) != dataset_key(clean, refresh_config)  # its own cache file
+d_ref = add_item_attributes(load_or_build_ctr_dataset(stripped, refresh_config, CACHE), catalog)
+assert not refresh.is_held_out(d_ref.loc[d_ref.split != "test", "item_id"]).any()  # nothing learnt shows one
+print(f"{len(refresh.held_out):,} of {len(refresh.candidates):,} candidate items held out; the stripped log has "
+      f"{len(stripped):,} of {len(clean):,} lines")
+
+# %% [markdown]
+# The examples every model of this section learns from, drawn as in section
+# 4.3 but from the stripped dataset, and the rows it is tested on:
+
+# %%
+ref_rng = np.random.default_rng(seed)
+
+
+def draw(frame: pd.DataFrame, n: int) -> pd.DataFrame:
+    """``n`` rows of ``frame`` drawn without replacement (all if fewer), in order; the section's own generator."""
+    return frame.iloc[np.sort(ref_rng.choice(len(frame), size=min(n, len(frame)), replace=False))]
+
+
+pool = d_ref[d_ref.split == "train"]
+ft_ref = draw(pool, size["n_small"])
+split["refresh"] = {"ft_train": ft_ref, "ft_valid": draw(d_ref[d_ref.split == "valid"], size["n_valid"]),
+                    "dnn_train": pool.drop(ft_ref.index), "valid": d_ref[d_ref.split == "valid"],
+                    "test": d_ref[cold_start.cold_test_mask(d_ref, refresh)]}
+split["refresh"]["probe"] = draw(split["refresh"]["dnn_train"], size["n_probe"])
+enc["refresh"] = {part: pairs.encode_histories(tokenizer, split["refresh"][part], descriptions, size["n_history"],
+                                               size["item_tokens"]) for part in ("ft_train", "ft_valid", "probe", "test")}
+t_ref = split["refresh"]["test"]
+pd.Series({"items held out": len(refresh.held_out), "of candidate items": len(refresh.candidates),
+           "natural cold items (first sold in the test window)": len(refresh.natural_cold),
+           "training rows (stripped)": int((d_ref.split == "train").sum()),
+           "test rows of held-out items": len(t_ref), "of which bought": int(t_ref.label.sum()),
+           "their users": t_ref.user_id.nunique()})
+
+# %% [markdown]
+# The content baseline reads the same user and item "towers" as the probe,
+# with TF-IDF vectors (sparse: one column per word of the catalogue) instead
+# of MiniLM's:
+
+# %%
+tfidf = TfidfVectorizer(sublinear_tf=True).fit_transform([str(t).lower() for t in descriptions])  # (items, words)
+item_table = catalog.set_index("item_id").reindex(item_ids)
+cat_codes = pd.Categorical(item_table["category"]).codes
+cat_onehot = sparse.csr_array((np.ones(len(item_ids)), (np.arange(len(item_ids)), cat_codes)))
+log_price = np.log1p(item_table["price"].fillna(0).clip(lower=0).to_numpy())
+
+
+def content_features(e: pairs.EncodedHistories) -> sparse.csr_array:
+    """[u, v, u*v] on TF-IDF vectors (u: mean of the history's), their similarity sum(u*v) kept as BiProbe keeps
+    MiniLM's (scaled by 100, so that the penalty on its weight is negligible), the candidate's category (one-hot)
+    and log price."""
+    rows, slots = np.nonzero(e.hist >= 0)
+    per_user = np.maximum((e.hist >= 0).sum(1), 1)
+    mean_of_history = sparse.csr_array((1.0 / per_user[rows], (rows, e.hist[rows, slots])),
+                                       shape=(len(e), len(item_ids)))
+    u, v = sparse.csr_array(mean_of_history @ tfidf), sparse.csr_array(tfidf[e.cand])
+    uv = sparse.csr_array(u.multiply(v))
+    similarity = sparse.csr_array(100.0 * np.asarray(uv.sum(1)).reshape(-1, 1))
+    return sparse.hstack([u, v, uv, similarity, cat_onehot[e.cand], sparse.csr_array(log_price[e.cand, None])],
+                         format="csr")
+
+
+e_ref = enc["refresh"]
+e64 = pairs.EncodedHistories(item_tokens, e_ref["probe"].cand[:64], e_ref["probe"].hist[:64], e_ref["probe"].labels[:64])
+dense = bert.bi_features(tfidf.toarray(), e64.hist, e64.cand)  # the probe's own feature map, on dense TF-IDF
+print(f"{tfidf.shape[1]:,} words; max |sparse - dense [u, v, u*v]| on 64 rows: "
+      f"{np.abs(content_features(e64)[:, : dense.shape[1]].toarray() - dense).max():.1e}")
+
+# %% [markdown]
+# Every model, trained on the stripped dataset only. The ID DNNs are trained
+# under each of the chapter's DNN seeds, so that a verdict on a DNN can say
+# whether every seed agrees.
+
+# %%
+content_lr = LogisticRegression(C=1.0, max_iter=1000).fit(content_features(e_ref["probe"]), e_ref["probe"].labels)
+probe_ref = fit_probe(e_ref["probe"])
+own_probe_ref = fit_probe(e_ref["ft_train"])  # the fine-tune's starting point, on its own n_small pairs
+model_ref, runs["refresh", "bi_ft"] = fine_tune(own_probe_ref, e_ref["ft_train"], "refresh")
+vec_ref = finetune.item_vectors(model_ref, item_tokens, pad_id=PAD)
+ref_scores = {  # models without a DNN: one set of scores
+    "popularity_30d": t_ref.i_pop_30d.fillna(0).to_numpy(float),
+    "tfidf_content": content_lr.decision_function(content_features(e_ref["test"])),
+    "frozen_probe": probe_ref.decision_function(bert.bi_features(frozen_vectors, e_ref["test"].hist,
+                                                                 e_ref["test"].cand)),
+    "bi_probe": own_probe_ref.decision_function(bert.bi_features(frozen_vectors, e_ref["test"].hist,
+                                                                  e_ref["test"].cand)),
+    "bi_ft": bert.bi_logits(model_ref, vec_ref, e_ref["test"].hist, e_ref["test"].cand),
+}
+ref_dnn, ref_ids = [], None
+for k in tqdm(range(size["dnn_seeds"]), desc="refresh: DNN seeds"):  # the DNN models under each DNN seed
+    dnn_k = {"id_dnn": train_id_dnn("refresh", dnn_seed=seed + 100 * k),
+             "id_dnn_frozen_text": train_id_dnn("refresh", text=(item_ids, frozen_vectors), dnn_seed=seed + 100 * k),
+             "id_dnn_ft_text": train_id_dnn("refresh", text=(item_ids, vec_ref), dnn_seed=seed + 100 * k)}
+    ref_dnn.append({name: m.predict_proba(t_ref) for name, m in dnn_k.items()})
+    if k == 0:  # the ID DNN of the table: what does it make of a held-out item's id?
+        ref_ids = dnn_k["id_dnn"].preprocessor
+del model_ref, dnn_k
+item_index = ref_ids.transform(t_ref)["cat"][:, ref_ids.categorical.index("item_id")]  # 0: the unknown item
+print(f"the ID DNN reads {(item_index == 0).mean():.0%} of the held-out items' test rows as the unknown item; "
+      f"fine-tuned on {len(e_ref['ft_train']):,} pairs of the stripped log: best step "
+      f"{runs['refresh', 'bi_ft'].best_step} of {runs['refresh', 'bi_ft'].optimizer_steps} (validation AUC "
+      f"{runs['refresh', 'bi_ft'].start_valid_auc:.3f} at step 0, {runs['refresh', 'bi_ft'].best_valid_auc:.3f} kept)")
+
+# %% [markdown]
+# **AUC and GAUC on the held-out items.** AUC pools every test row of a
+# held-out item; GAUC (`ecrec.metrics.gauc`) averages each user's own AUC, over
+# the users who have both a bought and a sampled held-out item, every user
+# weighted the same (`weight="uniform"`), so that its interval is a bootstrap
+# over those users (`ecrec.stats.paired_mean_diff`). Each model that uses
+# MiniLM is compared with the **best model without a language model** on the
+# same metric (chosen on these very rows, which favours the baseline):
+
+# %%
+from ecrec.metrics import gauc
+from ecrec.stats import paired_mean_diff
+
+REF_BASELINES = ["popularity_30d", "tfidf_content", "id_dnn"]
+REF_LM = ["frozen_probe", "bi_ft", "id_dnn_frozen_text", "id_dnn_ft_text"]
+y_ref, u_ref = t_ref.label.to_numpy(), t_ref.user_id.to_numpy()
+rows_of = pd.Series(np.arange(len(t_ref))).groupby(u_ref).indices  # user -> positions of their rows
+both = [u for u, r in rows_of.items() if 0 < y_ref[r].sum() < len(r)]  # users with a bought and a sampled item
+assert both, f"no test user has both a bought and a sampled held-out item in {len(t_ref)} rows: GAUC needs more users"
+
+
+def user_aucs(s: np.ndarray) -> np.ndarray:
+    """AUC of each user of ``both`` on their held-out rows: GAUC's terms."""
+    return np.array([roc_auc(y_ref[rows_of[u]], s[rows_of[u]]) for u in both])
+
+
+def on_dnn(name: str) -> bool:
+    return name.startswith("id_dnn")
+
+
+ref_all = [{**ref_scores, **dnn_k} for dnn_k in ref_dnn]  # every model, per DNN seed
+ref_user = [{k: user_aucs(v) for k, v in sc.items()} for sc in ref_all]
+ref_gauc = {k: float(v.mean()) for k, v in ref_user[0].items()}
+assert all(np.isclose(ref_gauc[k], gauc(u_ref, y_ref, v, weight="uniform")[0]) for k, v in ref_all[0].items())
+ref_auc_k = [{k: roc_auc(y_ref, v) for k, v in sc.items()} for sc in ref_all]
+best = {"AUC": max(REF_BASELINES, key=ref_auc_k[0].get), "GAUC": max(REF_BASELINES, key=ref_gauc.get)}
+ref_boot = bootstrap_auc(y_ref, ref_all[0], u_ref, pairs=[(a, best["AUC"]) for a in REF_LM] + [("bi_ft", "bi_probe")],
+                         n_boot=size["n_boot"], seed=seed)
+ref_diff = {("AUC", a): ref_boot[f"{a} - {best['AUC']}"] for a in REF_LM}
+ref_diff.update({("GAUC", a): paired_mean_diff(ref_user[0][a], ref_user[0][best["GAUC"]], n_boot=size["n_boot"],
+                                               seed=seed) for a in REF_LM})
+per_seed = {"AUC": ref_auc_k, "GAUC": [{k: float(v.mean()) for k, v in ua.items()} for ua in ref_user]}
+ref_seeds = {(metric, a): [m_k[a] - m_k[best[metric]] for m_k in per_seed[metric]]  # where a DNN seed matters
+             for metric, a in ref_diff if on_dnn(a) or on_dnn(best[metric])}
+ref_kept = runs["refresh", "bi_ft"].best_step == 0  # the fine-tune kept its probe's weights (and so its vectors)
+
+
+def ref_kept_start(a: str) -> bool:
+    """``a`` is the fine-tune, or reads its vectors, and the fine-tune kept its step-0 weights."""
+    return bool(ref_kept) and a in ("bi_ft", "id_dnn_ft_text")
+
+
+def ref_verdict(metric: str, a: str):
+    """ecrec.verdict's decision on ``a`` minus the best baseline, on held-out items."""
+    return decide(ref_diff[metric, a], seed_diffs=ref_seeds.get((metric, a)), kept_start=ref_kept_start(a),
+                  digits=digits(ref_diff[metric, a]))
+
+
+refresh_seconds = time.perf_counter() - REFRESH_STARTED
+pd.DataFrame({k: {"AUC": fmt_interval(ref_boot[k], signed=False), "GAUC": f"{ref_gauc[k]:.3f}",
+                  "uses a language model": k not in REF_BASELINES}
+              for k in REF_BASELINES + ["bi_probe"] + REF_LM}).T
+
+# %% tags=["remove-input"]
+REF_NAMES = {"popularity_30d": "popularity (30 days)", "tfidf_content": "TF-IDF + price + category (LR)",
+             "id_dnn": "ID DNN", "frozen_probe": "frozen MiniLM probe", "bi_ft": "fine-tuned MiniLM bi-encoder",
+             "bi_probe": "its own probe",
+             "id_dnn_frozen_text": "ID DNN + frozen MiniLM vectors",
+             "id_dnn_ft_text": "ID DNN + fine-tuned MiniLM vectors"}
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.2), sharey=True)
+for ax, metric in zip(axes, ("AUC", "GAUC"), strict=True):
+    for i, a in enumerate(REF_LM):
+        r, word = ref_diff[metric, a], ref_verdict(metric, a).word
+        ax.errorbar(r["diff"], i, xerr=[[r["diff"] - r["low"]], [r["high"] - r["diff"]]], fmt="o",
+                    color=colours[word], capsize=3)
+    ax.axvline(0, color="grey", lw=1, ls="--")
+    ax.set_xlabel(f"{metric} minus {REF_NAMES[best[metric]]}'s\n(95% interval over users)")
+    ax.set_title(f"{metric} on held-out items")
+axes[0].set_yticks(range(len(REF_LM)), [REF_NAMES[a] for a in REF_LM])
+axes[0].invert_yaxis()
+axes[1].legend(handles=[plt.Line2D([], [], marker="o", ls="", color=c, label=w) for w, c in colours.items()
+                        if w != "identical"], fontsize="x-small", loc="lower right")
+fig.suptitle("Simulated catalogue refresh: each MiniLM model against the best model without one")
+save(fig, output_dir, "simulated_refresh")
+plt.show()
+
+# %% tags=["remove-input"]
+refresh_text = (
+    f"On a simulated catalogue refresh ({len(refresh.held_out):,} of {len(refresh.candidates):,} items held out, "
+    f"seed {seed}; {len(t_ref):,} test rows of {t_ref.user_id.nunique()} users, {len(both)} of them with a bought "
+    f"and a sampled held-out item for GAUC), the best model without a language model is "
+    f"{REF_NAMES[best['AUC']]} in AUC ({fmt_interval(ref_boot[best['AUC']], signed=False)}) and "
+    f"{REF_NAMES[best['GAUC']]} in GAUC ({ref_gauc[best['GAUC']]:.3f}). Against it: "
+    + "; ".join(f"{REF_NAMES[a]}: AUC {ref_verdict('AUC', a).text}, GAUC {ref_verdict('GAUC', a).text}"
+                for a in REF_LM)
+    + f". The fine-tuned bi-encoder against its own probe (the same {len(e_ref['ft_train']):,} pairs): AUC "
+    f"{decide(ref_boot['bi_ft - bi_probe'], kept_start=ref_kept).text}"
+    + f". The log's own new products are {len(refresh.natural_cold):,} items first sold in the test window; the "
+    f"held-out items are established products, so read this as a simulation of a refresh, not a forecast.")
+display(Markdown(refresh_text))
+
+# %% [markdown]
+# ## 4.11 What the numbers say
 
 # %% tags=["remove-input"]
 u, p = boot["uniform", "all"], boot[REGIME, "all"]
@@ -957,7 +1266,7 @@ if cross_kept:
 else:
     cross_text = (f"cross-encoder {fi(cross_boot['cross_ft'], signed=False)}, bi-encoder on the same "
                   f"{size['n_small']:,} examples {fi(cross_boot['bi_ft@n_small'], signed=False)}: bi - cross "
-                  f"{decide(cross_boot['bi_ft@n_small - cross_ft']).text}")
+                  f"{decide(cross_boot['bi_ft@n_small - cross_ft'], digits=digits(cross_boot['bi_ft@n_small - cross_ft'])).text}")
 display(Markdown(
     f"**Uniform negatives.** Popularity alone scores {fi(u['popularity_30d'], signed=False)}, the ID DNN "
     f"{fi(u['id_dnn'], signed=False)}; the fine-tuned bi-encoder {auc_of(u, 'bi_ft', 'uniform')}. The DNN against "
@@ -981,6 +1290,7 @@ display(Markdown(
     f"{verdict_of(REGIME, 'all', 'bi_lora - bi_ft@n_small').text}; FGM "
     f"{verdict_of(REGIME, 'all', 'bi_fgm - bi_ft@n_small').text}.\n\n"
     f"**Cross- vs bi-encoder** on {int(cross_rows.sum()):,} rows of {len(cross_users)} users: {cross_text}.\n\n"
+    f"**New products (section 4.10).** {refresh_text}\n\n"
     f"Sizes: {N_MAIN:,} fine-tuning examples, {runs[REGIME, 'bi_ft'].optimizer_steps:,} optimizer steps in "
     f"{PRECISION} on {device.type}; {split[REGIME]['test'].user_id.nunique()} test users, "
     f"{len(seed_diffs)} DNN seed(s). Intervals that include 0 are differences this run cannot tell from noise "
@@ -988,7 +1298,7 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# ## 4.11 The tutorial loop, and what a library gives you
+# ## 4.12 The tutorial loop, and what a library gives you
 #
 # Many tutorials tokenize each example inside the `Dataset`, pad to 128 tokens,
 # train in fp32 and evaluate with `torch.argmax(logits, dim=2)`, a line from
@@ -1074,12 +1384,25 @@ for sl, name in [("all", "all (popularity-matched negatives)"), ("cold_item", "c
                              metric="AUC", lm="id_dnn_ft_text", baseline="id_dnn",
                              r=boot[REGIME, sl]["id_dnn_ft_text - id_dnn"],
                              train_size=f"DNN {len(split[REGIME]['dnn_train']):,} rows; text {N_MAIN:,} examples",
-                             seed_diffs=SEEDS[REGIME, sl, "id_dnn_ft_text - id_dnn"], slice=name))
-lesson = (f"Under popularity-matched negatives, at equal data {curve_text['text_vs_ids'].split(' [')[0]}, and "
-          f"{curve_text['hybrid_vs_ids'].split(' [')[0]}; with the ID DNN trained on all "
+                             seed_diffs=SEEDS[REGIME, sl, "id_dnn_ft_text - id_dnn"],
+                             kept_start=kept(REGIME, "id_dnn_ft_text"), slice=name))
+REF_SIZES = {"frozen_probe": f"{len(e_ref['probe']):,} rows (probe)", "bi_ft": f"{len(e_ref['ft_train']):,} pairs",
+             "id_dnn_frozen_text": f"DNN {len(split['refresh']['dnn_train']):,} rows",
+             "id_dnn_ft_text": f"DNN {len(split['refresh']['dnn_train']):,} rows; text {len(e_ref['ft_train']):,} pairs"}
+for metric, a in ref_diff:
+    thesis.append(thesis_row(chapter="04", question=f"{REF_NAMES[a]} vs the best model without a language model "
+                             "(new products)", metric=metric, lm=a,
+                             baseline=best[metric], r=ref_diff[metric, a], train_size=REF_SIZES[a],
+                             seed_diffs=ref_seeds.get((metric, a)), kept_start=ref_kept_start(a),
+                             slice="simulated refresh"))
+lesson = (f"Under popularity-matched negatives, at equal data {curve_text['text_vs_ids'].split('. Per size')[0]}, and "
+          f"{curve_text['hybrid_vs_ids'].split('. Per size')[0]}; with the ID DNN trained on all "
           f"{len(split[REGIME]['dnn_train']):,} rows, fine-tuned item text changes its test AUC by "
           f"{verdict_of(REGIME, 'all', 'id_dnn_ft_text - id_dnn').text} (on cold items by "
-          f"{verdict_of(REGIME, 'cold_item', 'id_dnn_ft_text - id_dnn').text}).")
+          f"{verdict_of(REGIME, 'cold_item', 'id_dnn_ft_text - id_dnn').text}). On a simulated catalogue refresh "
+          f"({len(refresh.held_out):,} items held out), against {REF_NAMES[best['AUC']]} on the held-out items' test "
+          f"AUC: the frozen MiniLM probe {ref_verdict('AUC', 'frozen_probe').text}, the ID DNN + fine-tuned MiniLM "
+          f"vectors {ref_verdict('AUC', 'id_dnn_ft_text').text}.")
 metrics = {
     "auc": {f"{r}/{sl}/{k}": r4(v["auc"]) for (r, sl), b in boot.items() for k, v in b.items() if "auc" in v},
     "diff": {f"{r}/{sl}/{k}": {"diff": r4(v["diff"]), "low": r4(v["low"]), "high": r4(v["high"]),
@@ -1110,10 +1433,25 @@ metrics = {
     "item_vector_median_cos_ft_vs_frozen": drift,
     "precision": PRECISION,
     "torch_threads": torch.get_num_threads(),
+    "probe_check": {r: {k: r4(v) for k, v in col.items()} for r, col in probe_check.to_dict().items()},
     "n_ft_train": N_MAIN,
     "n_small": size["n_small"],
     "n_test_users": int(split[REGIME]["test"].user_id.nunique()),
     "n_cross_rows": int(cross_rows.sum()),
+    "precision_asked": precision,
+    "refresh": {**refresh.summary(), "test_rows": len(t_ref), "test_positives": int(t_ref.label.sum()),
+                "test_users": int(t_ref.user_id.nunique()), "gauc_users": len(both),
+                "train_rows": int((d_ref.split == "train").sum()), "n_ft_pairs": len(e_ref["ft_train"]),
+                "n_probe_rows": len(e_ref["probe"]), "dnn_seeds": len(ref_dnn), "kept_start": bool(ref_kept),
+                "unknown_item_share": r4((item_index == 0).mean()),
+                "auc": {k: r4_interval(ref_boot[k]) for k in REF_BASELINES + ["bi_probe"] + REF_LM},
+                "ft_vs_own_probe": {**r4_interval(ref_boot["bi_ft - bi_probe"]),
+                                    "verdict": decide(ref_boot["bi_ft - bi_probe"], kept_start=ref_kept).word},
+                "gauc": {k: r4(v) for k, v in ref_gauc.items()}, "best_baseline": best,
+                "diff": {f"{m}/{a} - {best[m]}": {**r4_interval(r), "verdict": ref_verdict(m, a).word}
+                         for (m, a), r in ref_diff.items()},
+                "seed_diffs": {f"{m}/{a} - {best[m]}": [r4(d) for d in v] for (m, a), v in ref_seeds.items()},
+                "sentence": refresh_text, "seconds": round(refresh_seconds, 1)},
 }
 write_metrics(output_dir, metrics, profile=run_profile, seed=seed, started=STARTED, device=str(device))
 print(f"{len(metrics['auc'])} AUCs, {len(metrics['diff'])} differences and {len(thesis)} thesis rows written")
@@ -1136,6 +1474,11 @@ print(f"{len(metrics['auc'])} AUCs, {len(metrics['diff'])} differences and {len(
 # * A bi-encoder's item vectors are computed once and reused: by the DNN here,
 #   and a recall index could serve them too (chapter 05 fine-tunes its own
 #   two-tower for recall).
+# * New products are measured **on purpose**: hold out a seeded share of the
+#   catalogue, strip it from everything the models learn from, and score the
+#   held-out items' test rows (a simulation of a refresh, DropoutNet's
+#   protocol); compare every text model with the best model that reads no
+#   language model, TF-IDF included.
 #
 # The lesson of this run:
 
