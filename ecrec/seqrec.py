@@ -17,6 +17,10 @@
   negative per position (SASRec's original loss). Klenitskiy & Vasilev (RecSys
   2023) found the full cross-entropy decisive; Petrov & Macdonald (RecSys
   2022) found BERT4Rec needs far longer training than its paper's.
+* **As a recall generator** (:class:`SeqGenerator`, chapter 07): the user
+  vector is the hidden state the next-item scores are read from
+  (:func:`user_states`), the item vectors the model's table
+  (:func:`item_vectors`), searched exactly by inner product with FAISS.
 * **EASE^R** (Steck, WWW 2019): a closed-form item-item model
   (:func:`ease`).
 * **Sampled metrics** (:func:`sampled_metrics`): the common "1 positive + 100
@@ -38,8 +42,8 @@ from torch import nn
 
 from ecrec.schema import INVOICE_NO, ITEM_IDX, TS, USER_ID
 
-__all__ = ["build_sequences", "pad_right", "SeqRec", "mask_for_cloze", "train_seqrec", "TrainLog", "score_next",
-           "ease", "sampled_metrics"]
+__all__ = ["build_sequences", "pad_right", "SeqRec", "mask_for_cloze", "train_seqrec", "TrainLog", "user_states",
+           "item_vectors", "score_next", "SeqGenerator", "ease", "sampled_metrics"]
 
 PAD = 0
 
@@ -276,22 +280,25 @@ def train_seqrec(model: SeqRec, tokens: np.ndarray, *, objective: str, epochs: i
 
 
 @torch.no_grad()
-def score_next(model: SeqRec, seqs, *, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Scores of every item as each user's next purchase.
+def user_states(model: SeqRec, seqs, *, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The hidden state each user's next-item scores are read from: the model's user vector.
 
     SASRec reads the hidden state at the last real position; BERT4Rec appends
     ``[MASK]`` (keeping the last ``max_len - 1`` items) and reads it there.
+    Scores are ``states @ item_vectors(model).T`` (:func:`score_next`).
 
     Args:
-        seqs: n int arrays of ``item_idx``. Items the model does not know
-            (``item_idx`` outside ``[0, n_items)``, e.g. a product added after
-            training) are dropped: the model has no vector for them. An empty
-            history, or one of unknown items only, gets a row of NaN (nothing to
-            read: the caller falls back, e.g. to popularity).
+        seqs: n int arrays of ``item_idx``, oldest first. Items the model does not
+            know (``item_idx`` outside ``[0, n_items)``, e.g. a product added
+            after training) are dropped: the model has no vector for them.
+        batch_size: users per forward pass.
 
     Returns:
-        ``(scores float32 (n, n_items), truncated bool (n,))``; ``truncated``: the
-        known history was longer than the model reads (its last items kept).
+        ``(states float32 (n, dim), has bool (n,), truncated bool (n,))``: a user
+        with an empty history, or one of unknown items only, has ``has`` False
+        and a row of zeros (nothing to read: the caller falls back, e.g. to
+        popularity); ``truncated``: the known history was longer than the model
+        reads (its last items kept).
     """
     model.eval()
     keep = model.max_len if model.causal else model.max_len - 1
@@ -304,14 +311,111 @@ def score_next(model: SeqRec, seqs, *, batch_size: int = 512) -> tuple[np.ndarra
         read = lengths
     else:
         read = np.maximum(lengths - 1, 0)
-    out = np.full((len(seqs), model.n_items), np.nan, dtype=np.float32)
-    has = np.flatnonzero(lengths > 0)
-    for start in range(0, len(has), batch_size):
-        rows = has[start : start + batch_size]
-        dev = next(model.parameters()).device
+    dim = model.pos_emb.embedding_dim
+    states = np.zeros((len(known), dim), dtype=np.float32)
+    has = lengths > 0
+    rows_with = np.flatnonzero(has)
+    dev = next(model.parameters()).device
+    for start in range(0, len(rows_with), batch_size):
+        rows = rows_with[start : start + batch_size]
         h = model(torch.as_tensor(tokens[rows], device=dev))  # (b, L, dim)
-        out[rows] = model.logits(h[torch.arange(len(rows), device=dev), torch.as_tensor(read[rows], device=dev)]).cpu().numpy()
+        states[rows] = h[torch.arange(len(rows), device=dev), torch.as_tensor(read[rows], device=dev)].cpu().numpy()
+    return states, has, truncated
+
+
+@torch.no_grad()
+def item_vectors(model: SeqRec) -> np.ndarray:
+    """float32 (n_items, dim): row ``i`` is item ``i``'s output vector (the item table without padding and ``[MASK]``)."""
+    return model.item_table()[1 : model.n_items + 1].cpu().numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def score_next(model: SeqRec, seqs, *, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of every item as each user's next purchase: the user's state (:func:`user_states`) times the item table.
+
+    Args:
+        seqs: n int arrays of ``item_idx``. Items the model does not know
+            (``item_idx`` outside ``[0, n_items)``, e.g. a product added after
+            training) are dropped: the model has no vector for them. An empty
+            history, or one of unknown items only, gets a row of NaN (nothing to
+            read: the caller falls back, e.g. to popularity).
+
+    Returns:
+        ``(scores float32 (n, n_items), truncated bool (n,))``; ``truncated``: the
+        known history was longer than the model reads (its last items kept).
+    """
+    states, has, truncated = user_states(model, seqs, batch_size=batch_size)
+    out = np.full((len(states), model.n_items), np.nan, dtype=np.float32)
+    rows_with = np.flatnonzero(has)
+    dev = next(model.parameters()).device
+    for start in range(0, len(rows_with), batch_size):
+        rows = rows_with[start : start + batch_size]
+        out[rows] = model.logits(torch.as_tensor(states[rows], device=dev)).cpu().numpy()
     return out, truncated
+
+
+class SeqGenerator:
+    """A trained :class:`SeqRec` as a candidate generator for a recall stage (chapter 07).
+
+    The user vector is the hidden state :func:`score_next` reads
+    (:func:`user_states`), the item vectors are the model's item table
+    (:func:`item_vectors`), and the top ``k`` come from an exact FAISS
+    inner-product search over the table (``IndexFlatIP`` on the raw vectors,
+    not normalised: the model scores by dot product, and an item's norm is part
+    of its score), through :func:`ecrec.recall.faiss_search` (ties: lower item
+    index). The lists are the top ``k`` of :func:`score_next`'s scores.
+
+    Args:
+        model: a trained SeqRec (moved to the CPU, eval mode).
+        seqs: ``{user_id: int array of item_idx}``, oldest first
+            (:func:`build_sequences` before the request time).
+
+    Attributes:
+        items: float32 (n_items, dim) item vectors; index: the FAISS index over
+        them; tie_margin: extra results so that identical vectors tie by lower index.
+    """
+
+    def __init__(self, model: SeqRec, seqs) -> None:
+        import faiss
+
+        from ecrec.recall import tie_margin
+
+        self.model = model.to("cpu").eval()
+        self.seqs = seqs
+        self.items = item_vectors(self.model)
+        self.index = faiss.IndexFlatIP(self.items.shape[1])
+        self.index.add(np.ascontiguousarray(self.items))
+        self.tie_margin = tie_margin(self.items)
+
+    def user_vectors(self, users) -> tuple[np.ndarray, np.ndarray]:
+        """``(vectors float32 (n, dim), has bool (n,))`` of customer ids; zero rows where no known history."""
+        empty = np.zeros(0, np.int64)
+        states, has, _ = user_states(self.model, [self.seqs.get(u, empty) for u in np.asarray(users).tolist()])
+        return states, has
+
+    def search(self, vectors: np.ndarray, k: int) -> np.ndarray:
+        """int64 (n, k) top ``k`` items of user vectors (float32 (n, dim)); a zero vector gets a row of -1."""
+        from ecrec.recall import faiss_search
+
+        return faiss_search(self.index, vectors, k, tie_margin=self.tie_margin)
+
+    def top_k(self, users, k: int) -> np.ndarray:
+        """int64 (n, k) item indexes per customer id, best first; -1 rows for a user without a known history.
+
+        Raises:
+            ValueError: ``k < 1``.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        vectors, has = self.user_vectors(users)
+        out = np.full((len(vectors), k), -1, dtype=np.int64)
+        if has.any():
+            out[has] = self.search(vectors[has], k)
+        return out
+
+    def __call__(self, data, k: int) -> np.ndarray:
+        """The recall-stage generator protocol (:meth:`ecrec.system.RecallStage.with_generator`): top ``k`` of ``data.users``."""
+        return self.top_k(data.users, k)
 
 
 def ease(train_matrix, lam: float = 500.0) -> np.ndarray:

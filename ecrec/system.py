@@ -4,8 +4,10 @@ Pipeline (one request = one user at one moment)
 -----------------------------------------------
 1. **Recall** (:class:`RecallStage`): chapter 05's generators (most popular,
    item-to-item CF, implicit ALS, the zero-shot MiniLM two-tower searched with
-   FAISS) merged into a hybrid (:func:`ecrec.recall.interleave`), K items.
-   Cold users (no history) get the popularity list.
+   FAISS), plus any added with :meth:`RecallStage.with_generator` (chapter 08's
+   SASRec, :class:`ecrec.seqrec.SeqGenerator`), merged into a hybrid
+   (:func:`ecrec.recall.interleave`), K items. Cold users (no history) get the
+   popularity list.
 2. **Features** (:class:`FeatureStore`): chapter 03's point-in-time features of
    every (user, candidate) pair, from a snapshot of the log frozen at one
    instant ``at`` (a nightly batch job in a real shop), plus the request's own
@@ -67,6 +69,7 @@ __all__ = [
 ]
 
 _DAY_S = 86_400.0
+BUILTIN_GENERATORS = ("item_cf", "als", "text", "popular")  # RecallStage.lists' own keys
 
 
 # --- measuring ----------------------------------------------------------------
@@ -244,6 +247,8 @@ class RecallStage:
         text_index: an exact FAISS index over ``text_emb`` (None without text).
         max_history: the user tower reads the ``max_history`` most recent items.
         tie_margin: extra FAISS results so that identical vectors tie by lower item index.
+        extra: more generators by name (:meth:`with_generator`), e.g. a sequence model
+            (:class:`ecrec.seqrec.SeqGenerator`); listed after the built-in ones.
     """
 
     pop: np.ndarray
@@ -254,6 +259,7 @@ class RecallStage:
     text_index: object
     max_history: int = 10
     tie_margin: int = 0
+    extra: dict[str, Callable[[R.RecallData, int], np.ndarray]] = field(default_factory=dict)
 
     @classmethod
     def fit(cls, data: R.RecallData, text_emb: np.ndarray | None, *, pop_days: int = 30, als_factors: int = 64,
@@ -286,10 +292,34 @@ class RecallStage:
             raise ValueError("this RecallStage was fitted without text vectors (text_emb=None)")
         return R.user_vectors(R.cap_history(history, self.max_history), self.text_emb)
 
+    def with_generator(self, name: str, generator: Callable[[R.RecallData, int], np.ndarray]) -> RecallStage:
+        """A copy of the stage with one more generator, merged by :meth:`hybrid` like the others.
+
+        Args:
+            name: its key in :meth:`lists` and in the hybrid's weights.
+            generator: ``generator(data, k)`` -> int (len(data.users), k) item
+                indexes best first, -1 = padding; a row of -1 only means "no
+                answer for this user" (e.g. a history of items the model does not
+                know) and gets the popularity list, as cold users do.
+
+        Raises:
+            ValueError: ``name`` is already a generator of the stage.
+            TypeError: ``generator`` is not callable.
+        """
+        if name in (*BUILTIN_GENERATORS, *self.extra):
+            raise ValueError(f"the stage already has a generator named {name!r}; pick another name")
+        if not callable(generator):
+            raise TypeError(f"generator must be callable as generator(data, k), got {type(generator).__name__}")
+        return replace(self, extra={**self.extra, name: generator})
+
     def lists(self, data: R.RecallData, k: int) -> dict[str, np.ndarray]:
         """Each generator's top ``k`` (n_users, k) item indexes; cold users get the popularity list.
 
-        Keys: ``item_cf``, ``als``, ``text`` (when the stage has text vectors), ``popular``.
+        Keys: ``item_cf``, ``als``, ``text`` (when the stage has text vectors), ``popular``,
+        then the :attr:`extra` generators (their all -1 rows also get the popularity list).
+
+        Raises:
+            ValueError: an extra generator's lists are not (n_users, k).
         """
         n = len(data.users)
         cold = data.user_group == "cold"
@@ -301,7 +331,13 @@ class RecallStage:
             out["text"] = R.faiss_search(self.text_index, self.user_vectors(data.history), k,
                                          tie_margin=self.tie_margin)
         out["popular"] = np.broadcast_to(popular, (n, len(popular)))
-        return {g: R.with_fallback(x, cold, popular) for g, x in out.items()}
+        lists = {g: R.with_fallback(x, cold, popular) for g, x in out.items()}
+        for name, generator in self.extra.items():
+            x = np.asarray(generator(data, k), dtype=np.int64)
+            if x.shape != (n, k):
+                raise ValueError(f"generator {name!r} returned lists of shape {x.shape}, expected {(n, k)}")
+            lists[name] = R.with_fallback(x, cold | (x < 0).all(1), popular)
+        return lists
 
     @staticmethod
     def hybrid(lists: dict[str, np.ndarray], weights: dict[str, int], k: int) -> np.ndarray:

@@ -507,7 +507,10 @@ display(Markdown(
     "* A basket's internal order is noise: shuffle it (seeded) rather than let a model learn the line order.\n"
     "* SASRec and BERT4Rec are one encoder with two masks; the tiny example above shows both.\n"
     f"* Sampled metrics flatter every model (mean sampled AUC {trap['sampled AUC'].mean():.2f}) and swapped "
-    f"{len(swapped)} of {len(names) * (len(names) - 1) // 2} pairs here: evaluate over the full catalogue."))
+    f"{len(swapped)} of {len(names) * (len(names) - 1) // 2} pairs here: evaluate over the full catalogue.\n"
+    "* Chapter 07 (section 7.2.1) serves SASRec (CE) as one more recall generator beside item-CF, ALS, the text "
+    "tower and popularity (`ecrec.seqrec.SeqGenerator`: the hidden state at the last purchase, searched in the "
+    "model's item table with FAISS), and measures what it adds to the recall stage and what it costs per request."))
 
 # %% [markdown]
 # ## Exercises

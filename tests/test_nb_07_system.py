@@ -90,6 +90,36 @@ def test_lighter_text_ranker(m):
     assert table["int8"]["size MB"] < 0.8 * table["fp32"]["size MB"]
 
 
+def test_sequence_generator_in_the_recall_stage(m):
+    """Section 7.2.1: chapter 08's SASRec (CE) as one more generator, weight 1 beside the validation mix.
+
+    Recorded (smoke, 3 epochs on 4,082 sequences, loss 8.55 -> 7.64): ceiling at K = 100 SASRec alone
+    0.186, hybrid 0.320, hybrid + SASRec 0.311; per-user Recall@100 -0.014 [-0.024, -0.005]; 10 users
+    without history fall back; its user vector 0.56 ms and search 0.04 ms p50 (n = 300, 1 thread).
+    """
+    seq = m["sequence_generator"]
+    assert seq["model"] == "SASRec (CE)" and seq["mix"] == {**m["hybrid_mix"], "sasrec": 1}
+    assert seq["epochs"] == 3 and 4000 <= seq["n_sequences"] <= 4200  # every customer with a purchase before
+    losses = seq["train_losses"]
+    assert losses[-1] < losses[0] and 7.3 <= losses[-1] <= 8.0  # 7.64 recorded; ln 3659 = 8.20
+    ceil = seq["ceiling"]
+    assert ceil["hybrid"] == pytest.approx(m["recall_ceiling"])  # the same lists as section 7.2's hybrid
+    for name, row in ceil.items():
+        assert [row[k] for k in KS] == sorted(row[k] for k in KS), name  # more candidates never lose one
+        assert all(0 <= row[k] <= 1 for k in KS), name
+    assert 0.14 <= ceil["SASRec alone"]["100"] <= 0.23  # 0.186
+    assert 0.28 <= ceil["hybrid + SASRec"]["100"] <= 0.34  # 0.311
+    d, r100 = seq["recall@100_diff"], seq["recall@100"]
+    assert d["low"] <= d["diff"] <= d["high"] and d["level"] == 0.95
+    assert d["diff"] == pytest.approx(r100["hybrid + SASRec"] - r100["hybrid"], abs=1e-12)  # paired, same users
+    assert -0.05 <= d["diff"] <= 0.03  # -0.014 recorded
+    assert 5 <= seq["fallback_users"] <= 20  # 10 recorded: the evaluated users without a purchase before the test
+    lat = m["latency_ms"]
+    for row in ("SASRec user vector (forward pass)", "FAISS search over SASRec's items (exact)"):
+        assert lat[row]["n"] == 300 and lat[row]["p50_ms"] is not None and lat[row]["p95_ms"] is not None, row
+        assert row in m["throughput_per_s"]
+
+
 def test_latency_measured_on_the_stated_requests(m):
     lat = m["latency_ms"]
     stages = {"user vector", "FAISS search (exact)", "feature lookup, in memory (K=100)",

@@ -148,3 +148,58 @@ def test_sampled_metrics_by_hand():
     assert tie["auc"][0] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="fewer than n_neg"):
         S.sampled_metrics(scores, rel, n_neg=6)
+
+
+def test_user_states_are_the_hidden_states_score_next_reads():
+    m = _model(True)
+    seqs = [np.array([7, 3, 9]), np.array([], np.int64), np.array([12, 40]), np.arange(10) % 12]
+    states, has, truncated = S.user_states(m, seqs)
+    assert states.shape == (4, 16) and states.dtype == np.float32
+    assert has.tolist() == [True, False, False, True] and truncated.tolist() == [False, False, False, True]
+    assert not states[~has].any()  # no known history: a zero row, the caller falls back
+    with torch.no_grad():  # by hand: tokens 8, 4, 10 (item + 1); SASRec reads position 2, the last item's
+        np.testing.assert_array_equal(states[0], m(torch.tensor([[8, 4, 10, 0, 0, 0]]))[0, 2].numpy())
+        items = S.item_vectors(m)
+        np.testing.assert_array_equal(items, m.item_emb.weight[1:13].numpy())  # no padding row, no [MASK]
+    scores, _ = S.score_next(m, seqs)
+    np.testing.assert_allclose(scores[has], states[has] @ items.T, rtol=1e-5, atol=1e-6)
+    b = _model(False)
+    b_states, _, _ = S.user_states(b, seqs[:1])
+    with torch.no_grad():  # BERT4Rec: [MASK] (token 13) right after the last item, read there
+        np.testing.assert_array_equal(b_states[0], b(torch.tensor([[8, 4, 10, 13, 0, 0]]))[0, 3].numpy())
+
+
+def test_seq_generator_searches_by_dot_product_not_cosine():
+    torch.manual_seed(0)
+    m = S.SeqRec(3, dim=2, max_len=4, layers=1, heads=1, dropout=0.0)
+    with torch.no_grad():  # items 0, 1, 2 get vectors (1, 0), (3, 0), (0, 5) by hand
+        m.item_emb.weight[1:4] = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 5.0]])
+    gen = S.SeqGenerator(m, {})
+    # (1, 0) scores the items 1, 3, 0: item 1 first; by cosine items 0 and 1 would tie (both 1)
+    # (0, 1) scores 0, 0, 5: item 2, then the tie of items 0 and 1 by lower index
+    got = gen.search(np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], np.float32), 3)
+    np.testing.assert_array_equal(got, [[1, 0, 2], [2, 0, 1], [-1, -1, -1]])  # a zero vector is not searched
+    np.testing.assert_array_equal(gen.search(np.array([[1.0, 0.0]], np.float32), 5), [[1, 0, 2, -1, -1]])
+
+
+def test_seq_generator_lists_are_the_top_k_of_score_next():
+    m = _model(True)
+    seqs = {10: np.array([7, 3, 9]), 20: np.array([1, 1, 4, 0, 5, 2, 8]), 30: np.array([12, 40]), 40: np.array([5])}
+    gen = S.SeqGenerator(m, seqs)
+    users = np.array([40, 10, 99, 20, 30])  # 99: no sequence; 30: only items the model does not know
+    got = gen.top_k(users, 4)
+    scores, _ = S.score_next(m, [seqs.get(u, np.zeros(0, np.int64)) for u in users.tolist()])
+    from ecrec.recall import top_k
+
+    known = ~np.isnan(scores).any(1)
+    np.testing.assert_array_equal(got[known], top_k(scores[known], 4))  # the oracle: numpy over every item
+    assert (got[~known] == -1).all() and known.tolist() == [True, True, False, True, False]
+
+    class Data:  # the recall-stage protocol reads data.users only
+        pass
+
+    data = Data()
+    data.users = users
+    np.testing.assert_array_equal(gen(data, 4), got)
+    with pytest.raises(ValueError, match="k must be"):
+        gen.top_k(users, 0)

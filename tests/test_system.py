@@ -215,6 +215,45 @@ def test_a_constant_score_ranker_scores_what_a_random_order_scores():
     assert S.list_quality(items, [[0]], 2, scores=best)["recall@2"] == 0.0
 
 
+def test_recall_stage_merges_an_extra_generator_and_falls_back_like_the_others():
+    m = sp.csr_array(np.array([[0.0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0]]))
+    data = R.RecallData(
+        test_start=pd.Timestamp("2011-02-01"), end=pd.Timestamp("2011-03-01"), items=pd.DataFrame({"x": range(4)}),
+        events=pd.DataFrame(), users=np.array([10, 20, 30]), user_group=np.array(["cold", "warm", "warm"]),
+        history=m, history_count=m, relevant_all=m, relevant_new=m, train_users=np.array([20, 30]),
+        train_matrix=m[1:], train_row_of_user=np.array([-1, 0, 1]),
+    )
+    stage = S.RecallStage(pop=np.array([0.0, 3, 2, 1]), sim=sp.csr_array(np.eye(4)), user_f=np.eye(2),
+                          item_f=np.array([[0.0, 1], [1, 0], [0, 2], [2, 0]]), text_emb=None, text_index=None)
+    calls = []
+
+    def seq(d, k):  # user 10 is cold, user 20 gets no answer (-1 row), user 30 gets [3, 0]
+        calls.append(k)
+        return np.array([[3, 2], [-1, -1], [3, 0]])[:, :k]
+
+    plus = stage.with_generator("seq", seq)
+    assert stage.extra == {} and list(plus.extra) == ["seq"]  # a copy: the fitted stage is unchanged
+    base, lists = stage.lists(data, 2), plus.lists(data, 2)
+    assert list(lists) == ["item_cf", "als", "popular", "seq"] and calls == [2]
+    for g in base:  # adding a generator changes no other generator's lists
+        np.testing.assert_array_equal(lists[g], base[g])
+    np.testing.assert_array_equal(lists["popular"], [[1, 2]] * 3)
+    np.testing.assert_array_equal(lists["seq"], [[1, 2], [1, 2], [3, 0]])  # cold and no answer: popularity
+    # by hand, weights als 1, seq 1: user 30's ALS factors (0, 1) score the items 1, 0, 2, 0 -> als [2, 0]
+    np.testing.assert_array_equal(lists["als"][2], [2, 0])
+    hybrid = S.RecallStage.hybrid(lists, {"als": 1, "seq": 1}, 3)
+    np.testing.assert_array_equal(hybrid[2], [2, 3, 0])  # a1 s1 a2 (s2 = 0 is a duplicate)
+    np.testing.assert_array_equal(hybrid, R.interleave([lists["als"], lists["seq"]], 3))
+    with pytest.raises(ValueError, match="already has a generator named 'als'"):
+        stage.with_generator("als", seq)
+    with pytest.raises(ValueError, match="already has a generator named 'seq'"):
+        plus.with_generator("seq", seq)
+    with pytest.raises(TypeError, match="callable"):
+        stage.with_generator("seq", [1, 2])
+    with pytest.raises(ValueError, match=r"shape \(3, 1\), expected \(3, 2\)"):
+        stage.with_generator("short", lambda d, k: np.zeros((3, 1))).lists(data, 2)
+
+
 def test_first_visits_and_subset_users():
     ev = pd.DataFrame({
         "user_id": [1, 1, 2, 2, 3],
