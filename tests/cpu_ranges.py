@@ -29,7 +29,8 @@ TOL_FIXED = 0.01
 # chapter stem -> dotted paths into its metrics.json "metrics" (a headline number each)
 HEADLINES: dict[str, list[str]] = {
     "04_bert_ctr": ["auc.popularity_matched/all/id_dnn", "auc.uniform/all/id_dnn",
-                    "auc.popularity_matched/all/zero_shot_text"],
+                    "auc.popularity_matched/all/zero_shot_text", "probe_check.popularity_matched.zero-shot similarity",
+                    "probe_check.popularity_matched.BiProbe (similarity kept)"],
     "05_recall": ["all.popular.recall@50", "all.als.recall@50", "all.text_zero_shot.recall@50",
                   "all.text_fine_tuned.recall@50", "cold_items_recall@50.text_fine_tuned",
                   "cold_items_recall@50.text_zero_shot"],
