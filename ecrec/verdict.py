@@ -89,6 +89,10 @@ def fmt_interval(r: Mapping[str, float], digits: int = 3, *, signed: bool = True
     s = "+" if signed else ""
     if math.isnan(lo) or math.isnan(hi):
         return f"{value:{s}.{digits}f}"
+    # an end that is not 0 but rounds to it would read as touching 0 ("[-0.011, -0.000]" beside "a loss"):
+    # add digits until every non-zero end shows a non-zero digit (at most 6)
+    while digits < 6 and any(x != 0 and abs(x) > NOISE and round(abs(x), digits) == 0 for x in (lo, hi)):
+        digits += 1
     return f"{value:{s}.{digits}f} [{lo:{s}.{digits}f}, {hi:{s}.{digits}f}]"
 
 

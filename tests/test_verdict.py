@@ -81,6 +81,10 @@ def test_text_matches_the_numbers():
         "bi_ft loses to frozen_probe: -0.016 [-0.024, -0.007]")
     assert fmt_interval({"auc": 0.745, "low": 0.721, "high": 0.766}, signed=False) == "0.745 [0.721, 0.766]"
     assert fmt_interval({"diff": 0.0, "low": -NOISE / 2, "high": NOISE / 2}) == "0 (identical)"
+    # an end that clears 0 but rounds to it gets the digits that show it (never "-0.000" beside "a loss")
+    assert fmt_interval({"diff": -0.006, "low": -0.011, "high": -0.0003}) == "-0.0060 [-0.0110, -0.0003]"
+    assert decide({"diff": -0.006, "low": -0.011, "high": -0.0003}).text.startswith("-0.0060 [-0.0110, -0.0003]")
+    assert fmt_interval({"diff": 0.003, "low": 0.0, "high": 0.006}) == "+0.003 [+0.000, +0.006]"  # 0 itself: as is
 
 
 def test_refusals():
