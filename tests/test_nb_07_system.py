@@ -201,6 +201,7 @@ def test_ddp_two_processes_take_the_single_process_steps(m):
     assert ddp["kept_step"] in (0, 1, 2, 3, 4)
     assert all(v > 0 for v in ddp["samples_per_s"].values())  # measured, never compared in a test
 
+
 def test_beyond_accuracy_and_mmr(m):
     """Section 7.7: the final lists beyond accuracy, and MMR over the DNN's top 100 (invariants, ranges).
 
