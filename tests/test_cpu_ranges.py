@@ -7,15 +7,17 @@ How the ranges were recorded and how to record them again: ``tests/cpu_ranges.py
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from cpu_ranges import RANGES, lookup, thesis_key  # noqa: E402
+_spec = importlib.util.spec_from_file_location("ecrec_cpu_ranges", Path(__file__).with_name("cpu_ranges.py"))
+_ranges = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_ranges)  # the recorder beside this file, not an installed package
+RANGES, lookup, thesis_key = _ranges.RANGES, _ranges.lookup, _ranges.thesis_key
 
 pytestmark = pytest.mark.notebook
 RECORDED: dict = json.loads(RANGES.read_text())
