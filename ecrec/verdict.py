@@ -96,6 +96,19 @@ def fmt_interval(r: Mapping[str, float], digits: int = 3, *, signed: bool = True
     return f"{value:{s}.{digits}f} [{lo:{s}.{digits}f}, {hi:{s}.{digits}f}]"
 
 
+def direction(r: Mapping[str, float], *, digits: int = 3) -> str:
+    """``"+0.03 [+0.02, +0.04] (95% interval), higher"``: a difference read as a direction, through :func:`decide`.
+
+    For numbers where neither side is "better" (novelty, diversity): "higher"/"lower" only when the interval
+    clears 0, "within noise" otherwise, "identical" when the difference is numerical noise.
+    """
+    v = decide(r, digits=digits)
+    if v.word == "identical":
+        return "identical"
+    return f"{fmt_interval(r, digits)} ({v.level:.0%} interval), " + {"a gain": "higher", "a loss": "lower"}.get(
+        v.word, "within noise")
+
+
 def decide(
     r: Mapping[str, float],
     *,

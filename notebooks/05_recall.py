@@ -94,7 +94,7 @@ from ecrec.profiles import pick_sizes, seed_everything
 from ecrec.stats import paired_mean_diff
 from ecrec.text import load_encoder, load_tokenizer
 from ecrec.timing import best_of
-from ecrec.verdict import compare, decide, fmt_interval, thesis_row
+from ecrec.verdict import compare, decide, direction, fmt_interval, thesis_row
 
 STARTED = time.time()
 SIZES = {
@@ -742,24 +742,15 @@ def paired(setting, a, b, key):
     return paired_mean_diff(np.where(both, x, np.nan), np.where(both, y, 0.0), n_boot=N_BOOT, seed=seed)
 
 
-def higher_or_lower(r):
-    """'+0.03 [+0.02, +0.04] (95% interval), higher' through ecrec.verdict.decide: a direction only beyond noise."""
-    v = decide(r)
-    if v.word == "identical":
-        return "identical"
-    return f"{fmt_interval(r)} ({v.level:.0%} interval), " + {"a gain": "higher", "a loss": "lower"}.get(
-        v.word, "within noise")
-
-
 BEYOND_CI = {s: {f"{key}:{a}-{b}": paired(s, a, b, key) for key in ("novelty", "ild")
                  for a, b in (("text_zero_shot", "als"), ("text_fine_tuned", "als"))} for s in SETTINGS}
 b_all = beyond_table.loc["all"]
 share = f"top-{HEAD_SHARE:.0%} share"
 display(Markdown(
     f"At K = {K_EVAL} (all purchases), against ALS: the zero-shot text tower's novelty (in bits) differs by "
-    f"{higher_or_lower(BEYOND_CI['all']['novelty:text_zero_shot-als'])}, and its ILD by "
-    f"{higher_or_lower(BEYOND_CI['all']['ild:text_zero_shot-als'])} (measured in its own MiniLM space); the "
-    f"fine-tuned tower's ILD by {higher_or_lower(BEYOND_CI['all']['ild:text_fine_tuned-als'])}. The most bought "
+    f"{direction(BEYOND_CI['all']['novelty:text_zero_shot-als'])}, and its ILD by "
+    f"{direction(BEYOND_CI['all']['ild:text_zero_shot-als'])} (measured in its own MiniLM space); the "
+    f"fine-tuned tower's ILD by {direction(BEYOND_CI['all']['ild:text_fine_tuned-als'])}. The most bought "
     f"{HEAD_SHARE:.0%} of the catalogue takes {b_all.loc['popular', share]:.0%} of the popularity list's slots, "
     f"{b_all.loc['als', share]:.0%} of ALS's and {b_all.loc['text_zero_shot', share]:.0%} of the zero-shot text "
     f"tower's; coverage runs from {b_all['coverage'].min():.3f} ({b_all['coverage'].idxmin()}) to "

@@ -117,7 +117,7 @@ from ecrec.profiles import pick_sizes, seed_everything
 from ecrec.service import Recommender, ServiceProcess, write_bundle
 from ecrec.stats import bootstrap_auc, paired_mean_diff
 from ecrec.text import encode_texts, load_tokenizer
-from ecrec.verdict import decide
+from ecrec.verdict import decide, direction
 
 STARTED = time.time()
 
@@ -1212,7 +1212,6 @@ display(Markdown(
 # %%
 from ecrec import rerank
 from ecrec.rerank import mmr_rerank
-from ecrec.verdict import fmt_interval
 
 HEAD_SHARE = 0.1  # the popular head: the most bought 10% of the catalogue
 PRICE_BANDS = pd.cut(catalog["price"], [-np.inf, 1, 2.5, 5, np.inf], right=False,
@@ -1305,15 +1304,6 @@ axes[1].legend(fontsize="small")
 save(fig, output_dir, "mmr_tradeoff")
 
 # %% tags=["remove-input"]
-def higher_or_lower(r):
-    """'+0.03 [+0.02, +0.04] (95% interval), higher' through ecrec.verdict.decide: a direction only beyond noise."""
-    v = decide(r)
-    if v.word == "identical":
-        return "identical"
-    return f"{fmt_interval(r)} ({v.level:.0%} interval), " + {"a gain": "higher", "a loss": "lower"}.get(
-        v.word, "within noise")
-
-
 free = [lam for lam in LAMBDAS[1:] if decide(mmr_change[lam]["ild"]).is_gain
         and not decide(mmr_change[lam]["ndcg"]).is_loss]
 lowest = LAMBDAS[-1]
@@ -1324,11 +1314,11 @@ display(Markdown(
     f"{HEAD_SHARE:.0%} of the catalogue, coverage {bf['coverage@10']:.3f}. MMR at λ = 1 returns the ranker's top 10 "
     f"for all {n_users} users (checked). "
     + (f"The lowest λ tried at which ILD@10 rises beyond noise with no measurable loss of NDCG@10 is "
-       f"{min(free):g}: ILD@10 changes by {higher_or_lower(mmr_change[min(free)]['ild'])}, and NDCG@10 by "
+       f"{min(free):g}: ILD@10 changes by {direction(mmr_change[min(free)]['ild'])}, and NDCG@10 by "
        f"{decide(mmr_change[min(free)]['ndcg']).text}: diversity this run did not pay for in measurable "
        "accuracy. " if free else
        "At no λ tried does MMR raise ILD@10 beyond noise without a measurable loss of NDCG@10. ")
-    + (f"At λ = {lowest:g}, ILD@10 changes by {higher_or_lower(mmr_change[lowest]['ild'])}, and NDCG@10 by "
+    + (f"At λ = {lowest:g}, ILD@10 changes by {direction(mmr_change[lowest]['ild'])}, and NDCG@10 by "
        f"{decide(mmr_change[lowest]['ndcg']).text}. " if not free or min(free) != lowest else "")
     + f"With {n_users} users the intervals are wide: which λ a shop wants is a business choice (an A/B test "
     "of engagement), not one this offline curve can make alone."

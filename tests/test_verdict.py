@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ecrec import stats
-from ecrec.verdict import NOISE, compare, decide, fmt_interval, thesis_row
+from ecrec.verdict import NOISE, compare, decide, direction, fmt_interval, thesis_row
 
 
 def test_identical_lists_are_identical_not_a_gain():
@@ -104,3 +104,10 @@ def test_thesis_row_is_json_ready_and_carries_the_verdict():
     no_interval = thesis_row(chapter="05", question="q", metric="Recall@50", lm="a", baseline="b",
                              r={"diff": 0.01}, train_size="all")
     assert no_interval["verdict"] == "within noise" and no_interval["low"] is None
+
+
+def test_direction_reads_a_difference_without_a_better_side():
+    assert direction({"diff": 1.55, "low": 1.45, "high": 1.64}) == "+1.550 [+1.450, +1.640] (95% interval), higher"
+    assert direction({"diff": -0.164, "low": -0.173, "high": -0.156, "level": 0.9}).endswith("(90% interval), lower")
+    assert direction({"diff": 0.01, "low": -0.02, "high": 0.04}).endswith("within noise")
+    assert direction({"diff": 0.0, "low": 0.0, "high": 0.0}) == "identical"
