@@ -107,7 +107,7 @@ def test_thesis_row_is_json_ready_and_carries_the_verdict():
 
 
 def test_direction_reads_a_difference_without_a_better_side():
-    assert direction({"diff": 1.55, "low": 1.45, "high": 1.64}) == "+1.550 [+1.450, +1.640] (95% interval), higher"
+    assert direction({"diff": 1.55, "low": 1.45, "high": 1.64, "level": 0.95}) == "+1.550 [+1.450, +1.640] (95% interval), higher"
     assert direction({"diff": -0.164, "low": -0.173, "high": -0.156, "level": 0.9}).endswith("(90% interval), lower")
-    assert direction({"diff": 0.01, "low": -0.02, "high": 0.04}).endswith("within noise")
+    assert direction({"diff": 0.01, "low": -0.02, "high": 0.04, "level": 0.95}).endswith("within noise")
     assert direction({"diff": 0.0, "low": 0.0, "high": 0.0}) == "identical"
