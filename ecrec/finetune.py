@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecrec.bert import count_params, ctr_loss, fresh_parameter_names, save_checkpoint
-from ecrec.pairs import length_grouped_batches, sorted_batches
+from ecrec.bert import bi_logits, count_params, ctr_loss, fresh_parameter_names, save_checkpoint
+from ecrec.pairs import EncodedHistories, length_grouped_batches, sorted_batches
 
 __all__ = [
     "pick_device",
@@ -658,6 +658,10 @@ def predict_logits(
     """Logits for every example, in ``model.eval()`` under ``torch.inference_mode()``.
 
     Examples are batched sorted by length (little padding) and put back in order.
+    A bi-encoder (``model.architecture == "bi"``) on :class:`ecrec.pairs.EncodedHistories`
+    encodes each distinct item once and applies the head to the cached vectors
+    (:func:`ecrec.bert.bi_logits`): the same logits as ``model(**batch)``, without
+    encoding an item again for every batch that holds it.
 
     Returns:
         float32 array (n,), one logit per example (``sigmoid`` gives the probability).
@@ -669,6 +673,9 @@ def predict_logits(
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     plan = amp_plan(device, precision)
+    if getattr(model, "architecture", None) == "bi" and isinstance(data, EncodedHistories):
+        return _bi_encoder_logits(model, data, pad_id=pad_id, batch_size=batch_size, device=device,
+                                  precision=precision, progress=progress)
     out = np.empty(len(data), dtype=np.float32)
     was_training = model.training
     model.eval()
@@ -680,6 +687,20 @@ def predict_logits(
             out[idx] = logits.float().reshape(-1).cpu().numpy()
     model.train(was_training)
     return out
+
+
+def _bi_encoder_logits(model, data: EncodedHistories, *, pad_id: int, batch_size: int, device, precision: str,
+                       progress: bool) -> np.ndarray:
+    """:func:`predict_logits` for a bi-encoder: the items the examples name, each encoded once."""
+    if len(data) == 0:
+        return np.zeros(0, dtype=np.float32)
+    hist = np.asarray(data.hist)
+    rows = np.unique(np.concatenate([np.asarray(data.cand), hist[hist >= 0]]))
+    vectors = item_vectors(model, [data.item_tokens[j] for j in rows], pad_id=pad_id, batch_size=batch_size,
+                           device=device, precision=precision, progress=progress)
+    local = np.full(len(data.item_tokens), -1, dtype=np.int64)
+    local[rows] = np.arange(len(rows))
+    return bi_logits(model, vectors, np.where(hist >= 0, local[np.maximum(hist, 0)], -1), local[data.cand])
 
 
 def predict_proba(model, data, **kwargs) -> np.ndarray:
@@ -696,6 +717,7 @@ def item_vectors(
     pad_id: int = 0,
     batch_size: int = 256,
     device=None,
+    precision: str = "fp32",
     progress: bool = False,
 ) -> np.ndarray:
     """A bi-encoder's item tower applied to every item: the vectors to cache.
@@ -703,6 +725,7 @@ def item_vectors(
     Args:
         model: a :class:`ecrec.bert.BiEncoderCtr`.
         item_tokens: token ids per item (``EncodedHistories.item_tokens``).
+        precision: "fp32" (default), "bf16", "fp16" or "auto", as :func:`amp_plan`.
 
     Returns:
         float32 (n_items, hidden), in the model's pooling (unit norm for MiniLM).
@@ -712,6 +735,7 @@ def item_vectors(
     from ecrec.pairs import _pad
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    plan = amp_plan(device, precision)
     lengths = np.fromiter((len(t) for t in item_tokens), dtype=np.int64, count=len(item_tokens))
     out = np.empty((len(item_tokens), model.hidden_size), dtype=np.float32)
     was_training = model.training
@@ -719,6 +743,7 @@ def item_vectors(
     with torch.inference_mode():
         for idx in tqdm(sorted_batches(lengths, batch_size), desc="item vectors", disable=not progress):
             ids, mask = _pad([item_tokens[i] for i in idx], pad_id)
-            out[idx] = model.item_vectors(ids.to(device), mask.to(device)).float().cpu().numpy()
+            with plan.autocast(device):
+                out[idx] = model.item_vectors(ids.to(device), mask.to(device)).float().cpu().numpy()
     model.train(was_training)
     return out

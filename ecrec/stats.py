@@ -75,6 +75,23 @@ def user_resample_weights(users: Sequence | np.ndarray, n_boot: int, seed: int) 
     return counts, user_index.astype(np.int64)
 
 
+def _merge_one_class_runs(group: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Renumber ascending score groups so that consecutive groups holding one class only share a group.
+
+    Exact for the AUC: positives in a run of positive-only groups see the same negative
+    weight below them, and a run of negative-only groups lies wholly below or above every
+    positive; groups holding both classes (ties across classes) stay alone. Fewer groups
+    make the (resamples x groups) sums of :func:`weighted_auc_many` cheaper.
+    """
+    n_groups = int(group.max()) + 1
+    has_pos = np.bincount(group[pos], minlength=n_groups) > 0
+    has_neg = np.bincount(group[~pos], minlength=n_groups) > 0
+    kind = has_pos.astype(np.int8) + 2 * has_neg.astype(np.int8)  # 1 positives only, 2 negatives only, 3 both
+    starts = np.ones(n_groups, dtype=bool)
+    starts[1:] = (kind[1:] != kind[:-1]) | (kind[1:] == 3)
+    return (np.cumsum(starts) - 1)[group]
+
+
 def weighted_auc_many(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """ROC AUC of one score under many row weightings, ties counted one half.
 
@@ -101,8 +118,9 @@ def weighted_auc_many(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> 
     from scipy import sparse
 
     _, group = np.unique(score, return_inverse=True)  # tied scores share a group, ascending
-    n_groups = int(group.max()) + 1
     pos, neg = y == 1, y == 0
+    group = _merge_one_class_runs(group, pos)
+    n_groups = int(group.max()) + 1
     # (rows of one class) x (score groups) indicators: weights @ G sums the weight per group
     g_pos = sparse.csr_array((np.ones(pos.sum()), (np.arange(pos.sum()), group[pos])), shape=(pos.sum(), n_groups))
     g_neg = sparse.csr_array((np.ones(neg.sum()), (np.arange(neg.sum()), group[neg])), shape=(neg.sum(), n_groups))

@@ -154,6 +154,28 @@ def test_fresh_parameters_get_head_lr_and_train_under_lora(tiny_st):
     assert lr_of["head.weight"] == 1e-3 and all(v == 5e-4 for n, v in lr_of.items() if "lora_" in n)
 
 
+def test_bi_encoder_logits_encode_each_item_once_and_equal_the_batched_forward(tiny_st, tokenizer):
+    """predict_logits on a bi-encoder scores from each distinct item's vector, encoded once: the same
+    logits as model(**batch) batch by batch (fp32, eval mode), at any batch size, order kept."""
+    ex = _examples(37, seed=3)
+    enc = pairs.encode_histories(tokenizer, ex, ITEMS, n_history=2, max_length=16)
+    model = bert.load_ctr_model(tiny_st, architecture="bi").eval()
+    torch.nn.init.normal_(model.head.weight, std=1.0)  # a head that spreads the logits
+    with torch.no_grad():
+        direct = np.concatenate([model(**enc.batch(np.arange(s, min(s + 5, len(enc))))).numpy()
+                                 for s in range(0, len(enc), 5)])
+    calls = []
+    model.encoder.register_forward_hook(lambda _m, _a, kw, _out: calls.append(len(kw["input_ids"])), with_kwargs=True)
+    for batch_size in (4, 128):
+        calls.clear()
+        logits = finetune.predict_logits(model, enc, precision="fp32", batch_size=batch_size)
+        np.testing.assert_allclose(logits, direct, atol=1e-5)
+        assert sum(calls) == len(np.unique(np.r_[enc.cand, enc.hist[enc.hist >= 0]]))  # each item once
+    assert model.training is False
+    empty = pairs.EncodedHistories(enc.item_tokens, enc.cand[:0], enc.hist[:0], enc.labels[:0])
+    assert finetune.predict_logits(model, empty).shape == (0,)
+
+
 def test_probe_warm_start_reproduces_the_probe(tiny_st, tokenizer):
     from sklearn.linear_model import LogisticRegression
 
@@ -351,6 +373,8 @@ def test_bi_probe_picks_its_penalty_by_cross_validation():
     assert probe.C_ == float(np.ravel(oracle.C_)[0])
     assert probe.decision_function(x) == pytest.approx(oracle.decision_function(xs), abs=1e-6)
     assert np.array_equal(bert.BiProbe().fit(x, y).coef_, bert.BiProbe().fit(x, y).coef_)  # deterministic folds
+    one_process = bert.BiProbe(similarity_scale=10.0, Cs=(1e-3, 1e-1, 10.0), n_jobs=1).fit(x, y)
+    assert np.array_equal(one_process.coef_, probe.coef_)  # the folds in worker processes: the same fit
     few = np.zeros(300, int)
     few[:2] = 1  # 2 positives < 3 folds: the fixed C = 1 instead
     assert bert.BiProbe().fit(x, few).C_ == 1.0

@@ -21,6 +21,20 @@ def test_weighted_auc_matches_sklearn_with_ties_and_weights():
     assert ours == pytest.approx(oracle, abs=1e-12)
 
 
+def test_one_class_runs_merge_exactly():
+    """Consecutive score groups holding one class only become one group; a tie across classes stays alone."""
+    # groups (ascending):   0:neg 1:neg 2:pos 3:both 4:pos 5:pos 6:neg
+    group = np.array([0, 1, 2, 3, 3, 4, 5, 6])
+    pos = np.array([0, 0, 1, 1, 0, 1, 1, 0], bool)
+    assert stats._merge_one_class_runs(group, pos).tolist() == [0, 0, 1, 2, 2, 3, 3, 4]
+    rng = np.random.default_rng(3)  # and the AUC is that of every group apart, to the last bit
+    y = (rng.random(2000) < 0.2).astype(int)
+    s = np.round(rng.normal(size=2000) + 2 * y, 2)
+    w = rng.integers(0, 3, size=(7, 2000))
+    oracle = [roc_auc_score(y, s, sample_weight=w[b]) for b in range(7)]
+    assert stats.weighted_auc_many(y, s, w) == pytest.approx(oracle, abs=1e-12)
+
+
 def test_weighted_auc_hand_values():
     y = np.array([0, 0, 1, 1])
     assert stats.weighted_auc_many(y, np.array([1.0, 2.0, 3.0, 4.0]), np.ones(4))[0] == 1.0
