@@ -1,4 +1,4 @@
-"""Chapter 06, Part B: learning curves at equal data, and the verdicts read off them.
+"""Chapter 07: learning curves at equal data, and the verdicts read off them.
 
 Whether a fine-tuned language model beats a bag of words depends on how many
 labelled reviews both get. A curve measures it: at each training size ``n``
@@ -225,7 +225,7 @@ def curve_thesis_rows(
     metric_key: str,
     better: str = "higher",
     kept_start: Mapping[int, bool] | None = None,
-    chapter: str = "06",
+    chapter: str = "07",
     slice: str = "all",
 ) -> list[dict]:
     """The scorecard's rows (:func:`ecrec.verdict.thesis_row`), one per training size of ``verdicts``.

@@ -34,9 +34,9 @@ HEADLINES: dict[str, list[str]] = {
     "05_recall": ["all.popular.recall@50", "all.als.recall@50", "all.text_zero_shot.recall@50",
                   "all.text_fine_tuned.recall@50", "cold_items_recall@50.text_fine_tuned",
                   "cold_items_recall@50.text_zero_shot"],
-    "06_multitask": ["part_a.ssb.esmm_joint_auc_space", "part_a.return_auc_lr"],
-    "07_system": ["dnn_test_auc", "recall_ceiling.100", "final_top10.recall@100 + ranking.ndcg@10"],
-    "08_sequences": ["full.all/EASE^R/Recall@50", "full.all/ALS/Recall@50", "full.all/SASRec (CE)/Recall@50"],
+    "06_multitask": ["ssb.esmm_joint_auc_space", "return_auc_lr"],
+    "08_system": ["dnn_test_auc", "recall_ceiling.100", "final_top10.recall@100 + ranking.ndcg@10"],
+    "09_sequences": ["full.all/EASE^R/Recall@50", "full.all/ALS/Recall@50", "full.all/SASRec (CE)/Recall@50"],
 }
 _FIXED_WORDS = ("zero-shot", "frozen", "popular", "tfidf", "tf-idf", "count")
 _TRAINED_WORDS = ("fine-tun", "dnn", "two_tower", "two-tower", "sasrec", "bert4rec", "als", "lora", "multi-task")
@@ -68,7 +68,7 @@ def tolerance(text: str) -> float:
 def record(run_dir: Path, only: list[str] | None = None) -> dict:
     """Recorded values from a cpu run folder (``<output>/auto`` or ``<output>/cpu``); ``only``: these chapters."""
     out: dict[str, dict] = {}
-    for path in sorted(run_dir.glob("[0-9][0-9]_*/metrics.json")):
+    for path in sorted(run_dir.glob("[0-9][0-9]_*/metrics.json")) + sorted(run_dir.glob("[A-Z][0-9]_*/metrics.json")):
         stem, data = path.parent.name, json.loads(path.read_text())
         if data.get("profile") != "cpu" or (only and not any(stem.startswith(o) for o in only)):
             continue  # chapters without cpu sizes ran smoke's: their ranges live in test_nb_*

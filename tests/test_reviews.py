@@ -460,7 +460,7 @@ def test_curve_table_verdicts_and_crossover():
     rows = R.curve_thesis_rows(v, question="q", metric="AUC", lm="ft", baseline="bow", table=table,
                                metric_key="recommended/auc")
     assert [r["train_size"] for r in rows] == [100, 1000] and [r["verdict"] for r in rows] == ["a loss", "a gain"]
-    assert rows[1]["diff"] == pytest.approx(round(by_hand, 4)) and rows[1]["chapter"] == "06"
+    assert rows[1]["diff"] == pytest.approx(round(by_hand, 4)) and rows[1]["chapter"] == "07"
     assert len(rows[1]["seed_range"]) == 2
     with pytest.raises(ValueError, match="no curve points"):
         R.curve_table(y, {}, tasks, pairs=[])

@@ -29,7 +29,7 @@ GAIN = thesis_row(chapter="04", question="text added to the ID DNN", metric="AUC
 SEED_TIE = thesis_row(chapter="04", question="text added to the ID DNN", metric="AUC", lm="ID DNN + text",
                       baseline="ID DNN", r={"diff": 0.004, "low": 0.001, "high": 0.007, "level": 0.95},
                       train_size=1536, seed_diffs=[0.0001, 0.0038, -0.0002], slice="popularity negatives")
-LOSS = thesis_row(chapter="06", question="fine-tuned MiniLM vs TF-IDF + LR", metric="log loss",
+LOSS = thesis_row(chapter="07", question="fine-tuned MiniLM vs TF-IDF + LR", metric="log loss",
                   lm="multi-task MiniLM", baseline="TF-IDF + LR", r={"diff": 0.031, "low": 0.012, "high": 0.05},
                   train_size="4,000 reviews", better="lower")
 IDENTICAL = thesis_row(chapter="05", question="hybrid vs ALS", metric="Recall@50", lm="hybrid", baseline="ALS",
@@ -45,20 +45,20 @@ def run_dir(tmp_path) -> Path:
     _write(run, "01_data", "smoke")  # no thesis rows
     _write(run, "04_bert_ctr", "cpu", [GAIN, SEED_TIE, PROBE])
     _write(run, "05_recall", "smoke", [IDENTICAL], top_level=True)
-    _write(run, "06_multitask", "cpu", [LOSS])
+    _write(run, "07_reviews", "cpu", [LOSS])
     (run / "executed").mkdir()  # not a chapter folder
     return run
 
 
 def test_rows_are_read_in_chapter_order_with_the_profile_that_ran(run_dir):
     rows, profiles = scorecard.read_rows(run_dir)
-    assert profiles == {"01_data": "smoke", "04_bert_ctr": "cpu", "05_recall": "smoke", "06_multitask": "cpu"}
+    assert profiles == {"01_data": "smoke", "04_bert_ctr": "cpu", "05_recall": "smoke", "07_reviews": "cpu"}
     assert [(s.stem, s.profile, s.row["lm"], s.outcome) for s in rows] == [
         ("04_bert_ctr", "cpu", "ID DNN + text", "wins"),
         ("04_bert_ctr", "cpu", "ID DNN + text", "ties"),  # the interval clears 0, one seed does not agree
         ("04_bert_ctr", "cpu", "cross-encoder", "not compared"),
         ("05_recall", "smoke", "hybrid", "ties"),  # identical
-        ("06_multitask", "cpu", "multi-task MiniLM", "loses"),  # log loss: higher is worse
+        ("07_reviews", "cpu", "multi-task MiniLM", "loses"),  # log loss: higher is worse
     ]
 
 
@@ -85,7 +85,7 @@ def test_the_page_holds_exactly_these_rows(run_dir):
         "| 05 | hybrid vs ALS | all | Recall@50 (higher is better) | hybrid vs ALS | 0 (identical) | identical "
         "| 20,000 | smoke |"]
     assert section("## Where it loses (1)")[2:] == [
-        "| 06 | fine-tuned MiniLM vs TF-IDF + LR | all | log loss (lower is better) "
+        "| 07 | fine-tuned MiniLM vs TF-IDF + LR | all | log loss (lower is better) "
         "| multi-task MiniLM vs TF-IDF + LR | +0.031 [+0.012, +0.050] | a loss | 4,000 reviews | cpu |"]
     assert section("## Not compared: fine-tuning did not move the model (it is its probe) (1)")[2:] == [
         "| 04 | cross-encoder vs ID DNN | all | AUC (higher is better) | cross-encoder vs ID DNN "
@@ -93,7 +93,7 @@ def test_the_page_holds_exactly_these_rows(run_dir):
     assert lines[lines.index("## The profiles that ran"):] == [
         "## The profiles that ran", "", "Each chapter's numbers come from the profile it ran (requested: `auto`):",
         "", "| chapter | profile |", "|---|---|",
-        "| 01_data | `smoke` |", "| 04_bert_ctr | `cpu` |", "| 05_recall | `smoke` |", "| 06_multitask | `cpu` |"]
+        "| 01_data | `smoke` |", "| 04_bert_ctr | `cpu` |", "| 05_recall | `smoke` |", "| 07_reviews | `cpu` |"]
     assert ("**The `full` profile — the tutorial as intended, on a GPU — has not yet been run anywhere, and its "
             "numbers are not in this book.**") in page
 
@@ -124,11 +124,19 @@ def test_a_chapter_that_ran_full_is_named_instead(tmp_path, monkeypatch):
     assert "The `full` profile was run: 2026-12-24, NVIDIA H100, benchmarks/NOTES.md." in text
 
 
+def test_an_appendix_is_read_after_the_chapters(tmp_path):
+    run = tmp_path / "smoke"
+    for stem in ("A1_ddp", "10_real_clicks", "02_ctr_math"):
+        _write(run, stem, "smoke")
+    rows, profiles = scorecard.read_rows(run)
+    assert rows == [] and list(profiles) == ["02_ctr_math", "10_real_clicks", "A1_ddp"]
+
+
 def test_pipes_in_names_do_not_break_the_table(tmp_path):
     row = {**LOSS, "question": "a | b", "lm": "x|y"}
     run = tmp_path / "smoke"
-    _write(run, "06_multitask", "smoke", [row])
-    line = next(ln for ln in scorecard.render(*scorecard.read_rows(run)).splitlines() if ln.startswith("| 06"))
+    _write(run, "07_reviews", "smoke", [row])
+    line = next(ln for ln in scorecard.render(*scorecard.read_rows(run)).splitlines() if ln.startswith("| 07"))
     assert "| a \\| b |" in line and "x\\|y vs TF-IDF + LR" in line
     assert len(line.replace("\\|", "").split("|")) == 11  # 9 cells
 

@@ -1,4 +1,4 @@
-"""notebooks/solutions/06_exercises.py: the worked solutions of chapter 06 (Part A) run, and their answers hold.
+"""notebooks/solutions/06_exercises.py: the worked solutions of chapter 06 run, and their answers hold.
 
 ``main(smoke=True)`` reads chapter 06's smoke sample (1,000 users of chapter 03's dataset), the raw log's
 cancellations and fits two logistic regressions (28 s measured on 2 loaded CPU cores), so the tests are

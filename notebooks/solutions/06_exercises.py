@@ -1,4 +1,4 @@
-"""Chapter 06 (Part A), exercises 1 and 2: worked solutions.
+"""Chapter 06, exercises 1 and 2: worked solutions.
 
 Run from the repository root (offline, CPU is enough)::
 

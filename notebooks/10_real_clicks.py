@@ -12,9 +12,9 @@
 # ---
 
 # %% [markdown]
-# # 9. Real clicks: position bias, off-policy evaluation and bandits
+# # 10. Real clicks: position bias, off-policy evaluation and bandits
 #
-# Every "CTR" in chapters 03-07 is a purchase scored against **sampled**
+# Every "CTR" in chapters 03-08 is a purchase scored against **sampled**
 # negatives: nothing in the retail log was ever shown to a customer and left
 # unclicked. A real recommender logs *impressions*: what it showed, where, and
 # whether the user clicked. With such a log, three questions open up that a
@@ -51,7 +51,7 @@
 # %% tags=["parameters", "remove-input"]
 profile = "auto"  # "auto" | "smoke" | "cpu" | "full"
 seed = 42
-output_dir = "outputs/09_real_clicks"
+output_dir = "outputs/10_real_clicks"
 sizes = None  # optional dict overriding the profile's sizes
 
 # %% tags=["remove-input"]
@@ -94,7 +94,7 @@ seed_everything(seed)
 print(f"sizes={size}")
 
 # %% [markdown]
-# ## 9.1 An impression log
+# ## 10.1 An impression log
 #
 # One row is one impression: the item shown (`item_id`), its slot on the page
 # (`position`, 0 = top of three), whether the user clicked, and `pscore`, the
@@ -125,7 +125,7 @@ display(Markdown(
     "all the sample has."))
 
 # %% [markdown]
-# ## 9.2 Position bias
+# ## 10.2 Position bias
 #
 # Under the random policy an item's slot is drawn at random, independently of
 # the item and the user: any difference in CTR between slots is the slot's own
@@ -174,7 +174,7 @@ display(Markdown(
     "log records no position, so it cannot separate what was shown well from what was liked."))
 
 # %% [markdown]
-# ## 9.3 Off-policy evaluation: four estimators in a few lines
+# ## 10.3 Off-policy evaluation: four estimators in a few lines
 #
 # The question: what CTR would **BTS** have got, had it run instead of the
 # random policy? We know its answer (it did run, on the same days), so we can
@@ -233,7 +233,7 @@ for c in tqdm(obd.CAMPAIGNS, desc="campaigns"):
                                                                           (size["n_boot"], len(on_policy)))].mean(1)}
 
 # %% [markdown]
-# ## 9.4 The A/B test you did not have to run, checked against the one that ran
+# ## 10.4 The A/B test you did not have to run, checked against the one that ran
 #
 # For each campaign: every estimate from the random log, the CTR BTS actually
 # got (its own log), and the **relative error** $|\hat V - V| / V$. Its 95%
@@ -304,7 +304,7 @@ display(Markdown(
     "the weights (the effective sample size), not the formula, set the variance."))
 
 # %% [markdown]
-# ## 9.5 Bandits, replayed
+# ## 10.5 Bandits, replayed
 #
 # A bandit learns while it serves: each impression it chooses an item, sees
 # the click, updates. Replay (Li, Chu, Langford and Wang, WSDM 2011) runs it
@@ -412,7 +412,7 @@ display(Markdown(
 # coverage, novelty (the mean self-information of the recommended items),
 # intra-list diversity in MiniLM's description space, the share of slots
 # taken by the most popular 10% of items, and exposure by price band.
-# Chapter 07 (section 7.7) measures the system's final top 10 the same way
+# Chapter 08 (section 8.7) measures the system's final top 10 the same way
 # and re-ranks it with maximal marginal relevance (Carbonell and Goldstein,
 # 1998), drawing the trade-off curve of NDCG@10 against intra-list diversity
 # with bootstrap intervals. The definitions are in `ecrec.metrics`
@@ -425,7 +425,7 @@ display(Markdown(
 # 1. *(runnable)* Clip the importance weights (`ope.ips(..., clip=c)` for
 #    c in 1, 2, 5, 10, 20) and plot IPS's relative error and effective sample
 #    size against c for each campaign. Where does clipping help? A worked
-#    solution is in `notebooks/solutions/09_exercises.py`.
+#    solution is in `notebooks/solutions/10_exercises.py`.
 # 2. *(runnable)* Position bias per campaign instead of pooled: does the top
 #    slot's lead hold in each? (solution in the same file)
 # 3. Fit the reward model without cross-fitting (train and predict on the same

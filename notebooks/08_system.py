@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # 7. The two-stage system, end to end: quality, latency and memory
+# # 8. The two-stage system, end to end: quality, latency and memory
 #
 # Chapters 03 to 05 built the parts of a recommender one at a time: a ranker
 # that scores (user, item) pairs and candidate generators that pick a few
@@ -69,7 +69,7 @@ LESSON = display(Markdown("*This chapter's lesson, in one sentence, appears here
 # %% tags=["parameters", "remove-input"]
 profile = "auto"  # "auto" | "smoke" | "cpu" | "full"
 seed = 42
-output_dir = "outputs/07_system"
+output_dir = "outputs/08_system"
 sizes = None  # optional dict overriding the profile's sizes
 model_name = "minilm"
 cache_dir = None  # chapter 03's dataset cache; None: <output_dir>/../cache
@@ -128,32 +128,28 @@ SIZES = {
     # with a test-window purchase. latency_requests: timed
     # requests per stage at batch 1; text_requests: the same for the item tower (one new item each);
     # ann_sizes: synthetic catalogues for the exact-vs-approximate study; load_requests: requests per load
-    # level against the HTTP service (section 7.4.2); ddp_*: section 7.8's fine-tuning
-    # job, run once in 1 process and once under torchrun in 2 (the DDP section adds ~1.5 min in smoke, ~3 in cpu).
-    # _minutes: measured on 2 CPU cores: smoke 2.0 min (DDP included) with the machine otherwise idle before
-    # the serving sections (7.1.2, 7.4.1-7.4.2); with them 8.6 min wall and 3.2 CPU-minutes (193 s user + sys)
-    # on a machine shared with 7 other jobs (load average ~12), not re-measured idle;
+    # level against the HTTP service (section 8.4.2).
+    # _minutes: measured on 2 CPU cores: smoke 1.4 min with the serving sections (8.1.2, 8.4.1-8.4.2), the
+    # machine otherwise idle (2026-12-07; DDP, once a section here, is appendix A), 8.6 min when it was shared
+    # with 7 other jobs (load average ~12);
     # cpu (500 users, catalogues up to 50,000) 3.5 min, sized for the 25-minute main job; full is an estimate
-    # (the 1M-item HNSW build on one thread dominates). seq_*: section 7.2.1's SASRec generator, chapter 08's
+    # (the 1M-item HNSW build on one thread dominates). seq_*: section 8.2.1's SASRec generator, chapter 09's
     # model and sizes with fewer epochs; in smoke its training takes 9 s of the chapter on 2 cores
     "smoke": {**F.DATASET_SIZES["smoke"], "dnn_epochs": 2, "als_iterations": 10, "latency_requests": 300,
               "seq_epochs": 3, "seq_len": 20, "seq_dim": 32, "seq_layers": 1, "seq_heads": 1, "seq_lr": 2e-3,
               "text_requests": 150, "cost_requests": 30, "n_probe": 512, "n_text_test": 400,
               "ann_sizes": [20_000], "ann_queries": 300, "n_boot": 300, "load_requests": 300,
-              "ddp_n_train": 64, "ddp_n_valid": 64, "ddp_global_batch": 16, "ddp_timeout_s": 180,
-              "_minutes": (3.5, 9)},
+              "_minutes": (1.5, 9)},
     "cpu": {**F.DATASET_SIZES["smoke"], "max_users": 500, "dnn_epochs": 4, "als_iterations": 15,
             "seq_epochs": 5, "seq_len": 50, "seq_dim": 64, "seq_layers": 1, "seq_heads": 2, "seq_lr": 1e-3,
             "latency_requests": 1000, "text_requests": 1000, "cost_requests": 100, "n_probe": 2000,
             "n_text_test": 1500, "ann_sizes": [20_000, 50_000], "ann_queries": 1000, "n_boot": 1000,
-            "load_requests": 2000,
-            "ddp_n_train": 128, "ddp_n_valid": 128, "ddp_global_batch": 16, "ddp_timeout_s": 300, "_minutes": (3.5, 7)},
+            "load_requests": 2000, "_minutes": (3.5, 7)},
     "full": {**F.DATASET_SIZES["full"], "dnn_epochs": 8, "als_iterations": 15, "latency_requests": 1000,
              "seq_epochs": 60, "seq_len": 100, "seq_dim": 128, "seq_layers": 2, "seq_heads": 2, "seq_lr": 1e-3,
              "text_requests": 1000, "cost_requests": 200, "n_probe": 10_000, "n_text_test": 5000,
              "ann_sizes": [30_000, 100_000, 300_000, 1_000_000], "ann_queries": 1000, "n_boot": 1000,
-             "load_requests": 5000,
-             "ddp_n_train": 512, "ddp_n_valid": 256, "ddp_global_batch": 32, "ddp_timeout_s": 600, "_minutes": (30, 45)},
+             "load_requests": 5000, "_minutes": (30, 45)},
 }
 run_profile, size = pick_sizes(profile, SIZES, sizes)
 
@@ -186,11 +182,11 @@ MIN_OVERLAP = 0.95  # an approximate index qualifies when >= 95% of the exact to
 WARMUP = 20  # untimed requests before every latency measurement
 LOAD_LEVELS = (1, 8, 32)  # concurrent clients against the HTTP service
 SERVICE_WORKERS = 2  # uvicorn worker processes, one per core of the 2-core machine the book is sized for
-EXTRA_METRICS = {}  # sections merged into this chapter later add their headline numbers here (e.g. "ddp")
+EXTRA_METRICS = {}  # sections merged into this chapter later add their headline numbers here (e.g. "beyond_accuracy")
 print(size)
 
 # %% [markdown]
-# ## 7.1 One split, two stages, no look into the test window
+# ## 8.1 One split, two stages, no look into the test window
 #
 # Both stages use chapter 03's global time split. The ranker (chapter 03's DNN
 # with every feature group, text included) learns from the **train** window and
@@ -228,7 +224,7 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# ### 7.1.1 The ranker: chapter 03's DNN, trained before the test window
+# ### 8.1.1 The ranker: chapter 03's DNN, trained before the test window
 #
 # The same code as chapter 03 (`ecrec.ctr.train_dnn`): embeddings of the
 # categorical fields, the mean-pooled purchase history, MiniLM vectors of the
@@ -248,7 +244,7 @@ dnn_config = ctr.DnnConfig(max_epochs=size["dnn_epochs"], history_len=config.his
 dnn = ctr.train_dnn(train, valid, categorical=cats, numeric=nums, text=text, config=dnn_config, progress=True)
 dnn_test = ctr.evaluate(test, dnn.predict_proba(test))
 leakage = {
-    # each must be > 0: checked by tests/test_nb_07_system.py
+    # each must be > 0: checked by tests/test_nb_08_system.py
     "days_from_last_train_example_to_valid_start": (valid_start - train["ts"].max()) / pd.Timedelta(days=1),
     "days_from_last_valid_example_to_test_start": (test_start - valid["ts"].max()) / pd.Timedelta(days=1),
     "days_from_last_recall_event_to_test_start": (
@@ -264,7 +260,7 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# ### 7.1.2 The feature store: chapter 03's features, served from a snapshot
+# ### 8.1.2 The feature store: chapter 03's features, served from a snapshot
 #
 # Offline, `point_in_time_features` recomputes every feature from the whole log
 # for every example. A request cannot wait for that, so a **feature store**
@@ -326,7 +322,7 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# ## 7.2 The recall stage and its ceiling
+# ## 8.2 The recall stage and its ceiling
 #
 # Chapter 05's generators, fitted on the history before the test start:
 # item-to-item CF, implicit ALS, the zero-shot MiniLM two-tower (exact FAISS
@@ -366,17 +362,17 @@ ceil_table = pd.DataFrame({g: [S.recall_ceiling(x, data.relevant_all, k) for k i
 ceil_table.round(3)
 
 # %% [markdown]
-# ### 7.2.1 A sequence model as one more generator
+# ### 8.2.1 A sequence model as one more generator
 #
 # Every generator above sees a customer as a bag of past items: item-CF and
 # ALS through their purchase counts, the text tower through a recency-weighted
-# mean. Chapter 08's sequence models read the **order** of the purchases and
-# predict the next one. Its table of all test purchases (section 8.6) puts
+# mean. Chapter 09's sequence models read the **order** of the purchases and
+# predict the next one. Its table of all test purchases (section 9.6) puts
 # BERT4Rec first among them in its smoke run, 0.004 Recall@50 ahead of SASRec
 # trained with full-softmax cross-entropy, a gap inside the intervals over
 # users that the chapter reports between SASRec variants (half-widths of 0.006
 # to 0.009): at that resolution its ID-based sequence models tie. We take the
-# cheaper one to train and to serve, **SASRec (CE)**: chapter 08 gives
+# cheaper one to train and to serve, **SASRec (CE)**: chapter 09 gives
 # BERT4Rec twice the epochs, and BERT4Rec's user vector needs an extra
 # `[MASK]` position. As a generator (`ecrec.seqrec.SeqGenerator`):
 #
@@ -395,7 +391,7 @@ ceil_table.round(3)
 # (`RecallStage.with_generator`). The weight is fixed before looking at the
 # test window: choosing it on the validation window, as the others' were
 # chosen, would mean training the model a second time on the history before
-# that window. The hybrid that section 7.3 ranks stays the one without it.
+# that window. The hybrid that section 8.3 ranks stays the one without it.
 
 # %%
 import torch
@@ -468,7 +464,7 @@ display(Markdown(
     f"{seq_ceil.loc[K_SERVE, 'hybrid']:.3f} to {seq_ceil.loc[K_SERVE, 'hybrid + SASRec']:.3f}; per user, the "
     f"recall stage's Recall@{K_SERVE} changes by {seq_verdict.text} over {n_users} users. "
     f"{int((~seq_has).sum())} of them have no purchase before the test start and get the popularity list from it. "
-    f"{why}: a generator earns its slots only by finding purchases the others miss. Section 7.4 measures what it "
+    f"{why}: a generator earns its slots only by finding purchases the others miss. Section 8.4 measures what it "
     "costs per request."
 ))
 
@@ -483,7 +479,7 @@ EXTRA_METRICS["sequence_generator"] = {
 }
 
 # %% [markdown]
-# ## 7.3 Ranking the candidates: the final top 10
+# ## 8.3 Ranking the candidates: the final top 10
 #
 # The DNN scores a (user, item) pair the same way whatever else is in the list,
 # so we score every user's **whole catalogue** once and read every variant from
@@ -539,12 +535,12 @@ results["recall ceiling"] = [np.nan] + [S.recall_ceiling(hybrid, data.relevant_a
 results.round(4)
 
 # %% [markdown]
-# ### 7.3.1 How quality and ranking cost grow with K
+# ### 8.3.1 How quality and ranking cost grow with K
 #
 # A request, in process, is `ecrec.service.Recommender`: the user's K recall
 # candidates, their features from the store, the DNN's input arrays, one
 # forward pass, the top 10 by score. (Recall's lists come from the nightly
-# batch here, like the feature snapshot; section 7.4 times the text tower's
+# batch here, like the feature snapshot; section 8.4 times the text tower's
 # user vector and search separately.) The ranking cost is measured per request
 # at batch 1 (one user, K candidates: the feature lookup, the encoding and the
 # DNN call, `threads` thread(s), `cost_requests` requests per K after `WARMUP`
@@ -632,7 +628,7 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# ### 7.3.2 Awkward requests get a defined answer
+# ### 8.3.2 Awkward requests get a defined answer
 #
 # A serving system meets inputs an offline evaluation never does. `DnnRanker.rank`
 # scores one request and answers every one of them with a list and a message:
@@ -657,7 +653,7 @@ display(Markdown(f"{oov_share:.1%} of the hybrid's top-{K_SERVE} candidates are 
                  "trained by dropping ids at random (`id_dropout`), plus their features and text."))
 
 # %% [markdown]
-# ## 7.4 Latency, throughput and memory, stage by stage
+# ## 8.4 Latency, throughput and memory, stage by stage
 #
 # One request at a time (batch 1, `threads` thread(s), `WARMUP` untimed
 # requests first, `time.perf_counter` around each call), for the stages of a
@@ -667,13 +663,13 @@ display(Markdown(f"{oov_share:.1%} of the hybrid's top-{K_SERVE} candidates are 
 #    user's last `MAX_HISTORY` items (chapter 05's user tower);
 # 2. **FAISS search**: exact inner product over the catalogue's text vectors;
 # 3. **feature lookup**: the snapshot's arrays for the user and K candidates
-#    (`FeatureStore.fetch`), in memory; section 7.4.1 adds the same lookup in Redis;
+#    (`FeatureStore.fetch`), in memory; section 8.4.1 adds the same lookup in Redis;
 # 4. **DNN inputs**: the (user, item) columns (category matches, text
 #    similarity) and the DNN's preprocessing, from the arrays (`RequestEncoder.encode`);
 # 5. **DNN scoring**: one forward pass over the K rows;
 # 6. **text-model scoring**: chapter 04's MiniLM bi-encoder with a probe head
 #    over the K candidates, from cached item vectors, and its item tower on one
-#    new item (the cost of a cache miss), in fp32, int8 and ONNX Runtime (section 7.5).
+#    new item (the cost of a cache miss), in fp32, int8 and ONNX Runtime (section 8.5).
 #
 # For comparison, one more row: the same features assembled as a pandas
 # DataFrame per request and run through the preprocessor as chapter 03 does
@@ -732,7 +728,7 @@ print(f"measured with {threads} thread(s); {size['latency_requests']} timed requ
       f"({size['cost_requests']} for the old way)")
 
 # %% [markdown]
-# The sequence generator of section 7.2.1 is one more recall stage, measured
+# The sequence generator of section 8.2.1 is one more recall stage, measured
 # the same way: SASRec's **user vector** (padding the user's last `seq_len`
 # purchases and one forward pass of the Transformer) and the exact **FAISS
 # search** over its item table.
@@ -763,7 +759,7 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# ### 7.4.1 An online feature store: the same snapshot in Redis
+# ### 8.4.1 An online feature store: the same snapshot in Redis
 #
 # An in-process array is as fast as a lookup gets, but it lives in one
 # process: every server holds its own copy, and a refresh means restarting
@@ -819,7 +815,7 @@ else:
     display(Markdown(f"The Redis comparison is skipped: {redis_message}."))
 
 # %% [markdown]
-# ### 7.4.2 The service: HTTP, bad input, a store that goes down, and load
+# ### 8.4.2 The service: HTTP, bad input, a store that goes down, and load
 #
 # A shop does not call a Python function: it sends `GET
 # /recommend?user_id=…&k=…` to a service. `ecrec.service` puts the
@@ -926,7 +922,7 @@ else:
     display(Markdown(saturation_sentence))
 
 # %% [markdown]
-# ## 7.5 A lighter text ranker: int8 and ONNX Runtime
+# ## 8.5 A lighter text ranker: int8 and ONNX Runtime
 #
 # Chapter 04's bi-encoder reads the candidate's description through MiniLM (the
 # **item tower**, mean pooling, unit norm) and the user as the mean of their last
@@ -1048,7 +1044,7 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# ### 7.5.1 The latency table
+# ### 8.5.1 The latency table
 #
 # Every stage of a request, at batch 1, and the same work in batches. Item
 # vectors are precomputed once for the catalogue and cached; their memory and
@@ -1111,7 +1107,7 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# ## 7.6 Retrieval at catalogue scale: exact, HNSW or IVF-PQ?
+# ## 8.6 Retrieval at catalogue scale: exact, HNSW or IVF-PQ?
 #
 # Exact search compares the query with every item: its cost grows linearly with
 # the catalogue. **HNSW** (Malkov and Yashunin, 2018) walks a navigable graph and
@@ -1191,9 +1187,9 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# ## 7.7 Beyond accuracy: coverage, novelty, diversity and an MMR re-ranker
+# ## 8.7 Beyond accuracy: coverage, novelty, diversity and an MMR re-ranker
 #
-# Section 7.3 judged the final top 10 by its hits. A customer also sees what
+# Section 8.3 judged the final top 10 by its hits. A customer also sees what
 # the list *is*: ten variants of one lunch bag, or ten different products;
 # the best-sellers everyone already knows, or items they would not have found.
 # We measure the final lists with chapter 05's beyond-accuracy definitions
@@ -1203,11 +1199,11 @@ display(Markdown(
 # customers who bought $i$ before the test window, smoothed by one customer),
 # **intra-list diversity** (ILD@10: the mean cosine distance $1 - \cos(v_a,
 # v_b)$ over the 45 pairs of a top 10, $v$ the MiniLM description vectors of
-# section 7.1.1), the **share of slots taken by the most bought 10%** of the
+# section 8.1.1), the **share of slots taken by the most bought 10%** of the
 # catalogue, and **exposure by price band** (a band's share of the slots over
 # its share of the catalogue; 1 = shown in proportion to its size).
 #
-# ### 7.7.1 What the final top 10 looks like
+# ### 8.7.1 What the final top 10 looks like
 
 # %%
 from ecrec import rerank
@@ -1233,7 +1229,7 @@ display(pd.concat({"": beyond_final, "exposure / catalogue share, by price band"
                   axis=1).round(3))
 
 # %% [markdown]
-# ### 7.7.2 MMR: trading relevance for diversity, measured
+# ### 8.7.2 MMR: trading relevance for diversity, measured
 #
 # A ranker scores each candidate alone, so nothing stops it from filling the
 # top 10 with near copies. **Maximal marginal relevance** (Carbonell and
@@ -1324,7 +1320,7 @@ display(Markdown(
     "of engagement), not one this offline curve can make alone."
 ))
 EXTRA_METRICS["beyond_accuracy"] = {
-    "head_share": HEAD_SHARE, "item_vectors": "MiniLM description vectors (section 7.1.1)",
+    "head_share": HEAD_SHARE, "item_vectors": "MiniLM description vectors (section 8.1.1)",
     "final_top10": {name: {k: float(v) for k, v in row.items()} for name, row in beyond_final.iterrows()},
     "price_band_ratio": {name: {str(b): float(v) for b, v in r_.items()} for name, r_ in band_ratio.items()},
     "mmr": {"k_candidates": K_SERVE, "lambdas": list(LAMBDAS), "lambda1_equals_ranker_top10": mmr_identity,
@@ -1332,253 +1328,6 @@ EXTRA_METRICS["beyond_accuracy"] = {
             "change_vs_lambda1": {str(lam): v for lam, v in mmr_change.items()},
             "free_diversity_lambdas": free, "seconds": round(mmr_seconds, 2)},
 }
-
-# %% [markdown]
-# ## 7.8 Scaling out fine-tuning with PyTorch DDP
-#
-# Chapter 04 fine-tuned MiniLM on a few thousand pairs; the full catalogue and
-# every user's history make millions, and one device takes hours per epoch.
-# **Data parallelism** is the first way out: put a copy of the model on each of
-# $W$ devices, give each a slice of every batch, and average the gradients so
-# that all copies take the same step. PyTorch's `DistributedDataParallel`
-# (DDP; Li et al., 2020, "PyTorch Distributed: Experiences on Accelerating
-# Data Parallel Training", VLDB) does the averaging; `torchrun` starts the
-# processes. Our loop, `ecrec.finetune.train_ctr_model`, runs unchanged under
-# it: the same function, on one process or many.
-#
-# ### 7.8.1 What DDP does, and why $B/W$ per process equals $B$
-#
-# One process with a batch $\mathcal B$ of $|\mathcal B| = B$ examples steps
-# along the mean gradient
-#
-# $$g = \frac{1}{B} \sum_{i \in \mathcal B} \nabla_\theta \ell_i .$$
-#
-# With $W$ processes, every rank $r$ draws the **same** global batch (same
-# seed) and keeps its share $\mathcal B_r$ = `batch[r::W]` (the rule of
-# `torch.utils.data.DistributedSampler`). Rank $r$ back-propagates its loss
-# sum divided by $B / W$, so its gradient is
-# $g_r = \frac{W}{B} \sum_{i \in \mathcal B_r} \nabla_\theta \ell_i$, and DDP's
-# **all-reduce** replaces every rank's gradient by the average
-#
-# $$\frac{1}{W} \sum_{r=1}^{W} g_r = \frac{1}{B} \sum_{r} \sum_{i \in \mathcal B_r} \nabla_\theta \ell_i = g .$$
-#
-# When every shard holds $B/W$ examples, $g_r$ is simply the mean over the
-# shard. The last batch of an epoch is shorter and its shards unequal: dividing
-# by the shard's own size would weigh the examples of the smaller shard more,
-# so each rank divides by $B/W$ instead, and a rank with no example at all runs
-# one with weight 0 so that it still joins the all-reduce. Every rank starts
-# from the same weights (DDP broadcasts rank 0's when it wraps the model) and
-# applies the same AdamW step to the same averaged gradient, so the copies stay
-# identical without ever exchanging weights.
-#
-# The all-reduce is not one call at the end of the backward pass. DDP puts the
-# gradients into **buckets** of about 25 MB, in the reverse order of the
-# parameters (the order in which backward produces them), and starts a bucket's
-# all-reduce as soon as its last gradient is ready: communication overlaps with
-# the rest of the backward pass. A ring all-reduce of $S$ bytes sends and
-# receives $2 \frac{W-1}{W} S$ bytes per rank, almost independent of $W$. With
-# gradient accumulation, `no_sync()` skips the all-reduce until the last
-# micro-batch of the step. What this costs for our model:
-
-# %%
-import inspect
-import math
-
-import torch
-
-from ecrec import bert, distributed, finetune
-from ecrec.distributed import DistContext
-
-DDP_STARTED = time.time()
-ddp_model = bert.load_ctr_model("minilm")
-n_trainable, _ = bert.count_params(ddp_model)
-grad_mb = n_trainable * 4 / 2**20  # fp32 gradients
-BUCKET_MB = 25  # DistributedDataParallel's default bucket_cap_mb
-del ddp_model
-pd.Series({"trainable parameters": n_trainable, "fp32 gradients (MiB)": round(grad_mb, 1),
-           "buckets of 25 MiB": math.ceil(grad_mb / BUCKET_MB),
-           "sent + received per rank and step, W = 2 (MiB)": round(2 * (2 - 1) / 2 * grad_mb, 1),
-           "... W = 8 (MiB)": round(2 * (8 - 1) / 8 * grad_mb, 1)}, dtype=object)
-
-# %% [markdown]
-# The code that does it is short. `DistContext` says where a process stands
-# (rank 0 of 1 without `torch.distributed`, where every method is the
-# identity); these are its pieces that touch the data and the gradient:
-
-# %%
-for fn in (DistContext.shard, DistContext.denominator, DistContext.wrap):
-    print(inspect.getsource(fn))
-
-# %% [markdown]
-# and these are the lines of chapter 04's loop that use it: sharding each
-# global batch, the DDP-wrapped model in the backward pass, the global
-# denominator, validation sharded over the ranks and gathered (so that every
-# rank takes the same early-stopping decision), and rank 0 alone writing the
-# checkpoint and showing progress.
-
-# %%
-print("\n".join(line for line in inspect.getsource(finetune.train_ctr_model).splitlines()
-                if "dist." in line or "(net," in line))
-
-# %% [markdown]
-# ### 7.8.2 Launching: one node, several nodes
-#
-# `torchrun` starts one process per device and hands each its `RANK`,
-# `LOCAL_RANK`, `WORLD_SIZE` and a rendezvous address;
-# `ecrec.distributed.init_distributed` reads them and picks NCCL on GPUs, gloo
-# on CPUs. The job below (`python -m ecrec.distributed`) is a small, real
-# fine-tuning run: chapter 03's examples as text pairs, chapter 04's MiniLM
-# cross-encoder, `train_ctr_model`. On 8 GPUs of one machine, 32 examples per
-# GPU:
-#
-# ```bash
-# torchrun --standalone --nproc_per_node=8 -m ecrec.distributed --global-batch 256 --output runs/ddp
-# ```
-#
-# On 2 machines of 8 GPUs, run the same command on **each** node; the c10d
-# rendezvous on the first node's address gathers them and numbers the ranks:
-#
-# ```bash
-# torchrun --nnodes=2 --nproc_per_node=8 --rdzv_id=ecrec07 --rdzv_backend=c10d \
-#     --rdzv_endpoint=node0.example.org:29400 -m ecrec.distributed --global-batch 512 --output runs/ddp
-# ```
-#
-# or, with a fixed head node instead of a rendezvous (`--node_rank=1` on the
-# second machine):
-#
-# ```bash
-# torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=node0.example.org \
-#     --master_port=29500 -m ecrec.distributed --global-batch 512 --output runs/ddp
-# ```
-#
-# `--global-batch` stays the batch of one optimizer step; each process gets
-# `global batch / world size` (an error says so when the world size does not
-# divide it). Hugging Face `Trainer` and Accelerate read the same variables: a
-# script that builds a `Trainer` runs DDP when started with `torchrun`, without
-# a launcher of its own.
-#
-# ### 7.8.3 One process against two, measured
-#
-# We run the same job, one run after the other on this machine: as a plain
-# process, then with `torchrun` on 2 processes, each with half the global
-# batch. Dropout is turned off (`--dropout 0`, encoder and head): with dropout
-# each rank draws its own masks (seed + rank), which matches one process only in
-# expectation; without it the runs must end with the same weights, up to the
-# order of fp32 sums. Without 2 GPUs every run uses the CPU, and there are two
-# single-process baselines: 1 thread (what a second process adds to, as a
-# second GPU would) and 2 threads (the same 2 cores the 2 processes use).
-
-# %%
-ddp_gpus = torch.cuda.device_count() >= 2  # one process per GPU; else a CPU demonstration
-ddp_cache = cache_dir
-ddp_job = ["--model", "minilm", "--n-train", str(size["ddp_n_train"]), "--n-valid", str(size["ddp_n_valid"]),
-           "--global-batch", str(size["ddp_global_batch"]), "--max-users", str(size["max_users"] or 0),
-           "--seed", str(seed), "--cache-dir", str(ddp_cache), "--dropout", "0",
-           # validation at step 0 and at the end only; the kept weights are the last ones (the log loss
-           # falls from step 0's 0.69 as soon as the head learns the positive rate)
-           "--eval-every", "1000000", "--patience", "1000000", "--select-by", "log_loss"]
-if ddp_gpus:
-    DDP_RUNS = {"1 process": (1, 1), "2 processes": (2, 1)}  # name: (processes, threads each)
-else:
-    ddp_job += ["--device", "cpu", "--backend", "gloo"]
-    DDP_RUNS = {"1 process": (1, 1), "1 process, 2 threads": (1, 2), "2 processes": (2, 1)}
-ddp_results, ddp_logs = {}, {}
-for name, (nproc, n_threads) in DDP_RUNS.items():
-    started = time.time()
-    ddp_results[name], ddp_logs[name] = distributed.run_job(
-        ddp_job, output_dir / "ddp" / f"{nproc}x{n_threads}", nproc=nproc, threads=n_threads,
-        timeout=size["ddp_timeout_s"])
-    print(f"{name}: {time.time() - started:.0f} s")
-print(" ".join(distributed.torchrun_command(ddp_job, 2)[1:]))
-
-# %% [markdown]
-# The 2-process run's log: only rank 0 prints (rank 1 ran the same steps in
-# silence), and the loss it logs is the mean over both ranks' examples.
-
-# %%
-print("\n".join(line for line in ddp_logs["2 processes"].splitlines() if line.startswith("[ecrec.distributed]")))
-
-# %%
-one, two = ddp_results["1 process"], ddp_results["2 processes"]
-ddp_param_diff = distributed.max_param_diff(output_dir / "ddp" / "1x1" / "checkpoint",
-                                            output_dir / "ddp" / "2x1" / "checkpoint")
-ddp_loss_diff = max(abs(a["loss"] - b["loss"]) for a, b in zip(one["steps"], two["steps"], strict=True))
-ddp_table = pd.DataFrame.from_dict({
-    name: {"processes": r["world_size"], "threads per process": r["threads_per_process"],
-           "examples per process and step": r["per_rank_batch"], "optimizer steps": r["optimizer_steps"],
-           "training seconds": r["train_seconds"], "samples/s": r["samples_per_s"],
-           "2 processes / this": two["samples_per_s"] / r["samples_per_s"],
-           "wall seconds (with start-up)": r["wall_seconds"], "kept step": r["best_step"],
-           "valid log loss at the end": r["history"][-1]["valid_log_loss"]}
-    for name, r in ddp_results.items()}, orient="index")
-ddp_ratio = two["samples_per_s"] / one["samples_per_s"]
-ddp_same_cores = ddp_results.get("1 process, 2 threads")
-ddp_ratio_cores = two["samples_per_s"] / ddp_same_cores["samples_per_s"] if ddp_same_cores else None
-ddp_table.round(3)
-
-# %%
-fig, (ax_loss, ax_speed) = plt.subplots(1, 2, figsize=(10, 3.2))
-for (name, r), marker in zip(ddp_results.items(), ("o", "+", "x"), strict=False):
-    ax_loss.plot([s["step"] for s in r["steps"]], [s["loss"] for s in r["steps"]], marker=marker, label=name)
-ax_loss.set_xlabel("optimizer step")
-ax_loss.set_ylabel("training loss (global batch)")
-ax_loss.legend()
-ax_loss.set_title("Same steps, same losses")
-ax_speed.barh(list(ddp_results), [r["samples_per_s"] for r in ddp_results.values()],
-              color=[f"C{i}" for i in range(len(ddp_results))])
-ax_speed.invert_yaxis()
-ax_speed.set_xlabel("training samples/s")
-ax_speed.set_title("Throughput, one run after the other")
-save(fig, output_dir, "ddp_one_vs_two")
-plt.show()
-
-# %% tags=["remove-input"]
-cores = two["threads_per_process"] * two["world_size"]
-if ddp_gpus:
-    why = ("On GPUs this is what data parallelism is for: each process has a device of its own, the "
-           "step's compute shrinks with the shard and NCCL moves the gradients over fast links.")
-else:
-    why = (f"Against 1 process with 1 thread the ideal ratio is 2 (a second core's worth of compute); 2 "
-           f"processes reach {ddp_ratio / 2:.0%} of it. The rest goes to the all-reduce of {grad_mb:.0f} MiB "
-           "of gradients per step through gloo, to the gradient clipping and AdamW step over all "
-           f"{n_trainable / 1e6:.1f}M parameters, which every process runs in full (they are replicated, "
-           "not divided), and to half-size matrix products. Against 1 process with 2 threads on the same "
-           f"{cores} cores the ratio is **{ddp_ratio_cores:.2f}**. ")
-    if ddp_ratio_cores < 1:
-        why += ("Below 1 is the honest result here, and expected: the 2 processes have no core that the "
-                "2-thread process did not already keep busy, so they bring no new compute, only the costs "
-                "above. ")
-    else:
-        why += (f"Above 1 because the 2-thread process did poorly ({ddp_same_cores['samples_per_s']:.1f} "
-                f"samples/s, against {one['samples_per_s']:.1f} with 1 thread): the threads of one matrix "
-                "product wait for each other, and on a machine whose cores other jobs also use (as here) "
-                "that waiting costs more than the all-reduce; separate processes do not wait inside an "
-                "operation. ")
-    why += ("Timings on a shared machine move from run to run: read the ratios of one run, not the "
-            "samples/s. DDP pays where each process gets a device of its own: the commands above, on GPUs.")
-display(Markdown(
-    f"The runs took {one['optimizer_steps']} optimizer steps of {one['global_batch']} examples. The "
-    f"per-step training losses of 1 and 2 processes differ by at most {ddp_loss_diff:.1e}, and the "
-    f"weights they end with (the checkpoint of step {two['best_step']}, written by rank 0 alone) by at "
-    f"most {ddp_param_diff:.1e}: the same training, summed in another order. Throughput: "
-    f"{one['samples_per_s']:.1f} samples/s for 1 process, {two['samples_per_s']:.1f} for 2, a ratio of "
-    f"**{ddp_ratio:.2f}**. {why} `benchmarks/bench_ddp.py` repeats the comparison (`--repeats`)."
-))
-
-# %% tags=["remove-input"]
-ddp_metrics = {
-    "max_param_diff": ddp_param_diff, "max_step_loss_diff": ddp_loss_diff,
-    "samples_per_s": {name: r["samples_per_s"] for name, r in ddp_results.items()},
-    "ratio_2proc_vs_1proc": ddp_ratio, "ratio_2proc_vs_1proc_2threads": ddp_ratio_cores,
-    "optimizer_steps": one["optimizer_steps"], "global_batch": one["global_batch"],
-    "device": "cuda" if ddp_gpus else "cpu", "kept_step": two["best_step"],
-    "section_seconds": round(time.time() - DDP_STARTED, 1),
-}
-ddp_metrics
-
-# %% tags=["remove-input"]
-EXTRA_METRICS["ddp"] = ddp_metrics
-
 
 # %% tags=["remove-input"]
 lesson = (
@@ -1676,20 +1425,16 @@ Markdown(f"**The lesson.** {lesson}")
 #   MMR re-ranks the ranker's top 100 for diversity; λ = 1 is the ranker's own
 #   order, and the trade-off curve (NDCG@10 against ILD@10, with intervals)
 #   shows what each step of diversity costs in accuracy.
-# * Data parallelism with DDP: every process holds the whole model, takes its
-#   share of each global batch and averages gradients with an all-reduce
-#   (bucketed, overlapped with the backward pass); divide each rank's loss sum
-#   by B / W and W processes with B / W examples each take exactly the steps of
-#   one process with B. Start it with `torchrun`; rank 0 alone prints and writes
-#   checkpoints; compare throughput in one run, on devices each process has to itself.
+# * Fine-tuning itself scales out with data parallelism (PyTorch DDP and
+#   `torchrun`): appendix A.
 #
 # ## Exercises
 #
 # 1. *(runnable)* Train the ranker on chapter 03's **popularity-matched**
 #    negatives (`F.dataset_config(size, seed=seed, negatives="popularity")`) and
-#    redo section 7.3. Does the whole catalogue stop being a trap? How does the
+#    redo section 8.3. Does the whole catalogue stop being a trap? How does the
 #    ranking of the hybrid's candidates change, at small and at large K, and
-#    why? A worked solution is in `notebooks/solutions/07_exercises.py`.
+#    why? A worked solution is in `notebooks/solutions/08_exercises.py`.
 # 2. *(runnable)* HNSW's graph degree `M` trades memory and build time for
 #    quality: build the index with M = 8, 16, 32 and 48 on a synthetic catalogue
 #    and compare bytes per item, build time and overlap at efSearch = K.
@@ -1698,13 +1443,8 @@ Markdown(f"**The lesson.** {lesson}")
 #    logit with the DNN's (the weight chosen on the validation window) and rank
 #    the hybrid's candidates with the blend. Does the final Recall@10 move beyond
 #    the bootstrap noise, and what does it add to the p95 latency?
-# 4. Redo section 7.3 in chapter 05's **new-to-user** setting (exclude each
+# 4. Redo section 8.3 in chapter 05's **new-to-user** setting (exclude each
 #    user's history from the candidates). Which features does the ranker lean on
 #    once repeat purchases are gone?
 # 5. Measure the stages with `threads = 2` and with a batch of 8 users per call:
 #    which stages scale, and where does p99 move?
-# 6. Run `python -m ecrec.distributed` on 1 process with `--global-batch 16` and
-#    under `torchrun --standalone --nproc_per_node=2` with `--global-batch 16
-#    --dropout 0.1`: how far apart do the weights end, and does the validation
-#    log loss differ by more than between two 1-process runs with seeds 42 and
-#    43? (The dropout masks differ; the training is the same in distribution.)

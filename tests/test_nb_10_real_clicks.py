@@ -1,4 +1,4 @@
-"""Chapter 09 (real clicks) in the smoke profile: the data's counts, invariants and recorded ranges.
+"""Chapter 10 (real clicks) in the smoke profile: the data's counts, invariants and recorded ranges.
 
 Recorded on the smoke run (seed 42): clicks random 38 / 46 / 46 and BTS 42 / 69 / 46 (all / men /
 women); CTR by slot 0.0038 / 0.0050 / 0.0041, top minus bottom -0.0003 [-0.0027, +0.0014];
@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.notebook
 
-STEM = "09_real_clicks"
+STEM = "10_real_clicks"
 CAMPAIGNS = ("all", "men", "women")
 
 

@@ -12,10 +12,10 @@
 # ---
 
 # %% [markdown]
-# # 8. Transformers over behaviour: SASRec, BERT4Rec and item vectors from the language model
+# # 9. Transformers over behaviour: SASRec, BERT4Rec and item vectors from the language model
 #
-# BERT entered recommender systems twice. Chapters 04-06 use it as a **reader
-# of text**. Here it models the **behaviour sequence** itself: a customer's
+# BERT entered recommender systems twice. Chapters 04, 05 and 07 use it as a
+# **reader of text**. Here it models the **behaviour sequence** itself: a customer's
 # purchases in order are a sentence whose words are items. **SASRec** (Kang and
 # McAuley, ICDM 2018) is a causal, GPT-like Transformer that predicts the next
 # item; **BERT4Rec** (Sun et al., CIKM 2019) is BERT's masked-token objective
@@ -45,9 +45,9 @@
 # %% tags=["parameters", "remove-input"]
 profile = "auto"  # "auto" | "smoke" | "cpu" | "full"
 seed = 42
-output_dir = "outputs/08_sequences"
+output_dir = "outputs/09_sequences"
 sizes = None  # optional dict overriding the profile's sizes
-cache_dir = None  # MiniLM item-vector cache shared with chapters 04, 05 and 07; None: <output_dir>/../cache
+cache_dir = None  # MiniLM item-vector cache shared with chapters 04, 05 and 08; None: <output_dir>/../cache
 
 # %% tags=["remove-input"]
 # In Colab: fetch the book's code and data, then install it (skipped elsewhere).
@@ -111,7 +111,7 @@ K = [10, 50]
 print(f"sizes={size}")
 
 # %% [markdown]
-# ## 8.1 Sequences from the log
+# ## 9.1 Sequences from the log
 #
 # The protocol is chapter 05's (`ecrec.recall.build_recall_data`): the same
 # global time split, the same test window, the same test users and ground
@@ -157,7 +157,7 @@ plt.show()
 # items): the model reads each customer's most recent `max_len` purchases.
 
 # %% [markdown]
-# ## 8.2 SASRec and BERT4Rec in a few dozen lines
+# ## 9.2 SASRec and BERT4Rec in a few dozen lines
 #
 # Both are the same Transformer encoder over item tokens (0 = padding, item
 # $i$ = token $i+1$, one extra `[MASK]` token) plus learned positions. The
@@ -200,7 +200,7 @@ print("labels (-100 = not scored):\n", cloze_labels.numpy())
 # earlier SASRec output, and BERT4Rec's loss reads only the masked positions.
 
 # %% [markdown]
-# ## 8.3 Training: full softmax vs one sampled negative
+# ## 9.3 Training: full softmax vs one sampled negative
 #
 # SASRec's paper trained with binary cross-entropy against one random
 # negative per position; Klenitskiy and Vasilev (RecSys 2023) found that
@@ -253,7 +253,7 @@ save(fig, output_dir, "training_loss")
 plt.show()
 
 # %% [markdown]
-# ## 8.4 Item vectors from the language model
+# ## 9.4 Item vectors from the language model
 #
 # An ID embedding is learned from purchases; an item nobody bought keeps its
 # random initial vector. The language model gives every item a vector from its
@@ -264,7 +264,7 @@ plt.show()
 # * **ID + text**: the sum of both, so popular items can move away from their
 #   description while unseen ones keep it.
 #
-# The description vectors come from the cache that chapters 04, 05 and 07
+# The description vectors come from the cache that chapters 04, 05 and 08
 # share (`ecrec.text.cached_text_vectors`, keyed by model and text).
 
 # %%
@@ -276,7 +276,7 @@ for name, ids in [("SASRec text only", False), ("SASRec ID + text", True)]:
 print({n: round(lg.losses[-1], 3) for n, lg in logs.items()})
 
 # %% [markdown]
-# ## 8.5 Baselines that are hard to beat
+# ## 9.5 Baselines that are hard to beat
 #
 # Chapter 05's popularity (last 30 days), item-CF and ALS, and **EASE^R**
 # (Steck 2019): a linear item-item model with a closed form, a dozen lines.
@@ -315,7 +315,7 @@ print(f"{truncated.sum()} of {len(test_seqs)} test users' histories were longer 
       f"(the last {size['max_len']} items kept)")
 
 # %% [markdown]
-# ## 8.6 Full ranking over the whole catalogue
+# ## 9.6 Full ranking over the whole catalogue
 #
 # Every model ranks all items for every test user; ties count as the
 # expectation over tie orders (chapter 05's rule). Two settings, as in
@@ -400,7 +400,7 @@ display(Markdown(
     f"`{run_profile}` cannot tell the two apart."))
 
 # %% [markdown]
-# ## 8.7 The sampled-metric trap
+# ## 9.7 The sampled-metric trap
 #
 # Many papers rank each test item against **100 random negatives** instead of
 # the whole catalogue, which is cheaper. Krichene and Rendle (KDD 2020) showed
@@ -447,7 +447,7 @@ display(Markdown(
     "a model ranks one item among a hundred random ones, which is not the job a recommender does."))
 
 # %% [markdown]
-# ## 8.8 Cost per request
+# ## 9.8 Cost per request
 #
 # A recall stage answers one user at a time. The time to score the whole
 # catalogue for one user, batch 1, one thread, for the best sequence model
@@ -508,7 +508,7 @@ display(Markdown(
     "* SASRec and BERT4Rec are one encoder with two masks; the tiny example above shows both.\n"
     f"* Sampled metrics flatter every model (mean sampled AUC {trap['sampled AUC'].mean():.2f}) and swapped "
     f"{len(swapped)} of {len(names) * (len(names) - 1) // 2} pairs here: evaluate over the full catalogue.\n"
-    "* Chapter 07 (section 7.2.1) serves SASRec (CE) as one more recall generator beside item-CF, ALS, the text "
+    "* Chapter 08 (section 8.2.1) serves SASRec (CE) as one more recall generator beside item-CF, ALS, the text "
     "tower and popularity (`ecrec.seqrec.SeqGenerator`: the hidden state at the last purchase, searched in the "
     "model's item table with FAISS), and measures what it adds to the recall stage and what it costs per request."))
 
@@ -517,7 +517,7 @@ display(Markdown(
 #
 # 1. *(runnable)* Train SASRec (CE) with the items of each basket in item-index
 #    order instead of a random order, and compare Recall@50 with intervals.
-#    A worked solution is in `notebooks/solutions/08_exercises.py`.
+#    A worked solution is in `notebooks/solutions/09_exercises.py`.
 # 2. *(runnable)* Sweep EASE^R's $\lambda$ (30, 100, 300, 1000, 3000) and plot
 #    Recall@50 on all and on new-to-user items. (solution in the same file)
 # 3. Give BERT4Rec four times more epochs (Petrov and Macdonald, RecSys 2022).

@@ -1,4 +1,4 @@
-"""Chapter 08 (transformers over behaviour) in the smoke profile: invariants and recorded ranges.
+"""Chapter 09 (transformers over behaviour) in the smoke profile: invariants and recorded ranges.
 
 Recorded on an idle 2-core smoke run (seed 42; 300 evaluated users of 4,082 sequences, 3,659 items;
 68% of sequences longer than max_len = 20; 6 SASRec epochs, 10 BERT4Rec epochs, undertrained at
@@ -20,7 +20,7 @@ from ecrec.verdict import decide
 
 pytestmark = pytest.mark.notebook
 
-STEM = "08_sequences"
+STEM = "09_sequences"
 MODELS = {"popularity", "item-CF", "ALS", "EASE^R", "SASRec (CE)", "SASRec (BCE, 1 negative)", "BERT4Rec",
           "SASRec text only", "SASRec ID + text"}
 RECORDED_R50_ALL = {"EASE^R": 0.294, "ALS": 0.264, "item-CF": 0.216, "popularity": 0.157, "BERT4Rec": 0.149,
