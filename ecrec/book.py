@@ -130,13 +130,20 @@ class RunResult:
     error: str = ""
 
 
+def is_appendix(stem: str) -> bool:
+    """True for an appendix's stem (``A1_ddp``: a capital letter, a digit), False for a chapter's (``04_bert_ctr``)."""
+    return bool(re.match(r"[A-Z][0-9]_", stem))
+
+
 def discover(only: list[str] | None = None, notebooks_dir: Path = NOTEBOOKS) -> list[Path]:
-    """The chapter sources ``NN_slug.py``, sorted; ``only`` filters by prefix ("01", "03_features").
+    """The chapter sources ``NN_slug.py``, sorted, then the appendices ``A1_slug.py``, sorted.
+
+    ``only`` filters by prefix ("01", "03_features", "A1").
 
     Raises:
         NotebookError: a prefix in ``only`` matches no chapter.
     """
-    paths = sorted(p for p in notebooks_dir.glob("[0-9][0-9]_*.py"))
+    paths = sorted(notebooks_dir.glob("[0-9][0-9]_*.py")) + sorted(notebooks_dir.glob("[A-Z][0-9]_*.py"))
     if only:
         wanted = [p for p in paths if any(p.stem.startswith(o) for o in only)]
         unknown = [o for o in only if not any(p.stem.startswith(o) for p in paths)]
@@ -813,7 +820,7 @@ def build(profile: str = "auto", output: Path = ROOT / "_output") -> Path:
     if book_dir.exists():
         shutil.rmtree(book_dir)
     shutil.copytree(BOOK_SRC, book_dir, ignore=shutil.ignore_patterns("_build"))
-    chapters = []
+    pages = []
     for stem, nb in notebooks.items():
         tidy_streams(nb)
         link = nbformat.v4.new_markdown_cell(chapter_header(stem, profile, run_dir))
@@ -822,12 +829,9 @@ def build(profile: str = "auto", output: Path = ROOT / "_output") -> Path:
         nb.cells.insert(1 if title_first else 0, link)
         (book_dir / "chapters").mkdir(exist_ok=True)
         nbformat.write(nb, book_dir / "chapters" / f"{stem}.ipynb")
-        chapters.append(f"chapters/{stem}")
+        pages.append(stem)
     scorecard = _write_scorecard(run_dir, book_dir, profile)
-    toc = ["format: jb-book", "root: intro", "chapters:", f"- file: {scorecard}"]  # right after the intro
-    toc += [f"- file: {c}" for c in chapters]
-    toc += ["- file: credits"]
-    (book_dir / "_toc.yml").write_text("\n".join(toc) + "\n", encoding="utf-8")
+    (book_dir / "_toc.yml").write_text(toc_yaml(pages, scorecard), encoding="utf-8")
     _vendor_mathjax(book_dir)
     cmd = [_jupyter_book_executable(), "build", str(book_dir), "--builder", "html"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -836,6 +840,26 @@ def build(profile: str = "auto", output: Path = ROOT / "_output") -> Path:
     html = book_dir / "_build" / "html"
     print(f"[ecrec] book built: {html / 'index.html'}", flush=True)
     return html
+
+
+def toc_yaml(stems: list[str], scorecard: str = "scorecard") -> str:
+    """The book's ``_toc.yml`` (Jupyter Book 1.x, ``jb-book``) for the executed ``stems``, in order.
+
+    Three parts: "Chapters" (the scorecard page, right after the intro, then
+    ``chapters/NN_slug``), "Appendix" (``chapters/A1_slug``; the part is left
+    out when there is none) and the credits page without a caption.
+    """
+    def part(caption: str | None, files: list[str]) -> list[str]:
+        head = [f"- caption: {caption}", "  chapters:"] if caption else ["- chapters:"]
+        return head + [f"  - file: {f}" for f in files]
+
+    lines = ["format: jb-book", "root: intro", "parts:"]
+    lines += part("Chapters", [scorecard] + [f"chapters/{s}" for s in stems if not is_appendix(s)])
+    appendices = [f"chapters/{s}" for s in stems if is_appendix(s)]
+    if appendices:
+        lines += part("Appendix", appendices)
+    lines += part(None, ["credits"])
+    return "\n".join(lines) + "\n"
 
 
 def _write_scorecard(run_dir: Path, book_dir: Path, profile: str) -> str:

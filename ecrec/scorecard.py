@@ -83,9 +83,10 @@ def outcome(verdict: str) -> str:
 
 
 def _chapter_metrics(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """``{stem: metrics.json's content}`` for every ``NN_slug`` folder of ``run_dir`` that has one."""
+    """``{stem: metrics.json's content}`` for every ``NN_slug`` (then appendix ``A1_slug``) folder that has one."""
     found = {}
-    for path in sorted(Path(run_dir).glob("[0-9][0-9]_*/metrics.json")):
+    run_dir = Path(run_dir)
+    for path in sorted(run_dir.glob("[0-9][0-9]_*/metrics.json")) + sorted(run_dir.glob("[A-Z][0-9]_*/metrics.json")):
         try:
             found[path.parent.name] = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as exc:

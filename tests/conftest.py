@@ -23,7 +23,7 @@ import pytest
 from ecrec import book
 
 _NEEDED = pytest.StashKey[set]()
-_CHAPTER_FILE = re.compile(r"test_nb_(\d\d)_")
+_CHAPTER_FILE = re.compile(r"test_nb_(\d\d|[A-Z]\d)_")  # a chapter (04) or an appendix (A1)
 
 
 def _chapters_of(item) -> set[str] | None:

@@ -110,6 +110,24 @@ def test_discover_rejects_unknown_chapter():
         book.discover(["77"])
 
 
+def test_discover_puts_the_appendices_after_the_chapters(tmp_path):
+    for name in ("A1_x.py", "10_c.py", "02_b.py", "01_a.py", "B1_y.py", "notes.py", "A1_x.ipynb"):
+        (tmp_path / name).write_text("")
+    assert [p.stem for p in book.discover(notebooks_dir=tmp_path)] == ["01_a", "02_b", "10_c", "A1_x", "B1_y"]
+    assert [p.stem for p in book.discover(["02", "A1"], notebooks_dir=tmp_path)] == ["02_b", "A1_x"]
+    assert book.is_appendix("A1_ddp") and not book.is_appendix("10_real_clicks")
+
+
+def test_toc_lists_the_appendices_as_their_own_part():
+    toc = book.toc_yaml(["01_a", "02_b", "A1_x"]).splitlines()
+    assert toc == ["format: jb-book", "root: intro", "parts:",
+                   "- caption: Chapters", "  chapters:", "  - file: scorecard", "  - file: chapters/01_a",
+                   "  - file: chapters/02_b",
+                   "- caption: Appendix", "  chapters:", "  - file: chapters/A1_x",
+                   "- chapters:", "  - file: credits"]
+    assert "Appendix" not in book.toc_yaml(["01_a"])  # no appendix, no empty part
+
+
 # --- the smoke run of every chapter (what CI executes) ----------------------
 
 
@@ -429,8 +447,14 @@ def test_build_writes_the_scorecard_right_after_the_intro(tmp_path, monkeypatch)
     book.build("auto", output=tmp_path)
     book_dir = run_dir / "book"
     toc = (book_dir / "_toc.yml").read_text().splitlines()
-    assert toc[:4] == ["format: jb-book", "root: intro", "chapters:", "- file: scorecard"]
-    assert toc[4] == f"- file: chapters/{CHAPTERS[0].stem}" and toc[-1] == "- file: credits"
+    assert toc[:6] == ["format: jb-book", "root: intro", "parts:", "- caption: Chapters", "  chapters:",
+                       "  - file: scorecard"]
+    assert toc[6] == f"  - file: chapters/{CHAPTERS[0].stem}" and toc[-2:] == ["- chapters:", "  - file: credits"]
+    appendices = [p.stem for p in CHAPTERS if book.is_appendix(p.stem)]
+    if appendices:  # after every numbered chapter, under their own caption
+        at = toc.index("- caption: Appendix")
+        assert toc[at + 2:at + 2 + len(appendices)] == [f"  - file: chapters/{s}" for s in appendices]
+        assert all(toc.index(f"  - file: chapters/{p.stem}") < at for p in CHAPTERS if not book.is_appendix(p.stem))
     page = (book_dir / "scorecard.md").read_text()
     assert ("| 04 | text added to the ID DNN | all | AUC (higher is better) | DNN + text vs DNN "
             "| +0.010 [+0.004, +0.016] | a gain | 1,536 | cpu |") in page
@@ -562,6 +586,7 @@ def test_smoke_run_executes_only_the_chapters_the_selected_tests_read():
                                callspec=SimpleNamespace(params=params) if params else None)
 
     assert _chapters_of(item("test_nb_03_features.py", ("chapter_metrics",))) == {"03_features"}
+    assert _chapters_of(item("test_nb_A1_ddp.py", ("chapter_metrics",))) == {"A1_ddp"}  # an appendix too
     assert _chapters_of(item("test_book.py", path=CHAPTERS[1])) == {stems[1]}
     assert _chapters_of(item("test_browser.py", ("smoke_run", "built_html"), stem=stems[0])) is None
     assert _chapters_of(item("test_browser.py", ("smoke_run",))) is None

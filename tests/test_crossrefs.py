@@ -7,6 +7,7 @@ is held to the same rules as soon as its file exists, and one that does not
 exist yet is simply not checked.
 
 * "chapter NN" / "chapters NN and MM" names a chapter with a notebook;
+  "appendix A" names an appendix (``notebooks/A1_slug.py``: letter A);
 * "section N.k" / "section N.k.m" / "§N.k" (also in lists and ranges:
   "sections 6.10-6.19", "§§4.2 and 4.3") names a heading of chapter N, in
   markdown and in code strings alike;
@@ -24,7 +25,9 @@ exist yet is simply not checked.
   ``### N.k.m Title`` with m = 1, 2, ... within their section; unnumbered
   ``## Summary`` then ``## Exercises`` at the end; ``## Part A — Title``
   (a capital letter and a dash) may group sections without interrupting
-  their numbering.
+  their numbering. An appendix ``notebooks/A1_slug.py`` follows the same
+  scheme with its letter for N: ``# A. Title``, ``## A.k Title``, and
+  "section A.k" refers to it.
 """
 
 from __future__ import annotations
@@ -36,19 +39,28 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTERS = sorted(ROOT.glob("notebooks/[0-9][0-9]_*.py"))
-CHAPTER_NUMBERS = {int(p.name[:2]) for p in CHAPTERS}
+CHAPTERS = sorted(ROOT.glob("notebooks/[0-9][0-9]_*.py")) + sorted(ROOT.glob("notebooks/[A-Z][0-9]_*.py"))
+
+
+def _label(path: Path) -> str:
+    """A chapter's number as its headings write it ("6" for 06_multitask.py) or an appendix's letter ("A")."""
+    return path.name[0] if path.name[0].isalpha() else str(int(path.name[:2]))
+
+
+CHAPTER_NUMBERS = {int(p.name[:2]) for p in CHAPTERS if not p.name[0].isalpha()}
+APPENDIX_LETTERS = {p.name[0] for p in CHAPTERS if p.name[0].isalpha()}
 PROSE = [*CHAPTERS, *sorted(ROOT.glob("notebooks/solutions/*.py")), ROOT / "README.md"]
 
 CHAPTER_REF = re.compile(
     r"\b[Cc]hapters?\s+(\d{1,2}(?:(?:\s*,\s*|\s+and\s+|\s+or\s+|\s+to\s+|\s*[-–]\s*)\d{1,2}\b)*)(?!\.?\d)")
-SECTION_NUMBER = r"\d{1,2}\.\d{1,2}(?:\.\d{1,2})?"
+SECTION_NUMBER = r"(?:\d{1,2}|[A-Z])\.\d{1,2}(?:\.\d{1,2})?"
 SECTION_REF = re.compile(
     rf"(?:\b[Ss]ections?\s+|§§?\s*)({SECTION_NUMBER}(?:(?:\s*,\s*|\s+and\s+|\s+or\s+|\s+to\s+|\s*[-–]\s*)"
     rf"{SECTION_NUMBER})*)(?!\.?\d)")
 EXERCISE_REF = re.compile(
     r"\b(?:(?:[Cc]hapter\s+(\d{1,2})'s\s+)?)[Ee]xercises?\s+([A-Z]?\d{1,2}(?:(?:\s*,\s*|\s+and\s+|\s+or\s+|\s+to\s+"
     r"|\s*[-–]\s*)[A-Z]?\d{1,2})*)\b(?!\.?\d)")
+APPENDIX_REF = re.compile(r"\b[Aa]ppendix\s+([A-Z])\b")
 COUNT_WORDS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve".split()) if i >= 2}
 COUNT_WORD = re.compile(r"\b(" + "|".join(COUNT_WORDS) + r")\b(?!-)", re.IGNORECASE)
@@ -56,9 +68,9 @@ LIST_ITEM = re.compile(r"^(?:[*+-]|\d+[.)])\s+\S")
 ECREC_NAME = re.compile(r"\becrec(?:\.[A-Za-z_]\w*)+")
 INLINE_CODE = re.compile(r"`([^`\n]+)`")
 
-TITLE = re.compile(r"^# (\d+)\. \S")
-SECTION = re.compile(r"^## (\d+)\.(\d+) \S")
-SUBSECTION = re.compile(r"^### (\d+)\.(\d+)\.(\d+) \S")
+TITLE = re.compile(r"^# (\d+|[A-Z])\. \S")
+SECTION = re.compile(r"^## (\d+|[A-Z])\.(\d+) \S")
+SUBSECTION = re.compile(r"^### (\d+|[A-Z])\.(\d+)\.(\d+) \S")
 PART = re.compile(r"^## Part [A-Z] — \S")
 END_SECTIONS = ["## Summary", "## Exercises"]
 
@@ -101,6 +113,10 @@ def test_chapter_references_exist(path):
             if int(number) not in CHAPTER_NUMBERS:
                 line = text.count("\n", 0, match.start()) + 1
                 missing.append(f"line {line}: {match.group(0)!r} (no notebooks/{int(number):02d}_*.py)")
+    for match in APPENDIX_REF.finditer(text):
+        if match.group(1) not in APPENDIX_LETTERS:
+            missing.append(f"line {_line_of(text, match.start())}: {match.group(0)!r} "
+                           f"(no notebooks/{match.group(1)}[0-9]_*.py)")
     assert not missing, f"{_rel(path)} refers to chapters that do not exist:\n" + "\n".join(missing)
 
 
@@ -119,16 +135,16 @@ def _line_of(text: str, pos: int) -> int:
 
 @pytest.mark.parametrize("path", PROSE, ids=_rel)
 def test_section_references_exist(path):
-    by_number = {int(p.name[:2]): p for p in CHAPTERS}
+    by_label = {_label(p): p for p in CHAPTERS}
     text = path.read_text(encoding="utf-8")
     missing = []
     for match in SECTION_REF.finditer(text):
         for number in re.findall(SECTION_NUMBER, match.group(1)):
-            chapter = int(number.split(".")[0])
-            target = by_number.get(chapter)
+            chapter = number.split(".")[0]
+            target = by_label.get(chapter)
             if target is None or number not in _section_numbers(target):
                 missing.append(f"line {_line_of(text, match.start())}: {match.group(0)!r} "
-                               f"(no heading {number} in chapter {chapter:02d})")
+                               f"(no heading {number} in {target.stem if target else 'any chapter'})")
     assert not missing, f"{_rel(path)} refers to sections that do not exist:\n" + "\n".join(missing)
 
 
@@ -144,27 +160,27 @@ def _exercise_labels(path: Path) -> set[str]:
     return labels
 
 
-def _own_chapter(path: Path) -> int | None:
-    """The chapter whose exercises a file's bare "exercise k" means (None: the README, no chapter)."""
-    m = re.match(r"(\d\d)", path.name)
-    return int(m.group(1)) if m and path.parent.name in ("notebooks", "solutions") else None
+def _own_chapter(path: Path) -> str | None:
+    """The chapter whose exercises a file's bare "exercise k" means ("6", "A"; None: the README, no chapter)."""
+    m = re.match(r"(\d\d|[A-Z]\d)_", path.name)
+    return _label(path) if m and path.parent.name in ("notebooks", "solutions") else None
 
 
 @pytest.mark.parametrize("path", PROSE, ids=_rel)
 def test_exercise_references_exist(path):
-    by_number = {int(p.name[:2]): p for p in CHAPTERS}
+    by_label = {_label(p): p for p in CHAPTERS}
     text = path.read_text(encoding="utf-8")
     own = _own_chapter(path)
     missing = []
     for match in EXERCISE_REF.finditer(text):
-        chapter = int(match.group(1)) if match.group(1) else own
+        chapter = str(int(match.group(1))) if match.group(1) else own
         if chapter is None:
             continue
-        target = by_number.get(chapter)
+        target = by_label.get(chapter)
         labels = _exercise_labels(target) if target else set()
         for label in re.findall(r"[A-Z]?\d{1,2}", match.group(2)):
             if label not in labels:
-                missing.append(f"line {_line_of(text, match.start())}: {match.group(0)!r} (chapter {chapter:02d}'s "
+                missing.append(f"line {_line_of(text, match.start())}: {match.group(0)!r} ({chapter}'s "
                                f"exercises are {sorted(labels, key=int) or 'none'})")
     assert not missing, f"{_rel(path)} refers to exercises that do not exist:\n" + "\n".join(missing)
 
@@ -260,11 +276,11 @@ def test_ecrec_names_in_backticks_exist(path):
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=_rel)
 def test_heading_scheme(path):
-    n = int(path.name[:2])
+    n = _label(path)
     headings = _heading_lines(path)
     problems = []
     titles = [h for h in headings if h.startswith("# ")]
-    if not headings or not TITLE.match(headings[0]) or int(TITLE.match(headings[0]).group(1)) != n:
+    if not headings or not TITLE.match(headings[0]) or TITLE.match(headings[0]).group(1) != n:
         problems.append(f"the first heading must be the title '# {n}. Title', got {headings[:1]}")
     if len(titles) != 1:
         problems.append(f"one title ('# ...') per chapter, got {titles}")
@@ -281,14 +297,14 @@ def test_heading_scheme(path):
             if PART.match(h):
                 continue
             m = SECTION.match(h)
-            if not m or int(m.group(1)) != n or int(m.group(2)) != section + 1:
+            if not m or m.group(1) != n or int(m.group(2)) != section + 1:
                 problems.append(f"{h!r}: expected '## {n}.{section + 1} Title'")
             else:
                 section, subsection = section + 1, 0
         elif h.startswith("### "):
             m = SUBSECTION.match(h)
             expected = f"### {n}.{section}.{subsection + 1} Title"
-            if ended or not m or [int(g) for g in m.groups()] != [n, section, subsection + 1]:
+            if ended or not m or list(m.groups()) != [n, str(section), str(subsection + 1)]:
                 problems.append(f"{h!r}: expected {expected!r}")
             else:
                 subsection += 1
@@ -303,6 +319,9 @@ def test_reference_patterns():
     sections = [re.findall(SECTION_NUMBER, m.group(1)) for m in SECTION_REF.finditer(
         "See section 6.19. Also §4.10, §§5.2 and 5.3, sections 6.10-6.19; chapter 3.2 is not one.")]
     assert sections == [["6.19"], ["4.10"], ["5.2", "5.3"], ["6.10", "6.19"]]
+    appendix = [re.findall(SECTION_NUMBER, m.group(1)) for m in SECTION_REF.finditer("section A.3 and §A.1.2")]
+    assert appendix == [["A.3"], ["A.1.2"]]
+    assert [m.group(1) for m in APPENDIX_REF.finditer("appendix A; Appendix B, appendixes")] == ["A", "B"]
     exercises = [(m.group(1), m.group(2)) for m in EXERCISE_REF.finditer(
         "(An ordinal head is exercise B3.) Exercises 1 and 2; chapter 03's exercise 7, exercise 1.5 is not one.")]
     assert exercises == [(None, "B3"), (None, "1 and 2"), ("03", "7")]

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTERS = sorted(ROOT.glob("notebooks/[0-9][0-9]_*.py"))
+CHAPTERS = sorted(ROOT.glob("notebooks/[0-9][0-9]_*.py")) + sorted(ROOT.glob("notebooks/[A-Z][0-9]_*.py"))
 
 NUM = r"[+\-−]?\d+(?:\.\d+)?"
 INTERVAL = re.compile(
