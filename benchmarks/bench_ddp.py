@@ -1,4 +1,4 @@
-"""Chapter 07: fine-tuning throughput of 2 DDP processes against 1 process, in one run.
+"""Appendix A: fine-tuning throughput of 2 DDP processes against 1 process, in one run.
 
 The same job (``python -m ecrec.distributed``: chapter 03's examples as text
 pairs, chapter 04's MiniLM cross-encoder, :func:`ecrec.finetune.train_ctr_model`,

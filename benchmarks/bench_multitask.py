@@ -1,4 +1,4 @@
-"""Chapter 06 Part A's training cell (8 tabular multi-task nets) at the cpu profile's sizes, timed and profiled.
+"""Chapter 06's training cell (8 tabular multi-task nets) at the cpu profile's sizes, timed and profiled.
 
 Reproduces the cell that starts ``BUY, RET = ("buy",), ("return_given_buy",)``: chapter 03's
 dataset for 1,000 users, return labels, the same eight specs, 3 epochs. Prints CPU and wall seconds

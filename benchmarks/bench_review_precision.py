@@ -1,4 +1,4 @@
-"""Chapter 06 Part B's fine-tuning step: fp32 vs bf16 autocast on this CPU, side by side in one run.
+"""Chapter 07's fine-tuning step: fp32 vs bf16 autocast on this CPU, side by side in one run.
 
 Trains the multi-head MiniLM review model (``ecrec.reviews``) on real reviews,
 length-grouped batches of 16 at the chapter's truncation length, alternating

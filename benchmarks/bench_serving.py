@@ -1,4 +1,4 @@
-"""Chapter 07 benchmark: what a request costs, printed as ratios measured side by side (no timed assertions).
+"""Chapter 08 benchmark: what a request costs, printed as ratios measured side by side (no timed assertions).
 
 1. Feature lookup for one user's K candidates, four ways, the same numbers
    from each (checked): recomputed from the log

@@ -1,4 +1,4 @@
-"""Chapter 07: chapter 04's fine-tuning on several processes, with PyTorch DDP.
+"""Appendix A: chapter 04's fine-tuning on several processes, with PyTorch DDP.
 
 ``torchrun`` starts one process per device (``--nproc_per_node``) on each
 node (``--nnodes``) and gives each its ``RANK``, ``LOCAL_RANK``,

@@ -1,4 +1,4 @@
-"""Chapter 07's feature store: chapter 03's point-in-time features as columnar arrays, in memory or in Redis.
+"""Chapter 08's feature store: chapter 03's point-in-time features as columnar arrays, in memory or in Redis.
 
 A ranker's request needs, for one user and K candidate items, the user's
 features (history, frequency, spend, recency), each item's features

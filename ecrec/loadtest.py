@@ -1,4 +1,4 @@
-"""A bounded load generator for chapter 07's service: N concurrent clients on loopback, latency and throughput.
+"""A bounded load generator for chapter 08's service: N concurrent clients on loopback, latency and throughput.
 
 :func:`run_level` runs ``clients`` asyncio tasks sharing one ``httpx.AsyncClient``;
 each sends ``GET /recommend`` requests one after the other (a "closed loop":

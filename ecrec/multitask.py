@@ -1,4 +1,4 @@
-"""Multi-task learning on chapter 03's examples: purchase and return (chapter 06, Part A).
+"""Multi-task learning on chapter 03's examples: purchase and return (chapter 06).
 
 Two tasks share one representation of an example (user, item, moment):
 

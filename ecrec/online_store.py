@@ -1,4 +1,4 @@
-"""Local servers for chapter 07's online path: Redis (the online feature store) and any 127.0.0.1 server process.
+"""Local servers for chapter 08's online path: Redis (the online feature store) and any 127.0.0.1 server process.
 
 :class:`LocalServer` starts a command as a subprocess in its own session
 (process group) on a free port of 127.0.0.1 (:func:`free_port`), waits until

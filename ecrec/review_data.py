@@ -1,4 +1,4 @@
-"""Chapter 06, Part B: the review data and its tasks.
+"""Chapter 07: the review data and its tasks.
 
 Women's E-Commerce Clothing Reviews (Brooks, 2018; :func:`ecrec.data.load_reviews`)
 carries three labels per review, and the text speaks to each of them:

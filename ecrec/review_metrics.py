@@ -1,4 +1,4 @@
-"""Chapter 06, Part B: linear baselines on fixed features, the review metrics, the item sentiment curve.
+"""Chapter 07: linear baselines on fixed features, the review metrics, the item sentiment curve.
 
 * :func:`fit_linear_heads` / :func:`linear_outputs`: one logistic regression
   per task on fixed features (TF-IDF, a frozen encoder's vectors; the probes);

@@ -1,4 +1,4 @@
-"""Chapter 06, Part B: the multi-head MiniLM review model, its loss and its training loop.
+"""Chapter 07: the multi-head MiniLM review model, its loss and its training loop.
 
 * :class:`MultiTaskReviewModel`: one encoder with the checkpoint's own pooling
   (:func:`ecrec.bert.pool_output`: mean for MiniLM, the ``[CLS]`` token's
@@ -11,7 +11,7 @@
   learning rate, :func:`ecrec.finetune.optimizer_groups`; warm-up then linear
   decay; clipping; per-step loss, per-task losses and gradient norm;
   validation scored at step 0 and the best state kept). Not to be confused
-  with :func:`ecrec.multitask.train_multitask`, Part A's tabular networks;
+  with :func:`ecrec.multitask.train_multitask`, chapter 06's tabular networks;
 * :func:`predict_outputs`, :func:`review_features`; :func:`init_heads_from_probes`
   (LP-FT), :func:`trainable_state` (what a LoRA model must save).
 """

@@ -1,4 +1,4 @@
-"""Chapter 06, Part B: review text that a fine-tuned encoder really reads (what the chapter imports).
+"""Chapter 07: review text that a fine-tuned encoder really reads (what the chapter imports).
 
 One name space for the chapter and its solutions, re-exported from the
 modules of one concept each:

@@ -17,7 +17,7 @@
   negative per position (SASRec's original loss). Klenitskiy & Vasilev (RecSys
   2023) found the full cross-entropy decisive; Petrov & Macdonald (RecSys
   2022) found BERT4Rec needs far longer training than its paper's.
-* **As a recall generator** (:class:`SeqGenerator`, chapter 07): the user
+* **As a recall generator** (:class:`SeqGenerator`, chapter 08): the user
   vector is the hidden state the next-item scores are read from
   (:func:`user_states`), the item vectors the model's table
   (:func:`item_vectors`), searched exactly by inner product with FAISS.
@@ -355,7 +355,7 @@ def score_next(model: SeqRec, seqs, *, batch_size: int = 512) -> tuple[np.ndarra
 
 
 class SeqGenerator:
-    """A trained :class:`SeqRec` as a candidate generator for a recall stage (chapter 07).
+    """A trained :class:`SeqRec` as a candidate generator for a recall stage (chapter 08).
 
     The user vector is the hidden state :func:`score_next` reads
     (:func:`user_states`), the item vectors are the model's item table

@@ -1,4 +1,4 @@
-"""Chapter 07's HTTP service: ``GET /recommend`` over the two-stage pipeline, FastAPI on uvicorn, 127.0.0.1 only.
+"""Chapter 08's HTTP service: ``GET /recommend`` over the two-stage pipeline, FastAPI on uvicorn, 127.0.0.1 only.
 
 * :class:`Recommender`: what one request runs, in process: the user's recall
   candidates (chapter 05's hybrid, computed by the nightly batch for every
@@ -138,7 +138,7 @@ def _describe(errors) -> str:
 
 def create_app(rec: Recommender):
     """The FastAPI app over ``rec``: ``GET /recommend`` and ``GET /health`` (see the module docstring)."""
-    app = FastAPI(title="ecrec chapter 07", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="ecrec chapter 08", docs_url=None, redoc_url=None, openapi_url=None)
     usage = f"use /recommend?user_id=<customer id>&k=<1..{rec.max_k}>[&country=<name>][&ts=<ISO time>]"
 
     @app.exception_handler(RequestValidationError)

@@ -1,10 +1,10 @@
-"""Chapter 07's two-stage system: recall -> ranking -> the final list, and what each stage costs.
+"""Chapter 08's two-stage system: recall -> ranking -> the final list, and what each stage costs.
 
 Pipeline (one request = one user at one moment)
 -----------------------------------------------
 1. **Recall** (:class:`RecallStage`): chapter 05's generators (most popular,
    item-to-item CF, implicit ALS, the zero-shot MiniLM two-tower searched with
-   FAISS), plus any added with :meth:`RecallStage.with_generator` (chapter 08's
+   FAISS), plus any added with :meth:`RecallStage.with_generator` (chapter 09's
    SASRec, :class:`ecrec.seqrec.SeqGenerator`), merged into a hybrid
    (:func:`ecrec.recall.interleave`), K items. Cold users (no history) get the
    popularity list.
@@ -58,7 +58,7 @@ import torch
 
 from ecrec import features as F
 from ecrec import recall as R
-from ecrec.feature_store import FeatureStore  # re-exported for chapter 07 and its callers
+from ecrec.feature_store import FeatureStore  # re-exported for chapter 08 and its callers
 from ecrec.schema import INVOICE_NO, ITEM_ID, TS, USER_ID
 from ecrec.timing import best_of, percentiles_ms
 

@@ -199,7 +199,7 @@ def cached_text_vectors(
     (written atomically, :func:`ecrec.io.atomic_write`). A changed text gets a
     new key, a changed model (its weights or configuration,
     :func:`model_fingerprint`) a new file: neither is ever served a stale vector.
-    Chapters 04, 05 and 07 encode the same catalogue descriptions with it.
+    Chapters 04, 05 and 08 encode the same catalogue descriptions with it.
 
     Args:
         texts: n strings (the text as encoded: lower-case it first if you want that).

@@ -507,7 +507,7 @@ Markdown(
 #
 # Online Retail has product names but no review text and no explicit
 # feedback. The Women's Clothing Reviews data has both: a 1–5 star **rating**,
-# a binary **recommend** flag and a free-text review. Chapter 06 predicts both
+# a binary **recommend** flag and a free-text review. Chapter 07 predicts both
 # labels from the review text with MiniLM, one task at a time and together
 # (chapter 04 fine-tunes MiniLM on Online Retail's purchases). First, how do
 # the two labels relate?

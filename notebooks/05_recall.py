@@ -755,7 +755,7 @@ display(Markdown(
     f"{b_all.loc['als', share]:.0%} of ALS's and {b_all.loc['text_zero_shot', share]:.0%} of the zero-shot text "
     f"tower's; coverage runs from {b_all['coverage'].min():.3f} ({b_all['coverage'].idxmin()}) to "
     f"{b_all['coverage'].max():.3f} ({b_all['coverage'].idxmax()}). Accuracy is not the only axis a generator "
-    "is chosen on: chapter 07 trades some of it for diversity on purpose (an MMR re-ranker)."
+    "is chosen on: chapter 08 trades some of it for diversity on purpose (an MMR re-ranker)."
 ))
 
 # %% [markdown]

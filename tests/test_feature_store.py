@@ -164,7 +164,7 @@ def test_local_server_stops_its_children_and_reports_a_failed_start(tmp_path):
 
 
 # --- the request encoder against the DNN's own preprocessing ------------------------------
-# (chapter 07 repeats this check on the real log, for its evaluated users, every run)
+# (chapter 08 repeats this check on the real log, for its evaluated users, every run)
 
 
 def toy_dnn(store: FeatureStore, ev: pd.DataFrame):

@@ -47,7 +47,7 @@ def rec(setup):
 
 def test_in_process_pipeline_equals_the_ranker_and_falls_back_for_unknown_users(setup):
     rec, catalog, text = setup
-    ranker = S.DnnRanker(rec.model, rec.source, catalog, rec.item_ids, text)  # chapter 07's batch path
+    ranker = S.DnnRanker(rec.model, rec.source, catalog, rec.item_ids, text)  # chapter 08's batch path
     for user in USERS[1:]:
         out = rec.recommend(user, 10)
         cand = rec.candidates[user]
