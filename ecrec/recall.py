@@ -26,6 +26,7 @@ Modules: the protocol's data is :mod:`ecrec.recall_data`, the two-tower
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -48,7 +49,7 @@ from ecrec.two_tower import (
 
 __all__ = [
     "top_k", "popular_scores", "item_cosine", "fit_als", "als_fold_in", "pairs_matrix", "user_vectors", "cap_history", "build_index",
-    "tie_margin", "faiss_search", "ShortResultWarning", "with_fallback", "interleave", "per_1000_users",
+    "tie_margin", "faiss_search", "forget_search_plan", "ShortResultWarning", "with_fallback", "interleave", "per_1000_users",
     # re-exported from ecrec.recall_data and ecrec.two_tower
     "RecallData", "build_recall_data", "recency_weights", "encode_with_cache", "ItemTower", "Pairs",
     "sample_pairs", "target_log_q", "in_batch_logits", "in_batch_eval", "train_two_tower",
@@ -401,32 +402,114 @@ class ShortResultWarning(UserWarning):
     """A search returned fewer than ``k`` items for some queries although the index holds more."""
 
 
-_IVF_SIZES: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray, dict[int, int]]] = {}
+class _SearchPlan:
+    """What :func:`faiss_search` needs of an index that changes only with its vectors: built once per index.
 
-
-def _ivf_lists_needed(ivf, nlist: int, kk: int) -> int:
-    """Fewest lists that together hold >= ``kk`` vectors, whichever lists: the smallest ones, summed.
-
-    Reading every list's size is one Python call per list (1,024 calls for a
-    typical nlist), which cost more than a single query's search. The sorted
-    sizes' cumulative sums (and each answer) are cached per index, keyed by
-    the inverted lists' address, ``nlist`` and ``ntotal`` (adding vectors
-    changes ``ntotal``); a hit is also checked against two lists' live sizes,
-    so an index freed and another built at the same address is never served
-    stale sizes. May exceed ``nlist`` (fewer than ``kk`` vectors in all).
+    ``kind`` is ``"exact"``, ``"hnsw"`` or ``"ivf"``; ``native`` says the index is
+    a FAISS index (its results are float32 / int64 and a short row is padded
+    with -1 at its end, FAISS's contract), not a stand-in object; ``direct``
+    that the index object itself holds the breadth asked (a Python-built
+    ``IndexHNSW*`` / ``IndexIVF*``: no downcast or IVF extraction, i.e. no new
+    SWIG wrapper, per call); ``cum_sizes`` are an IVF's sorted list sizes,
+    summed (the fewest lists that hold ``kk`` vectors); ``answers`` maps
+    (breadth asked, kk) to (search parameters, description). A plan holds no
+    reference to its index.
     """
-    lists = ivf.invlists  # each SWIG attribute read builds a wrapper: read once
-    key = (int(lists.this), nlist, int(ivf.ntotal))
-    hit = _IVF_SIZES.get(key)
-    if hit is None or hit[0][0] != lists.list_size(0) or hit[0][nlist - 1] != lists.list_size(nlist - 1):
-        sizes = np.array([lists.list_size(i) for i in range(nlist)], dtype=np.int64)
-        if len(_IVF_SIZES) > 64:  # bounded: a long session building many indexes
-            _IVF_SIZES.clear()
-        hit = _IVF_SIZES[key] = (sizes, np.cumsum(np.sort(sizes)), {})
-    enough = hit[2].get(kk)
-    if enough is None:
-        enough = hit[2][kk] = int(np.searchsorted(hit[1], kk)) + 1
-    return enough
+
+    __slots__ = ("kind", "native", "direct", "d", "ntotal", "nlist", "cum_sizes", "answers")
+
+    def __init__(self, kind: str, d: int, ntotal: int, *, native: bool = True, direct: bool = True,
+                 sizes: np.ndarray | None = None):
+        self.kind, self.native, self.direct, self.d, self.ntotal = kind, native, direct, d, ntotal
+        self.nlist = 0 if sizes is None else len(sizes)
+        self.cum_sizes = None if sizes is None else np.cumsum(np.sort(sizes))
+        self.answers: dict[tuple[int, int], tuple[object, str]] = {}
+
+    def answer(self, asked: int, kk: int) -> tuple[object, str]:
+        """Search parameters and their description for ``kk`` results when the index asks ``asked`` (cached)."""
+        hit = self.answers.get((asked, kk))
+        if hit is None:
+            if len(self.answers) > 256:  # bounded: breadths come from a handful of settings
+                self.answers.clear()
+            if self.kind == "hnsw":  # a graph walk keeping fewer than kk candidates cannot return kk
+                ef = max(asked, kk)
+                hit = (_breadth_params("efSearch", ef), f"efSearch={ef}")
+            else:  # the smallest nprobe lists must together hold >= kk vectors: every query sees >= kk candidates
+                needed = int(np.searchsorted(self.cum_sizes, kk)) + 1
+                nprobe = min(max(asked, needed), self.nlist)
+                hit = (_breadth_params("nprobe", nprobe), f"nprobe={nprobe}")
+            self.answers[(asked, kk)] = hit
+        return hit
+
+
+# id(index) -> (weak reference to the index, its plan): the weak reference both checks that the id is still
+# this index's (a new index at a freed address gets its own plan) and drops the entry when the index goes
+_PLANS: dict[int, tuple[weakref.ref, _SearchPlan]] = {}
+
+
+def _plan(index) -> _SearchPlan:
+    """The index's search plan: ``index.ntotal`` is read on every call and a plan is rebuilt when it changed.
+
+    An index whose vectors change without ``ntotal`` changing (``reset`` then
+    ``add`` of as many vectors, ``update_vectors``) keeps its IVF list sizes:
+    call :func:`forget_search_plan` after such a change.
+    """
+    ntotal = index.ntotal
+    hit = _PLANS.get(id(index))
+    if hit is not None and hit[0]() is index and hit[1].ntotal == ntotal:
+        return hit[1]
+    return _build_plan(index, int(ntotal))
+
+
+def _build_plan(index, ntotal: int) -> _SearchPlan:
+    """Classify the index once (downcasts and IVF extraction build SWIG wrappers: not per call) and cache it."""
+    import faiss
+
+    if not isinstance(index, faiss.Index):
+        return _SearchPlan("exact", int(index.d), ntotal, native=False)  # a stand-in object: searched as it is
+    d = int(index.d)
+    # an index built in Python already has its concrete class: downcasting (a new wrapper) only when it has not
+    base = index if isinstance(index, (faiss.IndexHNSW, faiss.IndexIVF, faiss.IndexFlat)) else faiss.downcast_index(index)
+    if isinstance(base, faiss.IndexHNSW):
+        plan = _SearchPlan("hnsw", d, ntotal, direct=isinstance(index, faiss.IndexHNSW))
+    elif isinstance(base, faiss.IndexFlat):
+        plan = _SearchPlan("exact", d, ntotal)  # what extract_index_ivf's RuntimeError says below, without raising
+    else:
+        try:
+            ivf = base if isinstance(base, faiss.IndexIVF) else faiss.extract_index_ivf(index)
+        except RuntimeError:
+            ivf = None
+        if ivf is None:
+            plan = _SearchPlan("exact", d, ntotal)
+        else:  # one Python call per list (512 for 20,000 items): once per plan, never per query
+            lists, nlist = ivf.invlists, int(ivf.nlist)
+            sizes = np.array([lists.list_size(i) for i in range(nlist)], dtype=np.int64)
+            plan = _SearchPlan("ivf", d, ntotal, direct=isinstance(index, faiss.IndexIVF), sizes=sizes)
+    key = id(index)
+    _PLANS[key] = (weakref.ref(index, lambda _, key=key: _PLANS.pop(key, None)), plan)
+    return plan
+
+
+def forget_search_plan(index) -> None:
+    """Drop what :func:`faiss_search` cached for ``index`` (needed only after changing its vectors at equal ``ntotal``).
+
+    :func:`faiss_search` caches per index what does not change between calls
+    (the index's kind, an IVF's list sizes, the search parameters of each
+    breadth) and rebuilds it when ``index.ntotal`` changes; the breadth set on
+    the index is read on every call. ``reset`` then ``add`` of exactly as many
+    vectors, or ``update_vectors``, moves vectors between IVF lists at equal
+    ``ntotal``: call this after it. Does nothing for an index without a plan.
+    """
+    _PLANS.pop(id(index), None)
+
+
+def _asked_breadth(index, plan: _SearchPlan) -> int:
+    """The breadth set on the index now (HNSW efSearch, IVF nprobe): read live, one SWIG attribute or two."""
+    if plan.direct:
+        return index.hnsw.efSearch if plan.kind == "hnsw" else index.nprobe
+    import faiss
+
+    return faiss.downcast_index(index).hnsw.efSearch if plan.kind == "hnsw" else faiss.extract_index_ivf(index).nprobe
 
 
 _PARAMS: dict[tuple[str, int], object] = {}
@@ -450,34 +533,17 @@ def _breadth_params(name: str, value: int):
     return params
 
 
-def _search_params(index, kk: int):
+_EXACT = (None, "exact")
+
+
+def _search_params(index, kk: int, plan: _SearchPlan | None = None):
     """Search parameters with a breadth >= ``kk`` results (HNSW efSearch, IVF nprobe), or None.
 
-    Returns ``(params, description)``; the index's own settings are left untouched.
+    Returns ``(params, description)``; the index's own settings are left
+    untouched, a larger breadth set on the index is kept.
     """
-    import faiss
-
-    if not isinstance(index, faiss.Index):
-        return None, "exact"  # a stand-in object: searched as it is
-    # an index built in Python already has its concrete class: downcasting (a new wrapper) only when it has not
-    known = (faiss.IndexHNSW, faiss.IndexIVF, faiss.IndexFlat)
-    base = index if isinstance(index, known) else faiss.downcast_index(index)
-    if isinstance(base, faiss.IndexHNSW):
-        ef = max(int(base.hnsw.efSearch), kk)
-        return _breadth_params("efSearch", ef), f"efSearch={ef}"
-    if isinstance(base, faiss.IndexFlat):
-        return None, "exact"  # what extract_index_ivf's RuntimeError says below, without raising one
-    if isinstance(base, faiss.IndexIVF):
-        ivf = base
-    else:
-        try:
-            ivf = faiss.extract_index_ivf(index)
-        except RuntimeError:
-            return None, "exact"
-    # the smallest nprobe lists must together hold >= kk vectors: then every query sees >= kk candidates
-    nlist = int(ivf.nlist)
-    nprobe = min(max(int(ivf.nprobe), _ivf_lists_needed(ivf, nlist, kk)), nlist)
-    return _breadth_params("nprobe", nprobe), f"nprobe={nprobe}"
+    plan = _plan(index) if plan is None else plan
+    return _EXACT if plan.kind == "exact" else plan.answer(_asked_breadth(index, plan), kk)
 
 
 def tie_margin(item_emb: np.ndarray) -> int:
@@ -524,7 +590,11 @@ def faiss_search(
     large as the number of results asked for (HNSW ``efSearch``, IVF
     ``nprobe`` such that the probed lists hold that many vectors), set per
     call through FAISS search parameters (the index itself is not changed);
-    a larger setting on the index is kept. If some non-zero queries still
+    a larger setting on the index is kept. What depends only on the index
+    (its kind, an IVF's list sizes, the parameters of each breadth) is cached
+    per index object and rebuilt when ``index.ntotal`` changes; after
+    changing an IVF's vectors at equal ``ntotal`` (``reset`` + ``add`` of as
+    many), call :func:`forget_search_plan`. If some non-zero queries still
     get fewer than ``k`` items while the index holds enough that are not
     excluded (an HNSW graph near many duplicate vectors can do that), a
     :class:`ShortResultWarning` says how many; the missing slots are -1,
@@ -550,54 +620,65 @@ def faiss_search(
             than (n_queries, index.ntotal).
     """
     q = np.ascontiguousarray(queries, dtype=np.float32)
-    if q.ndim != 2 or q.shape[1] != index.d:
-        raise ValueError(f"queries must be (n, {index.d}), got shape {q.shape}")
+    plan = _plan(index)  # what depends only on the index (its kind, d, IVF list sizes): built once per index
+    if q.ndim != 2 or q.shape[1] != plan.d:
+        raise ValueError(f"queries must be (n, {plan.d}), got shape {q.shape}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if tie_margin < 0:
         raise ValueError(f"tie_margin must be >= 0, got {tie_margin}")
     n = len(q)
-    lean = _lean_search(index, q, k, max_batch_bytes) if exclude is None and tie_margin == 0 else None
+    lean = _lean_search(index, plan, q, k, max_batch_bytes) if exclude is None and tie_margin == 0 else None
     if lean is not None:
-        ids, sc = lean
-        if ids.min() >= 0 and not (sc[:, 1:] == sc[:, :-1]).any():
-            return _pad_to_k(ids, sc, k, return_scores)  # FAISS's order is final: nothing to drop, re-sort or report
+        ids, sc, final = lean
+        if final:  # FAISS's order is final: nothing to drop, re-sort or report
+            return ids if ids.shape[1] == k and not return_scores else _pad_to_k(ids, sc, k, return_scores)
         ex, rows_q, kk, n_ex = None, np.arange(n), ids.shape[1], np.zeros(n, dtype=np.int64)
     else:
         ex = sp.csr_array(exclude) if exclude is not None else None
-        if ex is not None and ex.shape != (n, index.ntotal):
-            raise ValueError(f"exclude has shape {ex.shape}, expected {(n, index.ntotal)}")
+        if ex is not None and ex.shape != (n, plan.ntotal):
+            raise ValueError(f"exclude has shape {ex.shape}, expected {(n, plan.ntotal)}")
         n_ex = np.diff(ex.indptr) if ex is not None else np.zeros(n, dtype=np.int64)
         rows_q = np.flatnonzero(np.any(q != 0, axis=1))  # zero queries: nothing to search
-        kk = min(k + (int(n_ex[rows_q].max()) if ex is not None and len(rows_q) else 0) + tie_margin, index.ntotal)
-        ids, sc = _search_rows(index, q, rows_q, kk, max_batch_bytes)
+        kk = min(k + (int(n_ex[rows_q].max()) if ex is not None and len(rows_q) else 0) + tie_margin, plan.ntotal)
+        ids, sc = _search_rows(index, plan, q, rows_q, kk, max_batch_bytes)
     ranked, ranked_s = _drop_and_sort(ids, sc, ex)
     ranked_s = ranked_s.astype(np.float64) if return_scores else ranked_s
-    _warn_if_short(index, ranked, rows_q, np.minimum(k, index.ntotal - n_ex), k, kk)
+    _warn_if_short(index, ranked, rows_q, np.minimum(k, plan.ntotal - n_ex), k, kk)
     return _cut_keeping_ties(ranked, ranked_s, k, return_scores)
 
 
 _LEAN_MAX_QUERIES = 64  # "few queries": where the general path's fixed numpy work rivals FAISS's own time
 
 
-def _lean_search(index, q: np.ndarray, k: int, max_batch_bytes: int):
-    """FAISS's raw ``(ids, scores)`` for the common case, or None where the general path must search.
+def _lean_search(index, plan: _SearchPlan, q: np.ndarray, k: int, max_batch_bytes: int):
+    """FAISS's raw ``(ids, scores, final)`` for the common case, or None where the general path must search.
 
     The common case: at most ``_LEAN_MAX_QUERIES`` queries, all non-zero, a
     non-empty index, one batch (as :func:`_search_rows` would make it), and
     (the caller checks) no ``exclude`` and no ``tie_margin``. The search is
     exactly the general path's (same rows, breadth and batch); only its
     copies into -1 / -inf filled arrays are skipped. ``(n, min(k, ntotal))``.
+    ``final``: the lists hold no -1 and no two equal adjacent scores, the only
+    cases where the general path would drop, re-sort or report anything.
     """
-    n, kk = len(q), min(k, int(index.ntotal))
+    n, kk = len(q), min(k, plan.ntotal)
     if not 0 < n <= _LEAN_MAX_QUERIES or kk < 1 or n > max(1, max_batch_bytes // (12 * kk)):
         return None
-    if not (q.any() if n == 1 else q.any(axis=1).all()):  # a zero query gets an all -1 row: the general path's job
+    if not (np.count_nonzero(q) if n == 1 else q.any(axis=1).all()):  # a zero query: the general path's -1 row
         return None
-    params, _ = _search_params(index, kk)
+    params = _search_params(index, kk, plan)[0]
     sc, ids = index.search(q, kk, params=params) if params is not None else index.search(q, kk)
-    # the dtypes the general path stores them in (no copy for FAISS's own): a stand-in index may return others
-    return np.asarray(ids, dtype=np.int64), np.asarray(sc, dtype=np.float32)
+    # Each numpy call here costs 1-3 us right after FAISS's search (cold caches), as much as 4% of an IVF-PQ
+    # query: count_nonzero is one C call where .min() / .any() are Python-level reductions, and a FAISS index
+    # pads a short row with -1 at its END (rows best first, a missing result scores -inf / +inf), so its last
+    # column says whether any -1 is there; a stand-in object gets the full check and the general path's dtypes.
+    if plan.native:
+        short = ids[0, -1] < 0 if n == 1 else np.count_nonzero(ids[:, -1] < 0)
+    else:
+        ids, sc = np.asarray(ids, dtype=np.int64), np.asarray(sc, dtype=np.float32)
+        short = np.count_nonzero(ids < 0)
+    return ids, sc, not short and not np.count_nonzero(sc[:, 1:] == sc[:, :-1])
 
 
 def _pad_to_k(ids: np.ndarray, sc: np.ndarray, k: int, return_scores: bool):
@@ -611,13 +692,13 @@ def _pad_to_k(ids: np.ndarray, sc: np.ndarray, k: int, return_scores: bool):
     return ids, (np.hstack([sc, np.full((n, k - width), -np.inf)]) if width < k else sc)
 
 
-def _search_rows(index, q: np.ndarray, rows_q: np.ndarray, kk: int, max_batch_bytes: int):
+def _search_rows(index, plan: _SearchPlan, q: np.ndarray, rows_q: np.ndarray, kk: int, max_batch_bytes: int):
     """Raw FAISS results for the rows ``rows_q`` of ``q`` (others: -1 / -inf), in batches of bounded size."""
     n = len(q)
     ids_all = np.full((n, max(kk, 1)), -1, dtype=np.int64)
     sc_all = np.full((n, max(kk, 1)), -np.inf, dtype=np.float32)
     if len(rows_q) and kk > 0:
-        params, _ = _search_params(index, kk)
+        params, _ = _search_params(index, kk, plan)
         step = max(1, int(max_batch_bytes // (12 * kk)))
         for s0 in range(0, len(rows_q), step):
             sel = rows_q[s0 : s0 + step]
