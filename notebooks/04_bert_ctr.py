@@ -108,7 +108,8 @@ STARTED = time.time()
 SIZES = {
     # CI: 2 CPU cores. Every strategy runs, on few examples; the learning curve at 32-256 pairs.
     "smoke": {**DATASET_SIZES["smoke"], "curve": [32, 64, 128, 256], "n_small": 256, "n_valid": 256,
-              "n_probe": 8000, "n_history": 3, "item_tokens": 24, "pair_tokens": 48, "batch_size": 16, "epochs": 1,
+              "n_probe": 8000, "n_refresh_probe": 8000, "n_history": 3, "item_tokens": 24, "pair_tokens": 48,
+              "batch_size": 16, "epochs": 1,
               "evals_per_run": 2, "lr": 1e-4, "head_lr": 1e-3, "lora_lr": 1e-3, "fgm_epsilon": 0.5,
               "cross_users": 12, "dnn_epochs": 4, "dnn_seeds": 1, "curve_dnn_seeds": 1, "n_boot": 300,
               "loop_steps": 2, "_minutes": (2, 6)},
@@ -117,13 +118,15 @@ SIZES = {
     # NOT yet measured end to end (the machine was shared): estimated 12-16 min on 2 idle cores with bf16,
     # more on CPUs without bf16 (see benchmarks/NOTES.md).
     "cpu": {**DATASET_SIZES["smoke"], "max_users": 1000, "curve": [192, 768, 3072, 12288], "n_small": 768,
-            "n_valid": 1024, "n_probe": 20000, "n_history": 3, "item_tokens": 24, "pair_tokens": 48,
+            "n_valid": 1024, "n_probe": 20000, "n_refresh_probe": 8000, "n_history": 3, "item_tokens": 24,
+            "pair_tokens": 48,
             "batch_size": 16, "epochs": 1, "evals_per_run": 4, "lr": 1e-4, "head_lr": 1e-3, "lora_lr": 1e-3,
             "fgm_epsilon": 0.5, "cross_users": 30, "dnn_epochs": 4, "dnn_seeds": 2, "curve_dnn_seeds": 2,
             "n_boot": 1000, "loop_steps": 3, "_minutes": (12, 16)},
     # one Colab-class GPU (not yet measured: see benchmarks/NOTES.md).
     "full": {**DATASET_SIZES["full"], "curve": [625, 2500, 10000, 40000], "n_small": 10000,
-             "n_valid": 4000, "n_probe": 40000, "n_history": 5, "item_tokens": 32, "pair_tokens": 96,
+             "n_valid": 4000, "n_probe": 40000, "n_refresh_probe": 40000, "n_history": 5, "item_tokens": 32,
+             "pair_tokens": 96,
              "batch_size": 64, "epochs": 2, "evals_per_run": 10, "lr": 5e-5, "head_lr": 1e-3, "lora_lr": 5e-4,
              "fgm_epsilon": 0.5, "cross_users": 400, "dnn_epochs": 8, "dnn_seeds": 3, "curve_dnn_seeds": 3,
              "n_boot": 1000, "loop_steps": 20, "_minutes": (30, 45)},
@@ -575,7 +578,7 @@ for n in tqdm([n for n in size["curve"] if n <= len(e_ft)], desc="learning curve
     rows_n = ft_rows.iloc[idx]
     probe_n = fit_probe(e_n)
     model_n, run_n = fine_tune(probe_n, e_n, REGIME, checkpoint="bi_ft_popularity_matched" if n == N_MAIN else None)
-    vec_n = finetune.item_vectors(model_n, item_tokens, pad_id=PAD)
+    vec_n = finetune.item_vectors(model_n, item_tokens, pad_id=PAD, precision=PRECISION)  # as validation scored it
     point = {"n": n, "idx": idx, "run": run_n, "probe": probe_n, "vectors": vec_n, "scores": [],
              "text": {"frozen_probe": probe_n.decision_function(test_features),
                       "bi_ft": bert.bi_logits(model_n, vec_n, enc[REGIME]["test"].hist, enc[REGIME]["test"].cand)}}
@@ -708,7 +711,10 @@ print(f"{cross_rows.sum():,} test rows of {len(cross_users)} users")
 # ## 4.8 Fine-tuned item vectors and scores, back into the ID DNN
 #
 # The fine-tuned bi-encoder scores every test row from cached item vectors
-# (`bert.bi_logits`: no encoder pass per row). Its item tower's vectors replace
+# (`bert.bi_logits`: no encoder pass per row), computed once per item in the
+# run's precision, as its validation scored it during training (the same
+# logits as the model's own forward pass: `finetune.predict_logits` does the
+# same on the validation rows, each distinct item encoded once). Its item tower's vectors replace
 # the frozen ones as the DNN's text input (**hybrid, fine-tuned vectors**), and
 # its score is one more DNN input (**transfer**: the DNN's training rows were
 # never seen by the text model). Here the DNNs learn from the whole rest of the
@@ -723,7 +729,7 @@ for regime in REGIMES:
     for name in [m for (r, m) in models if r == regime]:
         model = models[regime, name]
         vec = ft_vectors[regime] if (regime, name) == (REGIME, "bi_ft") else finetune.item_vectors(
-            model, item_tokens, pad_id=PAD)
+            model, item_tokens, pad_id=PAD, precision=PRECISION)
         scores[regime][name] = bert.bi_logits(model, vec, e["test"].hist, e["test"].cand)
         if name == "bi_ft":
             ft_vectors[regime] = vec
@@ -1013,7 +1019,9 @@ display(Markdown("**At equal data**, under popularity-matched negatives:\n\n" + 
 #   the category and the log price, in the probe's shape $[u, v, u \odot v]$
 #   ($u$ the mean of the last `n_history` purchases' TF-IDF vectors) with the
 #   TF-IDF similarity $\sum_j u_j v_j$ kept as `BiProbe` keeps MiniLM's, and a
-#   logistic regression on the same `n_probe` rows as the frozen probe;
+#   logistic regression on `n_refresh_probe` rows of the stripped training
+#   window (8,000 in the `cpu` profile, fewer than section 4.4's probes read:
+#   the section's time budget);
 # * **frozen MiniLM probe**, on those rows;
 # * **fine-tuned MiniLM bi-encoder**, fine-tuned from its own probe on
 #   `n_small` pairs of the stripped training window (that probe, `bi_probe`,
@@ -1058,7 +1066,7 @@ ft_ref = draw(pool, size["n_small"])
 split["refresh"] = {"ft_train": ft_ref, "ft_valid": draw(d_ref[d_ref.split == "valid"], size["n_valid"]),
                     "dnn_train": pool.drop(ft_ref.index), "valid": d_ref[d_ref.split == "valid"],
                     "test": d_ref[cold_start.cold_test_mask(d_ref, refresh)]}
-split["refresh"]["probe"] = draw(split["refresh"]["dnn_train"], size["n_probe"])
+split["refresh"]["probe"] = draw(split["refresh"]["dnn_train"], size["n_refresh_probe"])
 enc["refresh"] = {part: pairs.encode_histories(tokenizer, split["refresh"][part], descriptions, size["n_history"],
                                                size["item_tokens"]) for part in ("ft_train", "ft_valid", "probe", "test")}
 t_ref = split["refresh"]["test"]
@@ -1112,7 +1120,7 @@ content_lr = LogisticRegression(C=1.0, max_iter=1000).fit(content_features(e_ref
 probe_ref = fit_probe(e_ref["probe"])
 own_probe_ref = fit_probe(e_ref["ft_train"])  # the fine-tune's starting point, on its own n_small pairs
 model_ref, runs["refresh", "bi_ft"] = fine_tune(own_probe_ref, e_ref["ft_train"], "refresh")
-vec_ref = finetune.item_vectors(model_ref, item_tokens, pad_id=PAD)
+vec_ref = finetune.item_vectors(model_ref, item_tokens, pad_id=PAD, precision=PRECISION)
 ref_scores = {  # models without a DNN: one set of scores
     "popularity_30d": t_ref.i_pop_30d.fillna(0).to_numpy(float),
     "tfidf_content": content_lr.decision_function(content_features(e_ref["test"])),
