@@ -432,12 +432,11 @@ class _SearchPlan:
             if len(self.answers) > 256:  # bounded: breadths come from a handful of settings
                 self.answers.clear()
             if self.kind == "hnsw":  # a graph walk keeping fewer than kk candidates cannot return kk
-                ef = max(asked, kk)
-                hit = (_breadth_params("efSearch", ef), f"efSearch={ef}")
+                name, value = "efSearch", max(asked, kk)
             else:  # the smallest nprobe lists must together hold >= kk vectors: every query sees >= kk candidates
-                needed = int(np.searchsorted(self.cum_sizes, kk)) + 1
-                nprobe = min(max(asked, needed), self.nlist)
-                hit = (_breadth_params("nprobe", nprobe), f"nprobe={nprobe}")
+                name, value = "nprobe", min(max(asked, int(np.searchsorted(self.cum_sizes, kk)) + 1), self.nlist)
+            # the breadth set on the index is the one searched: no parameters (FAISS's own path, ~0.7 us less)
+            hit = (None if value == asked else _breadth_params(name, value), f"{name}={value}")
             self.answers[(asked, kk)] = hit
         return hit
 
@@ -540,7 +539,8 @@ def _search_params(index, kk: int, plan: _SearchPlan | None = None):
     """Search parameters with a breadth >= ``kk`` results (HNSW efSearch, IVF nprobe), or None.
 
     Returns ``(params, description)``; the index's own settings are left
-    untouched, a larger breadth set on the index is kept.
+    untouched, a larger breadth set on the index is kept. ``params`` is None
+    where the index is exact or its own breadth is the one to search.
     """
     plan = _plan(index) if plan is None else plan
     return _EXACT if plan.kind == "exact" else plan.answer(_asked_breadth(index, plan), kk)
@@ -620,7 +620,9 @@ def faiss_search(
             than (n_queries, index.ntotal).
     """
     q = np.ascontiguousarray(queries, dtype=np.float32)
-    plan = _plan(index)  # what depends only on the index (its kind, d, IVF list sizes): built once per index
+    # what depends only on the index (its kind, d, IVF list sizes): built once per index (_plan, inlined)
+    ntotal, hit = index.ntotal, _PLANS.get(id(index))
+    plan = hit[1] if hit is not None and hit[0]() is index and hit[1].ntotal == ntotal else _plan(index)
     if q.ndim != 2 or q.shape[1] != plan.d:
         raise ValueError(f"queries must be (n, {plan.d}), got shape {q.shape}")
     if k < 1:
