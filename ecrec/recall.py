@@ -589,8 +589,9 @@ def faiss_search(
     Breadth: an approximate index is searched with a breadth at least as
     large as the number of results asked for (HNSW ``efSearch``, IVF
     ``nprobe`` such that the probed lists hold that many vectors), set per
-    call through FAISS search parameters (the index itself is not changed);
-    a larger setting on the index is kept. What depends only on the index
+    call through FAISS search parameters where it must be wider than the
+    index's own setting (the index itself is not changed); a larger setting
+    on the index is kept and searched as it is. What depends only on the index
     (its kind, an IVF's list sizes, the parameters of each breadth) is cached
     per index object and rebuilt when ``index.ntotal`` changes; after
     changing an IVF's vectors at equal ``ntotal`` (``reset`` + ``add`` of as
