@@ -115,14 +115,14 @@ SIZES = {
               "loop_steps": 2, "_minutes": (2, 6)},
     # what "auto" picks without a GPU: 1,000 users; the bi-encoder's curve at 192-12,288 pairs (x4 steps; the
     # largest 8x the 1,536 of earlier versions), the other strategies at 768; 2 DNN seeds everywhere.
-    # NOT yet measured end to end (the machine was shared): estimated 12-16 min on 2 idle cores with bf16,
-    # more on CPUs without bf16 (see benchmarks/NOTES.md).
+    # Measured: 693 s on 2 idle cores of an AMD EPYC in bf16 (176% CPU), more on CPUs without bf16
+    # (benchmarks/NOTES.md); the refresh section's probe reads 8,000 rows to stay within 12 minutes.
     "cpu": {**DATASET_SIZES["smoke"], "max_users": 1000, "curve": [192, 768, 3072, 12288], "n_small": 768,
             "n_valid": 1024, "n_probe": 20000, "n_refresh_probe": 8000, "n_history": 3, "item_tokens": 24,
             "pair_tokens": 48,
             "batch_size": 16, "epochs": 1, "evals_per_run": 4, "lr": 1e-4, "head_lr": 1e-3, "lora_lr": 1e-3,
             "fgm_epsilon": 0.5, "cross_users": 30, "dnn_epochs": 4, "dnn_seeds": 2, "curve_dnn_seeds": 2,
-            "n_boot": 1000, "loop_steps": 3, "_minutes": (12, 16)},
+            "n_boot": 1000, "loop_steps": 3, "_minutes": (11, 15)},
     # one Colab-class GPU (not yet measured: see benchmarks/NOTES.md).
     "full": {**DATASET_SIZES["full"], "curve": [625, 2500, 10000, 40000], "n_small": 10000,
              "n_valid": 4000, "n_probe": 40000, "n_refresh_probe": 40000, "n_history": 5, "item_tokens": 32,
