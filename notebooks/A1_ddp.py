@@ -333,8 +333,8 @@ print(f"appendix A ran in {time.time() - STARTED:.0f} s (profile {run_profile})"
 #   examples each take exactly the steps of one process with $B$ (to the order
 #   of fp32 sums): section A.3 measures it.
 # * Start it with `torchrun`; rank 0 alone prints and writes checkpoints.
-# * Compare throughput in one run, on devices each process has to itself: on
-#   the 2 shared cores of a CPU, 2 processes bring no new compute.
+# * Compare throughput in one run, on devices each process has to itself; on
+#   the shared cores of one CPU the ratio says little (section A.3 says why).
 #
 # ## Exercises
 #
