@@ -410,8 +410,10 @@ class BiProbe:
     stratified folds, so deterministic). A very small ``C`` leaves the
     similarity alone, i.e. the zero-shot ranking; cross-validation falls back to
     ``C=1`` when a class has fewer than ``cv`` examples. The folds are fitted in
-    ``n_jobs`` joblib worker processes (default -1: every core; the same fit for
-    any value): a probe on 20,000 rows took 25 s in one process on 2 cores, 15 s in three.
+    ``n_jobs`` joblib worker processes (default -1: every core). Any value gives the
+    same penalty and coefficients up to the order of floating-point sums (the
+    workers' BLAS runs on fewer threads: 5e-15 apart on 20,000 rows); chapter 04's
+    probe on 20,000 rows took 25 s in one process on 2 cores, 15 s in three.
 
     Attributes (fitted): ``coef_`` float64 (1, 3d), ``intercept_`` float64 (1,),
     ``C_`` (the penalty used), ``similarity_weight_`` (the folded weight of
