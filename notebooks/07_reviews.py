@@ -99,11 +99,11 @@ SIZES = {
     # A learning curve at equal data, rev_curve_sizes training reviews (nested samples), the multi-task MiniLM
     # fine-tuned at each (a second seed at rev_seed_sizes), single-task and LoRA at rev_compare_n; the truncation
     # length keeps rev_length_coverage of the training reviews whole. smoke: 24-192 reviews, 400 test; cpu:
-    # 250-4,000 reviews (x2.5 apart; 566 fine-tuning steps in all where 500-4,000 took 758), 800 test, TF-IDF
+    # 250-4,000 reviews (x2.5 apart; 566 fine-tuning steps in all where 500-4,000 took 758), 700 test, TF-IDF
     # reference on all 15,840 training reviews; full (one Colab GPU): 1,000 to every review, 256 tokens at most, a
     # single-task run per task.
     # _minutes: measured on 2 CPU cores (AMD EPYC, bf16): smoke 1.4 min; cpu 502 s with 1,000 test reviews and
-    # 3 evaluations per run, hence 800 and 2 (the 8-minute budget) (it was chapter 06's second part, whose
+    # 3 evaluations per run, 483 s with 800 and 2, hence 700 and 2 (the 8-minute budget) (it was chapter 06's second part, whose
     # fine-tunes took 467 s at 500-4,000 reviews); full an estimate
     "smoke": {"rev_curve_sizes": (24, 48, 96, 192), "rev_seed_sizes": (24,), "rev_compare_n": 96,
               "rev_n_valid": 128, "rev_n_test": 400, "rev_tfidf_n": 2000, "rev_length_coverage": 0.5,
@@ -112,7 +112,7 @@ SIZES = {
               "rev_n_boot": 300, "rev_items": 12, "rev_item_reviews": 12, "rev_item_ks": (1, 2, 4, 8),
               "rev_overfit_n": 16, "rev_overfit_steps": 8, "_minutes": (1.5, 3)},
     "cpu": {"rev_curve_sizes": (250, 630, 1600, 4000), "rev_seed_sizes": (250,),
-            "rev_compare_n": 630, "rev_n_valid": 200, "rev_n_test": 800, "rev_tfidf_n": None,
+            "rev_compare_n": 630, "rev_n_valid": 200, "rev_n_test": 700, "rev_tfidf_n": None,
             "rev_length_coverage": 0.99, "rev_batch_size": 16, "rev_epochs": 4, "rev_min_steps": 32, "rev_evals": 2,
             "rev_lr": 1e-4, "rev_head_lr": 1e-3, "rev_lora_lr": 1e-3, "rev_single_tasks": ("recommended",),
             "rev_n_boot": 1000, "rev_items": 30, "rev_item_reviews": 24, "rev_item_ks": (1, 2, 4, 8, 16),
