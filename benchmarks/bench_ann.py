@@ -1,4 +1,4 @@
-"""Chapter 07 benchmark: exact search vs HNSW vs IVF-PQ as the catalogue grows (no timed assertions anywhere).
+"""Chapter 08 benchmark: exact search vs HNSW vs IVF-PQ as the catalogue grows (no timed assertions anywhere).
 
 For each catalogue size, one run builds the three indexes over the same
 vectors and prints, side by side: build time, bytes per item, overlap with

@@ -1,4 +1,4 @@
-"""Retrieval at catalogue scale: exact search against HNSW and IVF-PQ (chapter 07).
+"""Retrieval at catalogue scale: exact search against HNSW and IVF-PQ (chapter 08).
 
 Chapter 05 retrieves from a catalogue of a few thousand items, where an exact
 inner-product scan (``IndexFlatIP``) costs well under a millisecond. A shop

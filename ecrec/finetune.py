@@ -17,7 +17,7 @@ plus what makes it correct and fast, each a few lines:
 * optional FGM adversarial training (:class:`FGM`) and atomic checkpoints;
 * the same loop under ``torch.distributed`` (DDP, started with ``torchrun``):
   :class:`ecrec.distributed.DistContext` shards each batch over the ranks and
-  is the identity in a single process (chapter 07).
+  is the identity in a single process (appendix A).
 
 Validation AUC is computed from **logits**: sigmoid saturates in float64
 (``sigmoid(36) == sigmoid(40) == 1.0``) and would turn a perfect ranking into ties.
@@ -327,7 +327,7 @@ def backward_window(
     the mean over the window's examples, whatever the micro-batch sizes
     (a short last window included).
 
-    Under DDP (``model`` a ``DistributedDataParallel``, chapter 07) each rank
+    Under DDP (``model`` a ``DistributedDataParallel``, appendix A) each rank
     passes its shard of the window and ``denominator`` = examples in the
     *global* window / world size: DDP averages the ranks' gradients, so every
     example still weighs 1 / (global window), however unequal the shards.

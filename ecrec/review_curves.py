@@ -187,6 +187,7 @@ def crossover_sentence(verdicts: pd.DataFrame, a: str, b: str, metric: str) -> s
 
     The crossover is the smallest size from which ``a`` is "a gain" at that
     size and every larger one. Every size's verdict is listed with its numbers.
+    The sentence names ``b`` in every clause (no "it"): it may open a chapter.
 
     Raises:
         ValueError: an empty ``verdicts``.
@@ -207,8 +208,8 @@ def crossover_sentence(verdicts: pd.DataFrame, a: str, b: str, metric: str) -> s
         at = {w: [f"{n:,}" for n, x in zip(sizes, words, strict=True) if x == w] for w in ("a gain", "a loss")}
         level = [f"{n:,}" for n, x in zip(sizes, words, strict=True) if x not in ("a gain", "a loss")]
         parts = ([f"ahead of {b} at {', '.join(at['a gain'])}"] if at["a gain"] else []) + (
-            [f"behind it at {', '.join(at['a loss'])}"] if at["a loss"] else []) + (
-            [f"level with it (within noise or unmoved) at {', '.join(level)}"] if level else [])
+            [f"behind {b} at {', '.join(at['a loss'])}"] if at["a loss"] else []) + (
+            [f"level with {b} (within noise or unmoved) at {', '.join(level)}"] if level else [])
         head = (f"{a} in {metric} is {'; '.join(parts)} training reviews: no size from which it wins at every "
                 f"larger one (up to {sizes[-1]:,})")
     return f"{head} ({per_size})."

@@ -409,7 +409,7 @@ print(inspect.getsource(ctr.CtrInputs.forward))
 # The frozen item vectors come from `ecrec.text.cached_text_vectors`: one cache,
 # on disk next to chapter 03's datasets, keyed by the model's files and each
 # text, so that a changed description or checkpoint is encoded again and the
-# rest is read back (chapters 05 and 07 can use the same cache).
+# rest is read back (chapters 05 and 08 can use the same cache).
 
 # %%
 item_ids = pd.Index(descriptions.index)

@@ -474,9 +474,9 @@ def test_crossover_sentence_every_size_and_none():
         v, "a", "b", "AUC")
     v = v.assign(word=["a gain", "within noise"])  # ahead at the smallest size: never "does not overtake"
     sentence = R.crossover_sentence(v, "a", "b", "AUC")
-    assert sentence.startswith("a in AUC is ahead of b at 10; level with it (within noise or unmoved) at 20 "
+    assert sentence.startswith("a in AUC is ahead of b at 10; level with b (within noise or unmoved) at 20 "
                                "training reviews: no size from which it wins at every larger one (up to 20)")
     assert "behind" not in sentence and "overtake" not in sentence
     v = pd.DataFrame({"n": [10, 20, 40], "word": ["a loss", "within noise", "a gain"][::-1], "text": ["x"] * 3})
-    assert "ahead of b at 10; behind it at 40; level with it (within noise or unmoved) at 20" in R.crossover_sentence(
+    assert "ahead of b at 10; behind b at 40; level with b (within noise or unmoved) at 20" in R.crossover_sentence(
         v, "a", "b", "AUC")
