@@ -35,6 +35,9 @@ HEADLINES: dict[str, list[str]] = {
                   "all.text_fine_tuned.recall@50", "cold_items_recall@50.text_fine_tuned",
                   "cold_items_recall@50.text_zero_shot"],
     "06_multitask": ["ssb.esmm_joint_auc_space", "return_auc_lr"],
+    "07_reviews": ["models.multi-task/recommended/auc.value", "models.multi-task/rating/macro_f1.value",
+                   "models.TF-IDF + LR (reference)/recommended/auc.value",
+                   "models.frozen MiniLM + LR/recommended/auc.value"],
     "08_system": ["dnn_test_auc", "recall_ceiling.100", "final_top10.recall@100 + ranking.ndcg@10"],
     "09_sequences": ["full.all/EASE^R/Recall@50", "full.all/ALS/Recall@50", "full.all/SASRec (CE)/Recall@50"],
 }
