@@ -31,7 +31,7 @@ from ecrec.review_data import REVIEW_TASKS, EncodedReviews, ReviewTask
 
 __all__ = ["MultiTaskReviewModel", "load_review_model", "check_heads", "multitask_loss", "ReviewTrainConfig",
            "ReviewTrainResult", "train_review_model", "predict_outputs", "review_features",
-           "init_heads_from_probes", "trainable_state"]
+           "init_heads_from_probes", "trainable_state", "START_CHECK_ROWS"]
 
 # --- the model ---------------------------------------------------------------------------
 
@@ -211,14 +211,44 @@ class ReviewTrainResult:
     precision: str = "fp32"
 
 
-def _valid_losses(model, data: EncodedReviews, *, batch_size, device, plan, pad_id) -> dict[str, float]:
-    """Weighted total and per-task validation losses (means over all reviews)."""
-    logits = predict_outputs(model, data, batch_size=batch_size, device=device, pad_id=pad_id,
-                             precision=plan.name)
-    tensors = {k: torch.as_tensor(v).reshape(len(data), -1) for k, v in logits.items()}
+def _valid_losses(model, data: EncodedReviews, *, batch_size, device, plan, pad_id,
+                  logits: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+    """Weighted total and per-task validation losses (means over all reviews); ``logits`` given: from them."""
+    if logits is None:
+        logits = predict_outputs(model, data, batch_size=batch_size, device=device, pad_id=pad_id,
+                                 precision=plan.name)
+    tensors = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)).reshape(len(data), -1) for k, v in logits.items()}
     labels = {k: torch.as_tensor(v) for k, v in data.labels.items()}
     total, parts = multitask_loss(tensors, labels, data.tasks)
     return {"valid_loss": float(total), **{f"valid_{k}": v for k, v in parts.items()}}
+
+
+START_CHECK_ROWS = 16  # validation reviews on which given step-0 logits are checked against the model
+
+
+def _check_start_logits(model, valid: EncodedReviews, logits: Mapping[str, np.ndarray], *, device, plan,
+                        pad_id: int) -> None:
+    """Raise unless ``logits`` has every task's (n_valid[, K]) logits and matches the model on a few reviews.
+
+    The tolerance (0.05 + 5% of the logit) covers bf16 autocast against a probe's float64 arithmetic.
+    """
+    tasks = {t.name: t for t in valid.tasks}
+    if set(logits) != set(tasks):
+        raise ValueError(f"start_valid_logits has tasks {sorted(logits)}; the validation data has {sorted(tasks)}")
+    for name, z in logits.items():
+        want = (len(valid),) if tasks[name].n_outputs == 1 else (len(valid), tasks[name].n_outputs)
+        if np.shape(z) != want:
+            raise ValueError(f"start_valid_logits[{name!r}] has shape {np.shape(z)}; expected {want} "
+                             "(one row per validation review)")
+    rows = valid.subset(range(min(START_CHECK_ROWS, len(valid))))
+    got = predict_outputs(model, rows, device=device, pad_id=pad_id, precision=plan.name)
+    for name, z in got.items():
+        given = np.asarray(logits[name], dtype=np.float64)[: len(rows)]
+        gap = np.abs(z - given) - (0.05 + 0.05 * np.abs(given))
+        if (gap > 0).any():
+            raise ValueError(f"start_valid_logits[{name!r}] are not this model's: the model gives {z.ravel()[:3]} on "
+                             f"the first validation reviews where {given.ravel()[:3]} were given. Pass the logits of "
+                             "the model as it is (e.g. its probes' outputs after init_heads_from_probes), or None")
 
 
 class _BestKeeper:
@@ -230,10 +260,10 @@ class _BestKeeper:
         self.device, self.plan, self.pad_id = device, plan, pad_id
         self.state, self.bad_evals, self.running = None, 0, []
 
-    def __call__(self, step: int) -> bool:
-        """Score valid at ``step``; keep the state if best. True when patience is exhausted."""
+    def __call__(self, step: int, logits: Mapping[str, np.ndarray] | None = None) -> bool:
+        """Score valid at ``step`` (from ``logits`` when given); keep the state if best. True when patience is exhausted."""
         scores = _valid_losses(self.model, self.valid, batch_size=self.config.eval_batch_size, device=self.device,
-                               plan=self.plan, pad_id=self.pad_id)
+                               plan=self.plan, pad_id=self.pad_id, logits=logits)
         train_loss = float(np.mean(self.running)) if self.running else None
         self.result.history.append({"step": step, "train_loss": train_loss, **scores})
         self.running = []
@@ -276,6 +306,7 @@ def train_review_model(
     *,
     pad_id: int = 0,
     device=None,
+    start_valid_logits: Mapping[str, np.ndarray] | None = None,
 ) -> ReviewTrainResult:
     """Fine-tune the review model on every task of ``train`` at once; early-stop on ``valid``'s weighted loss.
 
@@ -285,12 +316,20 @@ def train_review_model(
     ends below its start on validation (``result.best_step == 0``: the model
     is its starting point, e.g. its probe).
 
+    ``start_valid_logits``: the model's own logits on ``valid`` before any
+    step, when the caller has them already, e.g. a model whose heads are its
+    probes (:func:`init_heads_from_probes`): the probes' outputs on the frozen
+    features. Step 0 is then scored from them, saving a pass over ``valid``;
+    they are checked against the model on the first
+    :data:`START_CHECK_ROWS` validation reviews.
+
     Returns:
         :class:`ReviewTrainResult`; ``model`` holds the best weights, in eval mode.
 
     Raises:
-        ValueError: empty ``train``, train and valid with different tasks, or a
-            head that does not fit its task (:func:`check_heads`).
+        ValueError: empty ``train``, train and valid with different tasks, a
+            head that does not fit its task (:func:`check_heads`), or
+            ``start_valid_logits`` of the wrong shape or not this model's.
     """
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -321,7 +360,9 @@ def train_review_model(
     trainable, total = count_params(model)
     result = ReviewTrainResult(trainable_params=trainable, total_params=total, precision=plan.name)
     keeper = _BestKeeper(model, valid, config, result, device=device, plan=plan, pad_id=pad_id)
-    keeper(0)
+    if start_valid_logits is not None:
+        _check_start_logits(model, valid, start_valid_logits, device=device, plan=plan, pad_id=pad_id)
+    keeper(0, start_valid_logits)
     result.start_valid_loss = result.history[0]["valid_loss"]
     step, done = 0, False
     bar = tqdm(total=total_steps, desc=f"fine-tune ({plan.name}, {device.type})", disable=not config.progress)

@@ -47,6 +47,7 @@ from ecrec.review_metrics import (
     review_metrics,
 )
 from ecrec.review_model import (
+    START_CHECK_ROWS,
     MultiTaskReviewModel,
     ReviewTrainConfig,
     ReviewTrainResult,
@@ -65,7 +66,7 @@ __all__ = [
     "stratified_split", "stratified_sample", "nested_samples", "encode_labels", "EncodedReviews",
     "encode_reviews", "MultiTaskReviewModel", "load_review_model", "check_heads", "multitask_loss",
     "ReviewTrainConfig", "ReviewTrainResult", "train_review_model", "predict_outputs", "review_features",
-    "fit_linear_heads", "linear_outputs", "init_heads_from_probes", "trainable_state", "expected_rating",
+    "fit_linear_heads", "linear_outputs", "init_heads_from_probes", "trainable_state", "START_CHECK_ROWS", "expected_rating",
     "review_metrics", "bootstrap_review_metrics", "item_sentiment_curve", "CurvePoint", "curve_table",
     "curve_verdicts", "crossover_sentence", "curve_thesis_rows", "max_length_for", "tfidf_outputs",
 ]

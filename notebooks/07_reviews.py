@@ -99,12 +99,13 @@ SIZES = {
     # A learning curve at equal data, rev_curve_sizes training reviews (nested samples), the multi-task MiniLM
     # fine-tuned at each (a second seed at rev_seed_sizes), single-task and LoRA at rev_compare_n; the truncation
     # length keeps rev_length_coverage of the training reviews whole. smoke: 24-192 reviews, 400 test; cpu:
-    # 250-4,000 reviews (x2.5 apart; 566 fine-tuning steps in all where 500-4,000 took 758), 700 test, TF-IDF
+    # 250-4,000 reviews (x2.5 apart; 566 fine-tuning steps in all where 500-4,000 took 758), 600 test, TF-IDF
     # reference on all 15,840 training reviews; full (one Colab GPU): 1,000 to every review, 256 tokens at most, a
     # single-task run per task.
     # _minutes: measured on 2 CPU cores (AMD EPYC, bf16): smoke 1.4 min; cpu 502 s with 1,000 test reviews and
-    # 3 evaluations per run, 483 s with 800 and 2, hence 700 and 2 (the 8-minute budget) (it was chapter 06's second part, whose
-    # fine-tunes took 467 s at 500-4,000 reviews); full an estimate
+    # 3 evaluations per run, 483 s with 800 and 2, 491 s with 700 (main job), hence 600 and step 0 scored from
+    # the probes (the 8-minute budget; it was chapter 06's second part, whose fine-tunes took 467 s at 500-4,000
+    # reviews); full an estimate
     "smoke": {"rev_curve_sizes": (24, 48, 96, 192), "rev_seed_sizes": (24,), "rev_compare_n": 96,
               "rev_n_valid": 128, "rev_n_test": 400, "rev_tfidf_n": 2000, "rev_length_coverage": 0.5,
               "rev_batch_size": 16, "rev_epochs": 4, "rev_min_steps": 3, "rev_evals": 2,
@@ -112,7 +113,7 @@ SIZES = {
               "rev_n_boot": 300, "rev_items": 12, "rev_item_reviews": 12, "rev_item_ks": (1, 2, 4, 8),
               "rev_overfit_n": 16, "rev_overfit_steps": 8, "_minutes": (1.5, 3)},
     "cpu": {"rev_curve_sizes": (250, 630, 1600, 4000), "rev_seed_sizes": (250,),
-            "rev_compare_n": 630, "rev_n_valid": 200, "rev_n_test": 700, "rev_tfidf_n": None,
+            "rev_compare_n": 630, "rev_n_valid": 200, "rev_n_test": 600, "rev_tfidf_n": None,
             "rev_length_coverage": 0.99, "rev_batch_size": 16, "rev_epochs": 4, "rev_min_steps": 32, "rev_evals": 2,
             "rev_lr": 1e-4, "rev_head_lr": 1e-3, "rev_lora_lr": 1e-3, "rev_single_tasks": ("recommended",),
             "rev_n_boot": 1000, "rev_items": 30, "rev_item_reviews": 24, "rev_item_ks": (1, 2, 4, 8, 16),
@@ -278,6 +279,7 @@ rev_probes_at = {n: rv.fit_linear_heads(rev_features["train"][rev_rows[n]],
                                         {k: v[rev_rows[n]] for k, v in rev_labels["train"].items()},
                                         rev_features["valid"], rev_labels["valid"], rev_tasks) for n in rev_sizes}
 rev_frozen = {n: rv.linear_outputs(p, rev_features["test"]) for n, p in rev_probes_at.items()}
+rev_probe_valid = {n: rv.linear_outputs(p, rev_features["valid"]) for n, p in rev_probes_at.items()}
 rev_probes = rev_probes_at[rev_n_c]
 rev_outputs |= {TFIDF: rev_tfidf[rev_n_c], REF: rev_reference, FROZEN: rev_frozen[rev_n_c]}
 print(f"TF-IDF at {len(rev_sizes)} sizes and on {len(rev_ref_frame):,} reviews: {rev_tfidf_seconds:.1f} s; "
@@ -370,14 +372,15 @@ overfit_table.round(3)
 # %% tags=["remove-input"]
 probe_valid = rv.multitask_loss(
     {k: torch.as_tensor(v).reshape(len(rev_enc["valid"]), -1)
-     for k, v in rv.linear_outputs(rev_probes, rev_features["valid"]).items()},
+     for k, v in rev_probe_valid[rev_n_c].items()},
     {k: torch.as_tensor(v) for k, v in rev_labels["valid"].items()}, rev_tasks)[0].item()
 display(Markdown(
     f"Overfitting {len(overfit_data)} reviews: the loss on them falls from "
     f"{overfit_table.valid_loss.iloc[0]:.2f} to {overfit_table.valid_loss.iloc[-1]:.2f} in "
     f"{size['rev_overfit_steps']} steps, so gradients reach every head and the encoder can fit. "
     f"The probes' validation loss (the sum over the three tasks) is {probe_valid:.4f}; "
-    f"the fine-tuning runs below must start there."))
+    f"the fine-tuning runs below start there: each scores its step 0 from its probes' validation logits "
+    f"(checked against the model on {rv.START_CHECK_ROWS} reviews) instead of a pass over validation."))
 
 # %% [markdown]
 # ## 7.6 Fine-tuning: at every size, single-task, multi-task, LoRA
@@ -416,7 +419,8 @@ def rev_finetune(tasks, n: int, *, run_seed: int = seed, lora: bool = False):
     config = rv.ReviewTrainConfig(epochs=epochs, batch_size=batch, lr=size["rev_lora_lr"] if lora else size["rev_lr"],
                                   head_lr=size["rev_head_lr"], eval_every=max(1, -(-steps // size["rev_evals"])),
                                   patience=size["rev_evals"], precision=PRECISION, seed=run_seed)
-    result = rv.train_review_model(model, train, valid, config, device=device)
+    start = {t.name: rev_probe_valid[n][t.name] for t in tasks}  # step 0 is the probe: no pass over valid
+    result = rv.train_review_model(model, train, valid, config, device=device, start_valid_logits=start)
     return model, result, rv.predict_outputs(model, test, device=device, precision=PRECISION)
 
 

@@ -305,6 +305,39 @@ def test_probe_init_makes_step0_logits_the_probes(tiny_st):
         np.testing.assert_allclose(got[name], want[name], atol=1e-4)
 
 
+def test_start_logits_from_the_probes_replace_the_step0_pass(tiny_st):
+    """Given step-0 logits (the probes' on frozen features), the run is the one that scores step 0 itself."""
+    data = _tiny_data(96)
+    train, valid = data.subset(range(64)), data.subset(range(64, 96))
+    config = R.ReviewTrainConfig(epochs=2, batch_size=16, lr=3e-3, head_lr=0.1, warmup_ratio=0.0, eval_every=4,
+                                 patience=100, progress=False, seed=3)
+    runs = []
+    for given in (False, True):
+        model = _tiny_model(tiny_st)
+        x_train, x_valid = (R.review_features(model, d, device="cpu") for d in (train, valid))
+        probes = R.fit_linear_heads(x_train, train.labels, x_valid, valid.labels, R.REVIEW_TASKS, cs=(1.0,))
+        R.init_heads_from_probes(model, probes)
+        start = R.linear_outputs(probes, x_valid) if given else None
+        runs.append(R.train_review_model(model, train, valid, config, device="cpu", start_valid_logits=start))
+    plain, from_probes = runs
+    assert from_probes.start_valid_loss == pytest.approx(plain.start_valid_loss, abs=1e-5)
+    assert [s["loss"] for s in from_probes.steps] == [s["loss"] for s in plain.steps]  # same steps after it
+    assert [h["valid_loss"] for h in from_probes.history[1:]] == [h["valid_loss"] for h in plain.history[1:]]
+
+    model = _tiny_model(tiny_st)  # heads not initialised from the probes: the given logits are not its own
+    x_valid = R.review_features(model, valid, device="cpu")
+    probes = R.fit_linear_heads(x_valid, valid.labels, x_valid, valid.labels, R.REVIEW_TASKS, cs=(1.0,))
+    with pytest.raises(ValueError, match=r"start_valid_logits\['\w+'\] are not this model's.*init_heads_from_probes"):
+        R.train_review_model(model, train, valid, config, device="cpu",
+                             start_valid_logits=R.linear_outputs(probes, x_valid))
+    short = {k: v[:5] for k, v in R.linear_outputs(probes, x_valid).items()}
+    with pytest.raises(ValueError, match=r"shape \(5,\); expected \(32,\) \(one row per validation review\)"):
+        R.train_review_model(model, train, valid, config, device="cpu", start_valid_logits=short)
+    with pytest.raises(ValueError, match=r"has tasks \['recommended'\]; the validation data has"):
+        R.train_review_model(model, train, valid, config, device="cpu",
+                             start_valid_logits={"recommended": short["recommended"]})
+
+
 def test_training_reduces_loss_and_is_deterministic(tiny_st):
     data = _tiny_data(96)
     train, valid = data.subset(range(64)), data.subset(range(64, 96))
