@@ -128,6 +128,23 @@ class RunResult:
     ok: bool
     seconds: float
     error: str = ""
+    cpu_seconds: float | None = None  # user + system CPU of the kernel and what it ran; None where unmeasurable
+
+
+def _cpu_seconds() -> float | None:
+    """User + system CPU seconds of this process and its reaped children (POSIX ``getrusage``); None elsewhere.
+
+    Around one chapter its change is the chapter's CPU: the kernel is a child
+    of this process, reaped at shutdown, and its torch threads and worker
+    processes count in it. CPU seconds / wall seconds is the share of cores
+    the chapter kept busy (2.0: both of two cores all the time).
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def is_appendix(stem: str) -> bool:
@@ -332,7 +349,7 @@ def execute(
     nbformat.write(nb, source_ipynb)
     executed = executed_dir / f"{path.stem}.ipynb"
     executed.unlink(missing_ok=True)  # never leave an older run's notebook behind a failed start
-    started = time.time()
+    started, cpu_started = time.time(), _cpu_seconds()
     ipc_prefix = _ipc_prefix() if os.name != "nt" else None
     env_before = dict(os.environ)
     os.environ.clear()
@@ -366,20 +383,22 @@ def execute(
         for socket_file in ipc_prefix.parent.glob(ipc_prefix.name + "-*") if ipc_prefix else ():
             socket_file.unlink(missing_ok=True)  # a killed kernel's manager may not have cleaned up
     seconds = time.time() - started
+    cpu_now = _cpu_seconds()
+    cpu = None if cpu_now is None or cpu_started is None else round(cpu_now - cpu_started, 1)
     if executed.is_file():
         from ecrec.io import atomic_write_text
 
         done = nbformat.read(executed, as_version=4)
         tidy_streams(done)
         done.metadata["ecrec"] = {
-            "ok": ok, "error": error, "seconds": round(seconds, 1),
+            "ok": ok, "error": error, "seconds": round(seconds, 1), "cpu_seconds": cpu,
             "requested_profile": requested_profile or parameters.get("profile"),
             "cell_timeout": timeout,
         }
         atomic_write_text(executed, nbformat.writes(done))
     elif ok:  # pragma: no cover - papermill always writes its output
         ok, error = False, "papermill wrote no executed notebook"
-    return RunResult(path.stem, executed, output_dir, ok, seconds, error)
+    return RunResult(path.stem, executed, output_dir, ok, seconds, error, cpu)
 
 
 # --- tidying the executed notebooks' text streams ---------------------------
@@ -674,11 +693,13 @@ def run(
         result = execute(path, run_dir, plan[path], progress=progress, cell_timeout=cell_timeout,
                          requested_profile=profile)
         status = "ok" if result.ok else f"FAILED: {result.error}"
-        print(f"[ecrec] {path.stem}: {status} in {result.seconds:.0f} s -> {result.executed}", flush=True)
+        cpu = "" if result.cpu_seconds is None else f" (CPU {result.cpu_seconds / max(result.seconds, 1e-9):.0%})"
+        print(f"[ecrec] {path.stem}: {status} in {result.seconds:.0f} s{cpu} -> {result.executed}", flush=True)
         results.append(result)
     summary_path = run_dir / "run_summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
-    summary.update({r.name: {"ok": r.ok, "seconds": round(r.seconds, 1), "error": r.error} for r in results})
+    summary.update({r.name: {"ok": r.ok, "seconds": round(r.seconds, 1), "cpu_seconds": r.cpu_seconds,
+                             "error": r.error} for r in results})
     from ecrec.io import atomic_write_text
 
     atomic_write_text(summary_path, json.dumps(summary, indent=2, sort_keys=True))

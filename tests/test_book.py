@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -91,6 +92,17 @@ def test_runner_executes_and_keeps_notebook(toy, tmp_path):
     assert json.loads((result.output_dir / "metrics.json").read_text()) == {"metrics": {"seed": 7}}
     executed = nbformat.read(result.executed, as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+
+
+def test_runner_measures_the_chapters_cpu(tmp_path):
+    """A chapter that keeps one core busy for 1.5 s reports at least that much CPU, and no more than its cores allow."""
+    path = tmp_path / "98_busy.py"
+    path.write_text(TOY + "import time\nt0 = time.process_time()\nwhile time.process_time() - t0 < 1.5:\n    pass\n")
+    result = book.execute(path, tmp_path / "run", progress=False)
+    assert result.ok, result.error
+    assert 1.5 <= result.cpu_seconds <= result.seconds * os.cpu_count() + 0.5
+    meta = nbformat.read(result.executed, as_version=4).metadata["ecrec"]
+    assert meta["cpu_seconds"] == result.cpu_seconds
 
 
 def test_runner_reports_cell_error_and_keeps_notebook(toy, tmp_path):
