@@ -73,6 +73,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
+from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
 from ecrec import bandits, obd, ope
@@ -321,13 +322,16 @@ POLICIES = {"epsilon-greedy (0.1)": lambda n, s: bandits.EpsilonGreedy(n, epsilo
             "UCB1": lambda n, s: bandits.UCB1(n, seed=s),
             "Thompson sampling": lambda n, s: bandits.ThompsonSampling(n, seed=s),
             "uniform random": lambda n, s: bandits.EpsilonGreedy(n, epsilon=1.0, seed=s)}
-replays = {}
-for c in obd.CAMPAIGNS:
-    f = logs["random", c].frame
-    for name, make in POLICIES.items():
-        replays[c, name] = [bandits.replay(make(logs["random", c].n_items, seed + s), f.item_id.to_numpy(),
-                                           f.click.to_numpy()) for s in tqdm(range(size["bandit_seeds"]),
-                                                                             desc=f"{c}: {name}", leave=False)]
+JOBS = [(c, name, s) for c in obd.CAMPAIGNS for name in POLICIES for s in range(size["bandit_seeds"])]
+# Each replay is a Python loop over the log, independent of the others and fixed by its seed: worker
+# processes, one per core, run them side by side with the results of running them one after the other.
+done = Parallel(n_jobs=-1, return_as="generator")(
+    delayed(bandits.replay)(POLICIES[name](logs["random", c].n_items, seed + s),
+                            logs["random", c].frame.item_id.to_numpy(), logs["random", c].frame.click.to_numpy())
+    for c, name, s in JOBS)
+replays = {}  # (campaign, policy) -> one ReplayResult per seed
+for (c, name, _), result in zip(JOBS, tqdm(done, total=len(JOBS), desc="replays"), strict=True):
+    replays.setdefault((c, name), []).append(result)
 
 # %%
 replay_table = pd.DataFrame({
