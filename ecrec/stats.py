@@ -137,6 +137,23 @@ def weighted_auc_many(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> 
     return out
 
 
+def _auc_of_each(y: np.ndarray, scores: Mapping[str, np.ndarray], w: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`weighted_auc_many` of every score under the same weights, one thread per core.
+
+    The scores are independent and the time goes to numpy and scipy calls that
+    release the GIL (sparse products, cumulative sums), so threads keep every
+    core busy; each score's result is the one a single thread computes.
+    """
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(len(scores), os.cpu_count() or 1)
+    if workers <= 1:
+        return {k: weighted_auc_many(y, s, w) for k, s in scores.items()}
+    with ThreadPoolExecutor(workers) as pool:
+        return dict(zip(scores, pool.map(lambda s: weighted_auc_many(y, s, w), scores.values()), strict=True))
+
+
 def bootstrap_auc(
     y: np.ndarray,
     scores: Mapping[str, np.ndarray],
@@ -173,7 +190,7 @@ def bootstrap_auc(
     counts, user_index = user_resample_weights(users, n_boot, seed)
     w = counts[:, user_index]
     point = {k: float(weighted_auc_many(y, s, np.ones(len(y)))[0]) for k, s in scores.items()}
-    boots = {k: weighted_auc_many(y, s, w) for k, s in scores.items()}
+    boots = _auc_of_each(y, scores, w)
     out: dict[str, dict[str, float]] = {}
     for k in scores:
         lo, hi = np.nanquantile(boots[k], q)

@@ -35,6 +35,21 @@ def test_one_class_runs_merge_exactly():
     assert stats.weighted_auc_many(y, s, w) == pytest.approx(oracle, abs=1e-12)
 
 
+def test_scores_in_threads_give_each_scores_own_aucs(monkeypatch):
+    """bootstrap_auc computes its scores in threads: the same floats, to the last bit, as one after the other."""
+    rng = np.random.default_rng(5)
+    y = (rng.random(3000) < 0.25).astype(int)
+    scores = {f"m{i}": np.round(rng.normal(size=3000) + i * 0.3 * y, 2) for i in range(5)}
+    w = rng.integers(0, 3, size=(40, 3000)).astype(float)
+    one_by_one = {k: stats.weighted_auc_many(y, s, w) for k, s in scores.items()}
+    for cores in (1, 4):
+        monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
+        got = stats._auc_of_each(y, scores, w)
+        assert list(got) == list(scores)
+        for k in scores:
+            np.testing.assert_array_equal(got[k], one_by_one[k])
+
+
 def test_weighted_auc_hand_values():
     y = np.array([0, 0, 1, 1])
     assert stats.weighted_auc_many(y, np.array([1.0, 2.0, 3.0, 4.0]), np.ones(4))[0] == 1.0
