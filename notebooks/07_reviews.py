@@ -103,9 +103,11 @@ SIZES = {
     # reference on all 15,840 training reviews; full (one Colab GPU): 1,000 to every review, 256 tokens at most, a
     # single-task run per task.
     # _minutes: measured on 2 CPU cores (AMD EPYC, bf16): smoke 1.4 min; cpu 502 s with 1,000 test reviews and
-    # 3 evaluations per run, 483 s with 800 and 2, 491 s with 700 (main job), hence 600 and step 0 scored from
-    # the probes (the 8-minute budget; it was chapter 06's second part, whose fine-tunes took 467 s at 500-4,000
-    # reviews); full an estimate
+    # 3 evaluations per run, 483 s with 800 and 2, 491 s with 700 (main job), 458 s alone and 490 s in a main job
+    # with 600 and step 0 scored from the probes, hence one evaluation per run at its end (every cpu run's best
+    # step was its last or step 0; 472 s alone in an hour when fine-tuning steps ran 6% slower) (the 8-minute
+    # budget; it was chapter 06's second part, whose fine-tunes took 467 s at 500-4,000 reviews); full an
+    # estimate
     "smoke": {"rev_curve_sizes": (24, 48, 96, 192), "rev_seed_sizes": (24,), "rev_compare_n": 96,
               "rev_n_valid": 128, "rev_n_test": 400, "rev_tfidf_n": 2000, "rev_length_coverage": 0.5,
               "rev_batch_size": 16, "rev_epochs": 4, "rev_min_steps": 3, "rev_evals": 2,
@@ -114,7 +116,7 @@ SIZES = {
               "rev_overfit_n": 16, "rev_overfit_steps": 8, "_minutes": (1.5, 3)},
     "cpu": {"rev_curve_sizes": (250, 630, 1600, 4000), "rev_seed_sizes": (250,),
             "rev_compare_n": 630, "rev_n_valid": 200, "rev_n_test": 600, "rev_tfidf_n": None,
-            "rev_length_coverage": 0.99, "rev_batch_size": 16, "rev_epochs": 4, "rev_min_steps": 32, "rev_evals": 2,
+            "rev_length_coverage": 0.99, "rev_batch_size": 16, "rev_epochs": 4, "rev_min_steps": 32, "rev_evals": 1,
             "rev_lr": 1e-4, "rev_head_lr": 1e-3, "rev_lora_lr": 1e-3, "rev_single_tasks": ("recommended",),
             "rev_n_boot": 1000, "rev_items": 30, "rev_item_reviews": 24, "rev_item_ks": (1, 2, 4, 8, 16),
             "rev_overfit_n": 16, "rev_overfit_steps": 8, "_minutes": (4, 8)},
@@ -421,6 +423,8 @@ def rev_finetune(tasks, n: int, *, run_seed: int = seed, lora: bool = False):
                                   patience=size["rev_evals"], precision=PRECISION, seed=run_seed)
     start = {t.name: rev_probe_valid[n][t.name] for t in tasks}  # step 0 is the probe: no pass over valid
     result = rv.train_review_model(model, train, valid, config, device=device, start_valid_logits=start)
+    if result.best_step == 0:  # it kept its step-0 weights: its test logits are its probes' (section 7.2)
+        return model, result, {t.name: rev_frozen[n][t.name] for t in tasks}
     return model, result, rv.predict_outputs(model, test, device=device, precision=PRECISION)
 
 
